@@ -1,0 +1,34 @@
+# The two commands of the README:
+#   make book   install, execute every notebook on the tiny profile, build the site
+#   make test   install, run the unit tests and the notebook tests
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PROFILE ?= tiny
+# extra runner options, e.g. make book ARGS="--params-file params/gpu-internvl2-2b.yaml"
+ARGS    ?=
+
+.PHONY: install book notebooks site test lint lock clean
+install:
+	@PYTHON=$(PYTHON) bash tools/install.sh $(VENV)
+
+book: notebooks site
+
+notebooks: install
+	$(PY) -m helpers.book run --profile $(PROFILE) $(ARGS)
+
+site: install
+	$(PY) -m helpers.site build
+
+test: install
+	$(PY) -m pytest
+
+lock:  ## refresh requirements/lock-cpu.txt from a fresh install of the pins
+	rm -rf /tmp/book-lock-venv && $(PYTHON) -m venv /tmp/book-lock-venv
+	/tmp/book-lock-venv/bin/pip install -q torch torchvision -c requirements/base.txt
+	/tmp/book-lock-venv/bin/pip install -q --no-deps -r requirements/no-deps.txt
+	/tmp/book-lock-venv/bin/pip install -q -r requirements/base.txt
+	/tmp/book-lock-venv/bin/pip freeze --exclude-editable | sort -f > requirements/lock-cpu.txt
+
+clean:
+	rm -rf _build

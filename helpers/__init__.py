@@ -1,0 +1,63 @@
+"""helpers: the small package every notebook of the book imports.
+
+One module per thing the learner does:
+
+=============  ==========================================================
+``env``        what this machine can run (GPU, 4-bit, LMDeploy) and the profile to use
+``data``       load, validate and describe CLoT-style image-caption datasets
+``tiling``     InternVL2's dynamic 448-px tiling and image-token arithmetic
+``tiny``       build the tiny (or full-size, random) InternVL2 checkpoint
+``plots``      the figures the notebooks show
+``book``       the papermill runner: ``python -m helpers.book run``
+=============  ==========================================================
+
+Nothing is imported eagerly: ``import helpers`` is instant, and each notebook
+imports the modules it teaches.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SAMPLE_DATA_DIR = PACKAGE_DIR / "sample_data" / "clot_sample"
+REPO_DIR = PACKAGE_DIR.parent
+
+__all__ = ["PACKAGE_DIR", "SAMPLE_DATA_DIR", "REPO_DIR", "show_source", "__version__"]
+
+
+def show_source(obj: object) -> object:
+    """Show the source of a helper in a notebook, highlighted, instead of copying it.
+
+    The book teaches a function where it is first used, but the code lives once,
+    in ``helpers``. In Jupyter this returns a rich object rendered with syntax
+    highlighting; elsewhere it returns the source text.
+
+    >>> from helpers import tiling
+    >>> "def plan_tiles" in str(show_source(tiling.plan_tiles))
+    True
+    """
+    source = inspect.getsource(obj)  # type: ignore[arg-type]
+    try:
+        from IPython.display import Code
+    except ImportError:  # pragma: no cover - IPython is always there in the book env
+        return source
+    return _SourceCode(source)
+
+
+class _SourceCode:
+    """Highlighted in Jupyter (``_repr_html_``), plain in ``str()``."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def __str__(self) -> str:
+        return self.source
+
+    def _repr_html_(self) -> str:
+        from IPython.display import Code
+
+        return Code(self.source, language="python")._repr_html_()

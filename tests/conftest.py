@@ -1,0 +1,26 @@
+"""Shared fixtures: one tiny InternVL2 built per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A freshly built tiny InternVL2 checkpoint directory (seed 0)."""
+    from helpers import tiny
+
+    return tiny.build("tiny", tmp_path_factory.mktemp("models") / "tiny-internvl2", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    """(model, tokenizer) loaded through the public AutoModel/AutoTokenizer path, float32, eval mode."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir, trust_remote_code=True)
+    model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True, torch_dtype=torch.float32).eval()
+    return model, tok

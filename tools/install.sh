@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Create (or update) the book's virtual environment from the pinned requirements.
+#   bash tools/install.sh [VENV_DIR]      default: .venv
+# Safe to re-run: it does nothing when the requirements have not changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${1:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+"$PYTHON" - <<'PY'
+import sys
+if not ((3, 11) <= sys.version_info[:2] < (3, 13)):
+    sys.exit(f"Python {sys.version.split()[0]} found; the book needs Python 3.11 or 3.12 "
+             "(xtuner 0.2.0 requires <3.13). Set PYTHON=/path/to/python3.11.")
+PY
+
+STAMP="$VENV/.installed"
+HASH="$(cat requirements/base.txt requirements/no-deps.txt requirements/lock-cpu.txt pyproject.toml | sha256sum | cut -c1-16)"
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$HASH" ]]; then
+    echo "[install] $VENV is up to date"
+    exit 0
+fi
+
+start=$(date +%s)
+[[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+C=(-c requirements/lock-cpu.txt)
+echo "[install] 1/4 torch + torchvision"
+"${PIP[@]}" install "${C[@]}" torch torchvision
+echo "[install] 2/4 xtuner + bitsandbytes without their conflicting pins (see requirements/no-deps.txt)"
+"${PIP[@]}" install "${C[@]}" --no-deps -r requirements/no-deps.txt
+echo "[install] 3/4 everything else (pinned)"
+# pip ends this step with one expected line: "xtuner 0.2.0 requires bitsandbytes==0.45.0".
+"${PIP[@]}" install "${C[@]}" -r requirements/base.txt 2>&1 | grep -v "^WARNING: Location" || true
+"$VENV/bin/python" -c "import xtuner, bitsandbytes, transformers, torchvision" \
+    || { echo "[install] the environment does not import; see the messages above"; exit 1; }
+echo "[install] 4/4 the helpers package (editable)"
+"${PIP[@]}" install --no-deps -e .
+"$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (book)" >/dev/null
+echo "$HASH" > "$STAMP"
+echo "[install] done in $(( $(date +%s) - start )) s: $("$VENV/bin/python" -c 'import torch,transformers,xtuner,bitsandbytes as b; print(f"torch {torch.__version__}, transformers {transformers.__version__}, xtuner {xtuner.__version__}, bitsandbytes {b.__version__}")')"
