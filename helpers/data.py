@@ -1,0 +1,974 @@
+"""Load, validate and describe CLoT-style image-caption datasets.
+
+The book fine-tunes InternVL2 on records in the XTuner/LLaVA format that the
+CLoT_cn_2000 data uses::
+
+    {"image": "ex_images/NAME.jpg",
+     "conversations": [{"from": "human", "value": "<image>\\n请你根据这张图片，讲一个脑洞大开的梗"},
+                       {"from": "gpt", "value": "CAPTION"}]}
+
+This module reads such data from the layouts the book meets (see
+:func:`load_dataset`), checks it *before* a training run would trip over it
+(:func:`validate`, which reports every problem with file, record, line, field
+and fix), counts the tokens a sample costs once InternVL2 has tiled its image
+(:func:`token_counts`), and writes the formats the book's tools read
+(:func:`to_xtuner_json`, :func:`to_llava_json`, :func:`to_swift_jsonl`).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import random
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator, Protocol, Sequence
+
+from . import SAMPLE_DATA_DIR
+from .errors import DatasetError
+from .tiling import image_token_count, plan_tiles
+
+__all__ = [
+    "IMAGE_TOKEN", "CLOT_PROMPT", "DEFAULT_SYSTEM", "LAYOUTS", "PROBLEM_KINDS",
+    "Conversation", "Record", "SampleSet", "Problem", "ValidationReport",
+    "load_dataset", "load_sample", "train_eval_split", "validate",
+    "chat_text", "caption_lengths", "token_counts", "dataset_stats",
+    "to_xtuner_json", "to_llava_json", "to_swift_jsonl",
+]
+
+IMAGE_TOKEN = "<image>"
+CLOT_PROMPT = "<image>\n请你根据这张图片，讲一个脑洞大开的梗"
+#: The system prompt XTuner's ``InternVL_V1_5_Dataset`` uses for InternLM2-based InternVL2.
+DEFAULT_SYSTEM = "You are an AI assistant whose name is InternLM (书生·浦语)."
+#: XTuner's internlm2-chat template as its InternVL dataset rewrites it (no newlines between turns).
+SYSTEM_TEMPLATE = "<|im_start|>system\n{system}<|im_end|>"
+INSTRUCTION_TEMPLATE = "<|im_start|>user\n{input}<|im_end|><|im_start|>assistant\n"
+SUFFIX = "<|im_end|>"
+IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
+_IMAGE_SPOT = "\x00IMAGE\x00"  # where the image tokens go while we count text tokens
+
+#: The layouts :func:`load_dataset` accepts, as shown in error messages.
+LAYOUTS = (
+    "the book's sample folder: train.json + eval.json + ex_cn.json + ex_images/ (split='train'|'eval'|None)",
+    "a CLoT_cn_2000 folder: ex_cn.json + ex_images/ (all records; split with train_eval_split)",
+    "one XTuner/LLaVA .json file (a JSON list) or .jsonl file (one record per line), "
+    "images relative to the file's folder",
+    "a FoodieQA folder: sivqa_tidy.json + images/ (or the sivqa_tidy.json file itself)",
+)
+
+#: Every kind of problem :func:`validate` reports, with a one-line explanation.
+PROBLEM_KINDS = {
+    "not_utf8": "the file is not valid UTF-8",
+    "malformed_json": "the JSON cannot be parsed",
+    "top_level_not_list": "the top level of the .json file is not a list of records",
+    "record_not_object": "a record is not a JSON object",
+    "missing_image_field": "the record has no usable `image` field",
+    "image_not_found": "the image file does not exist",
+    "image_unreadable": "the image file cannot be decoded",
+    "empty_conversations": "`conversations` is missing, not a list, or empty",
+    "bad_roles": "turns do not alternate human, gpt, ... starting with human and ending with gpt",
+    "empty_turn": "a turn has no text",
+    "missing_image_token": "the first human turn has no <image> placeholder",
+    "extra_image_token": "there are more <image> placeholders than images",
+    "bad_foodie_item": "a FoodieQA item lacks question, choices or a valid answer",
+    "too_long": "the sample has more tokens than max_length",
+}
+
+
+class Tokenizer(Protocol):
+    """Anything with ``encode(text, add_special_tokens=False) -> list``: a HF tokenizer or a fake."""
+
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list:  # pragma: no cover
+        ...
+
+
+# --------------------------------------------------------------------------------------------
+# records
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One entry of a record's ``conversations`` list: who speaks (``human``/``gpt``) and what.
+
+    >>> Conversation("gpt", "住手！").to_dict()
+    {'from': 'gpt', 'value': '住手！'}
+    """
+
+    role: str
+    value: str
+
+    def to_dict(self) -> dict[str, str]:
+        """The JSON form, ``{"from": role, "value": value}``."""
+        return {"from": self.role, "value": self.value}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One sample: an id, an image path relative to the dataset root, and its conversation.
+
+    ``index`` is the record's position in its source file and ``line`` the line
+    where it starts there (``None`` when it was built in memory).
+
+    >>> r = Record("cat", "ex_images/cat.jpg", (Conversation("human", CLOT_PROMPT), Conversation("gpt", "喵")))
+    >>> r.caption
+    '喵'
+    """
+
+    id: str
+    image: str
+    conversations: tuple[Conversation, ...]
+    index: int = 0
+    line: int | None = None
+
+    @property
+    def prompt(self) -> str:
+        """The first human turn's text."""
+        return next((c.value for c in self.conversations if c.role == "human"), "")
+
+    @property
+    def caption(self) -> str:
+        """The gpt turns' text (joined by newlines when there are several): what the model learns."""
+        return "\n".join(c.value for c in self.conversations if c.role == "gpt")
+
+    def to_dict(self, with_id: bool = True) -> dict[str, Any]:
+        """The XTuner/LLaVA JSON form of the record.
+
+        >>> Record("a", "x.jpg", ()).to_dict(with_id=False)
+        {'image': 'x.jpg', 'conversations': []}
+        """
+        out: dict[str, Any] = {"id": self.id} if with_id else {}
+        out["image"] = self.image
+        out["conversations"] = [c.to_dict() for c in self.conversations]
+        return out
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    """Records plus where they came from: the image root, the source file and its layout.
+
+    ``format`` is one of ``clot_sample``, ``clot``, ``llava_json``, ``llava_jsonl``,
+    ``foodieqa``; ``split`` is the split that was asked for, if any.
+
+    >>> ds = load_dataset(SAMPLE_DATA_DIR, split="eval")
+    >>> ds.image_path(ds[0]).is_file()
+    True
+    """
+
+    records: tuple[Record, ...]
+    root: Path
+    source: Path
+    format: str
+    split: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records)
+
+    def __getitem__(self, index: int) -> Record:
+        return self.records[index]
+
+    def image_path(self, record: Record) -> Path:
+        """Absolute path of a record's image (the root joined with its relative path)."""
+        return (self.root / record.image).resolve()
+
+    def subset(self, indices: Sequence[int], split: str | None = None) -> SampleSet:
+        """A SampleSet with the records at ``indices`` (same root and source)."""
+        return replace(self, records=tuple(self.records[i] for i in indices), split=split)
+
+    def __repr__(self) -> str:
+        split = f", split={self.split!r}" if self.split else ""
+        return f"SampleSet({len(self)} records, format={self.format!r}{split}, source='{self.source}')"
+
+
+# --------------------------------------------------------------------------------------------
+# problems and the report
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a dataset: what kind, where (file, record, line, field), and the fix.
+
+    >>> p = Problem("image_not_found", Path("ex_cn.json"), 3, 17, "image", "ex_images/a.jpg does not exist", "Add it.")
+    >>> str(p)
+    'ex_cn.json:17 record 3 `image` [image_not_found]: ex_images/a.jpg does not exist. Fix: Add it.'
+    """
+
+    kind: str
+    file: Path
+    index: int | None
+    line: int | None
+    field: str | None
+    message: str
+    fix: str
+    column: int | None = None
+
+    @property
+    def where(self) -> str:
+        """``file:line[:column]``, then the record index and field when known."""
+        out = self.file.name
+        if self.line is not None:
+            out += f":{self.line}"
+            if self.column is not None:
+                out += f":{self.column}"
+        if self.index is not None:
+            out += f" record {self.index}"
+        if self.field:
+            out += f" `{self.field}`"
+        return out
+
+    def __str__(self) -> str:
+        return f"{self.where} [{self.kind}]: {self.message}. Fix: {self.fix}"
+
+
+@dataclass
+class ValidationReport:
+    """Everything :func:`validate` found: ``.ok``, ``.problems``, ``.counts`` and readable views.
+
+    ``str(report)`` is plain text, a notebook shows ``_repr_html_`` as a table,
+    and ``raise_if_errors()`` turns a failed report into a :class:`DatasetError`.
+
+    >>> validate(SAMPLE_DATA_DIR).ok
+    True
+    """
+
+    problems: list[Problem] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    records: int = 0
+    images: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing was found."""
+        return not self.problems
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Number of problems per kind, in the order of :data:`PROBLEM_KINDS`."""
+        found = [p.kind for p in self.problems]
+        return {kind: found.count(kind) for kind in PROBLEM_KINDS if kind in found}
+
+    def by_kind(self, kind: str) -> list[Problem]:
+        """The problems of one kind."""
+        return [p for p in self.problems if p.kind == kind]
+
+    def summary(self) -> str:
+        """One line: how much was checked and how many problems of which kinds."""
+        files = ", ".join(f.name for f in self.files) or "no file"
+        head = f"{self.records} records and {self.images} images checked in {files}"
+        if self.ok:
+            return f"OK: {head}, no problems."
+        bad = len({(p.file, p.index) for p in self.problems if p.index is not None})
+        kinds = ", ".join(f"{k} x{n}" for k, n in self.counts.items())
+        return f"{len(self.problems)} problems ({bad} records affected; {kinds}): {head}."
+
+    def __str__(self) -> str:
+        return "\n".join([self.summary(), *(f"- {p}" for p in self.problems)])
+
+    def _repr_html_(self) -> str:
+        esc = html.escape
+        head = f"<p><b>{esc(self.summary())}</b></p>"
+        if self.ok:
+            return head
+        cols = ("kind", "file", "line", "record", "field", "problem", "fix")
+        rows = "".join(
+            "<tr>" + "".join(f"<td style='text-align:left'>{esc(str(v))}</td>" for v in (
+                p.kind, p.file.name, "" if p.line is None else p.line, "" if p.index is None else p.index,
+                p.field or "", p.message, p.fix)) + "</tr>"
+            for p in self.problems)
+        header = "".join(f"<th style='text-align:left'>{c}</th>" for c in cols)
+        return f"{head}<table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>"
+
+    def raise_if_errors(self) -> ValidationReport:
+        """Raise :class:`DatasetError` with the whole report when there is any problem; else return self."""
+        if not self.ok:
+            raise DatasetError(str(self))
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# reading files
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def record_start_lines(text: str) -> list[int]:
+    """1-based line on which each element of a top-level JSON array starts.
+
+    Walks the array with ``json.JSONDecoder.raw_decode``; ``text`` must be valid JSON.
+
+    >>> record_start_lines('[\\n {"a": 1},\\n\\n {"b": 2}\\n]')
+    [2, 4]
+    """
+    decoder = json.JSONDecoder()
+    idx = _WS.match(text, 0).end()
+    if text[idx:idx + 1] != "[":
+        return []
+    idx += 1
+    lines: list[int] = []
+    line, pos = 1, 0
+    while True:
+        idx = _WS.match(text, idx).end()
+        if text[idx:idx + 1] in ("]", ""):
+            return lines
+        line += text.count("\n", pos, idx)
+        pos = idx
+        lines.append(line)
+        _, idx = decoder.raw_decode(text, idx)
+        idx = _WS.match(text, idx).end()
+        if text[idx:idx + 1] == ",":
+            idx += 1
+
+
+def _decode_utf8(path: Path, data: bytes) -> tuple[str | None, list[Problem]]:
+    """Text of a file, or a ``not_utf8`` problem with the byte offset, line and column."""
+    try:
+        return data.decode("utf-8"), []
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        return None, [Problem(
+            "not_utf8", path, None, line, None,
+            f"byte {err.start} (0x{data[err.start]:02x}) is not valid UTF-8 ({err.reason})",
+            "re-save the file as UTF-8, e.g. `iconv -f GBK -t UTF-8 in.json > out.json` "
+            "for a file written on a Chinese-locale Windows machine", column)]
+
+
+def _read_items(path: Path) -> tuple[list[tuple[Any, int]] | None, list[Problem]]:
+    """Parse a .json list or a .jsonl file into ``(item, start line)`` pairs, plus file-level problems.
+
+    A .jsonl file is read line by line, so one broken line does not hide the others.
+    """
+    text, problems = _decode_utf8(path, path.read_bytes())
+    if text is None:
+        return None, problems
+    if path.suffix == ".jsonl":
+        items = []
+        for number, raw in enumerate(text.splitlines(), start=1):
+            if not raw.strip():
+                continue
+            try:
+                items.append((json.loads(raw), number))
+            except json.JSONDecodeError as err:
+                problems.append(_json_problem(path, err, line=number))
+        return items, problems
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        return None, [_json_problem(path, err)]
+    if not isinstance(value, list):
+        return None, [Problem(
+            "top_level_not_list", path, None, 1, None,
+            f"the file holds a JSON {type(value).__name__}, not a list of records",
+            "wrap the records in [ ... ] (a dict of records: use list(d.values()))")]
+    return list(zip(value, record_start_lines(text))), []
+
+
+def _json_problem(path: Path, err: json.JSONDecodeError, line: int | None = None) -> Problem:
+    """A ``malformed_json`` problem from a JSONDecodeError (line given for .jsonl files)."""
+    fix = "correct the JSON at that position (a missing comma or quote, or a trailing comma, is typical)"
+    if err.msg.startswith("Unexpected UTF-8 BOM"):
+        fix = "save the file as UTF-8 without a byte-order mark"
+    return Problem("malformed_json", path, None, line or err.lineno, None, err.msg, fix, err.colno)
+
+
+def _image_list(value: Any) -> list[str] | None:
+    """Image paths from a record's ``image`` value (a string or a list of strings), or None."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
+
+
+def _foodie_to_item(obj: Any, index: int, line: int, path: Path, root: Path) -> tuple[Any, list[Problem]]:
+    """Turn one FoodieQA single-image VQA item into an XTuner record dict.
+
+    The human turn is ``<image>\\n`` + the question + the lettered choices; the gpt
+    turn is the text of the right choice (``answer`` is its index, a string in
+    the real file). ``food_meta.food_file`` is taken relative to the dataset root,
+    or to its ``images/`` folder when it is a bare file name.
+    """
+    if not isinstance(obj, dict):
+        return obj, []  # reported as record_not_object by _check_item
+    meta = obj.get("food_meta") if isinstance(obj.get("food_meta"), dict) else {}
+    question, choices, answer = obj.get("question"), obj.get("choices"), obj.get("answer")
+    problems = []
+    try:
+        ok = (isinstance(question, str) and question.strip() and isinstance(choices, list) and choices
+              and 0 <= int(answer) < len(choices))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        problems.append(Problem(
+            "bad_foodie_item", path, index, line, "question/choices/answer",
+            f"question={question!r}, {len(choices) if isinstance(choices, list) else 'no'} choices, "
+            f"answer={answer!r}", "give a question, a non-empty list of choices and the answer's index"))
+        return None, problems
+    food_file = meta.get("food_file")
+    if isinstance(food_file, str) and food_file and not (root / food_file).exists() \
+            and (root / "images" / food_file).exists():
+        food_file = f"images/{food_file}"
+    letters = "ABCDEFGHIJ"
+    options = "\n".join(f"{letters[i]}. {str(c).strip()}" for i, c in enumerate(choices))
+    return {
+        "id": str(obj.get("question_id", index)),
+        "image": food_file,
+        "conversations": [
+            {"from": "human", "value": f"{IMAGE_TOKEN}\n{question.strip()}\n{options}"},
+            {"from": "gpt", "value": str(choices[int(answer)]).strip()},
+        ],
+    }, problems
+
+
+def _is_foodie(items: list[tuple[Any, int]], path: Path) -> bool:
+    """True for a FoodieQA sivqa file (by name, or by its first record's keys)."""
+    if path.name.startswith("sivqa"):
+        return True
+    first = items[0][0] if items else None
+    return isinstance(first, dict) and "food_meta" in first and "question" in first
+
+
+# --------------------------------------------------------------------------------------------
+# layouts
+
+
+def _layout_error(path: Path, why: str) -> DatasetError:
+    """The error for a path that is none of the accepted layouts."""
+    accepted = "\n".join(f"  - {layout}" for layout in LAYOUTS)
+    return DatasetError(f"{path}: {why}.\nAccepted layouts:\n{accepted}")
+
+
+def _resolve(path: Path, split: str | None) -> tuple[str, Path, Path]:
+    """``(format, json file, image root)`` of a dataset path, or a DatasetError naming the layouts."""
+    path = Path(path)
+    if split not in (None, "train", "eval"):
+        raise DatasetError(f"split={split!r}: use 'train', 'eval' or None (all records)")
+    if not path.exists():
+        raise _layout_error(path, "no such file or folder")
+    if path.is_file():
+        if path.suffix not in (".json", ".jsonl"):
+            raise _layout_error(path, f"a {path.suffix or 'suffix-less'} file is not a dataset")
+        if split is not None:
+            raise DatasetError(f"{path}: split={split!r} needs the sample folder layout; a single file "
+                               "has no splits (use train_eval_split(load_dataset(path)))")
+        return ("llava_jsonl" if path.suffix == ".jsonl" else "llava_json"), path, path.parent
+    names = {p.name for p in path.iterdir()}
+    if {"train.json", "eval.json", "ex_images"} <= names:
+        file = path / {None: "ex_cn.json", "train": "train.json", "eval": "eval.json"}[split]
+        if not file.is_file():
+            raise DatasetError(f"{file} is missing: regenerate the folder with tools/make_sample_data.py")
+        return "clot_sample", file, path
+    if "ex_cn.json" in names:
+        if split is not None:
+            raise DatasetError(f"{path} is a CLoT folder without train.json/eval.json, so split={split!r} "
+                               "has nothing to read: load it whole and use train_eval_split(ds)")
+        return "clot", path / "ex_cn.json", path
+    foodie = [path / "sivqa_tidy.json", *sorted(path.glob("*/sivqa_tidy.json"))]
+    for file in foodie:
+        if file.is_file():
+            if split is not None:
+                raise DatasetError(f"{path}: FoodieQA has no train/eval split files; use train_eval_split")
+            return "foodieqa", file, file.parent
+    shown = ", ".join(sorted(names)[:8]) or "nothing"
+    raise _layout_error(path, f"the folder holds {shown}, which matches no layout")
+
+
+def load_dataset(path: str | Path = SAMPLE_DATA_DIR, split: str | None = None) -> SampleSet:
+    """Read a dataset in any of the layouts the book meets and return a :class:`SampleSet`.
+
+    Accepted layouts:
+
+    (a) the book's sample folder (``helpers/sample_data/clot_sample``):
+        ``train.json``, ``eval.json``, ``ex_cn.json`` (= train + eval) and
+        ``ex_images/``; ``split='train'``, ``'eval'`` or ``None`` picks the file;
+    (b) the real CLoT_cn_2000 folder: ``ex_cn.json`` + ``ex_images/``, all
+        records (split them with :func:`train_eval_split`);
+    (c) one XTuner/LLaVA ``.json`` file (a list of records) or ``.jsonl`` file
+        (one record per line); image paths are relative to the file's folder;
+    (d) a FoodieQA folder (``sivqa_tidy.json`` + ``images/``, also one level
+        down as in a hub snapshot) or the ``sivqa_tidy.json`` file: each
+        single-image question becomes a record whose human turn is
+        ``<image>\\n`` + question + lettered choices and whose gpt turn is the
+        text of the right choice.
+
+    Loading checks only what it needs to build records; image files are not
+    opened. Use :func:`validate` for the full check. Any other path raises a
+    :class:`DatasetError` that lists these layouts.
+
+    >>> ds = load_dataset(SAMPLE_DATA_DIR, split="train")
+    >>> ds.format, ds[0].image
+    ('clot_sample', 'ex_images/astronaut.jpg')
+    """
+    fmt, file, root = _resolve(Path(path), split)
+    items, problems = _read_items(file)
+    if items is not None and fmt == "llava_json" and _is_foodie(items, file):
+        fmt = "foodieqa"
+    if items is None or problems:
+        raise DatasetError(f"cannot read {file}:\n" + "\n".join(f"- {p}" for p in problems)
+                           + "\nRun helpers.data.validate(path) for the full report.")
+    records, bad = [], []
+    for index, (obj, line) in enumerate(items):
+        if fmt == "foodieqa":
+            obj, issues = _foodie_to_item(obj, index, line, file, root)
+            bad += issues
+        record = _to_record(obj, index, line)
+        if record is None and obj is not None:
+            bad.append(f"{file.name}:{line} record {index} is not an object with a `conversations` list "
+                       "of {\"from\", \"value\"} objects")
+        elif record is not None:
+            records.append(record)
+    if bad:
+        raise DatasetError(f"cannot build records from {file}:\n"
+                           + "\n".join(f"- {b}" for b in bad[:20])
+                           + "\nRun helpers.data.validate(path) for the full report and the fixes.")
+    return SampleSet(tuple(records), root.resolve(), file.resolve(), fmt, split)
+
+
+def load_sample(split: str | None = None) -> SampleSet:
+    """The book's bundled sample set (``helpers/sample_data/clot_sample``).
+
+    >>> len(load_sample("train")) + len(load_sample("eval")) == len(load_sample())
+    True
+    """
+    return load_dataset(SAMPLE_DATA_DIR, split)
+
+
+def _to_record(obj: Any, index: int, line: int | None) -> Record | None:
+    """A Record from a record dict, or None when its shape cannot make one."""
+    if not isinstance(obj, dict):
+        return None
+    turns = obj.get("conversations")
+    if not isinstance(turns, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("from"), str) and isinstance(t.get("value"), str)
+            for t in turns):
+        return None
+    images = _image_list(obj.get("image")) or [""]
+    image = images[0] if images else ""
+    rid = obj.get("id")
+    rid = str(rid) if rid not in (None, "") else (Path(image).stem or str(index))
+    return Record(rid, image, tuple(Conversation(t["from"], t["value"]) for t in turns), index, line)
+
+
+def train_eval_split(ds: SampleSet, eval_fraction: float = 0.2, seed: int = 0) -> tuple[SampleSet, SampleSet]:
+    """Split a SampleSet into disjoint train and eval sets, the same way for the same seed.
+
+    >>> train, evl = train_eval_split(load_sample(), eval_fraction=0.25)
+    >>> len(train) + len(evl) == len(load_sample())
+    True
+    """
+    if not 0 < eval_fraction < 1:
+        raise DatasetError(f"eval_fraction={eval_fraction}: choose a fraction between 0 and 1, e.g. 0.2")
+    order = list(range(len(ds)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, round(len(ds) * eval_fraction))
+    return ds.subset(sorted(order[n_eval:]), "train"), ds.subset(sorted(order[:n_eval]), "eval")
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+@dataclass
+class _Tiling:
+    """The tiling settings a validation or a token count uses."""
+
+    num_image_token: int = 256
+    max_num: int = 12
+    image_size: int = 448
+    use_thumbnail: bool = True
+
+    def image_tokens(self, width: int, height: int) -> int:
+        """``<img>`` + tiles x ``<IMG_CONTEXT>`` + ``</img>`` for an image of this size."""
+        return image_token_count(width, height, self.num_image_token, self.max_num,
+                                 self.image_size, self.use_thumbnail)
+
+    def tiles(self, width: int, height: int) -> int:
+        """Tiles (thumbnail included) for an image of this size."""
+        return plan_tiles(width, height, max_num=self.max_num, image_size=self.image_size,
+                          use_thumbnail=self.use_thumbnail).num_tiles
+
+
+def _check_image(path: Path) -> tuple[tuple[int, int] | None, str | None]:
+    """``(size, None)`` for a readable image, ``(None, why)`` otherwise (open, verify, then decode)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            im.load()
+            return im.size, None
+    except Exception as err:  # PIL raises many types for broken files
+        return None, f"{type(err).__name__}: {err}"
+
+
+def _check_item(obj: Any, index: int, line: int, file: Path, root: Path, *,
+                image_field: str = "image", image_cache: dict[Path, Any]) -> tuple[list[Problem], Any]:
+    """All record-level problems of one record dict; also returns the image size when readable."""
+    def problem(kind: str, fld: str | None, message: str, fix: str) -> Problem:
+        return Problem(kind, file, index, line, fld, message, fix)
+
+    if not isinstance(obj, dict):
+        return [problem("record_not_object", None, f"the record is a JSON {type(obj).__name__}",
+                        'make each record an object: {"image": ..., "conversations": [...]}')], None
+    out: list[Problem] = []
+    size = None
+    images = _image_list(obj.get("image"))
+    if images is None or len(images) != 1 or not images[0].strip():
+        got = "missing" if "image" not in obj else f"{obj.get('image')!r}"
+        out.append(problem("missing_image_field", image_field, f"the image field is {got}",
+                           'set it to one image path relative to the dataset root, e.g. '
+                           '"ex_images/NAME.jpg" (XTuner\'s InternVL dataset takes one image per record)'))
+        images = []
+    else:
+        path = root / images[0]
+        if path not in image_cache:
+            image_cache[path] = _check_image(path) if path.is_file() else (None, "missing")
+        size, why = image_cache[path]
+        if why == "missing":
+            out.append(problem("image_not_found", image_field, f"{images[0]} does not exist (looked for {path})",
+                               f"copy the image there, or correct the path (it is relative to {root})"))
+        elif why is not None:
+            out.append(problem("image_unreadable", image_field, f"{images[0]} cannot be decoded ({why})",
+                               "replace the file with an intact JPEG/PNG, or drop the record"))
+
+    turns = obj.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        got = "missing" if "conversations" not in obj else f"{turns!r}"[:60]
+        out.append(problem("empty_conversations", "conversations", f"conversations is {got}",
+                           'give a list of turns: [{"from": "human", "value": "<image>\\n..."}, '
+                           '{"from": "gpt", "value": "..."}]'))
+        return out, size
+    roles = [t.get("from") if isinstance(t, dict) else None for t in turns]
+    expected = ["human" if i % 2 == 0 else "gpt" for i in range(len(turns))]
+    if roles != expected or roles[-1] != "gpt":
+        bad = next((i for i, (r, e) in enumerate(zip(roles, expected)) if r != e), len(roles) - 1)
+        out.append(problem("bad_roles", f"conversations[{bad}].from",
+                           f"the roles are {', '.join(map(str, roles))}",
+                           "make the turns alternate human, gpt, human, gpt, ... starting with human "
+                           "and ending with gpt (XTuner drops leading gpt turns and an unanswered "
+                           "human turn is never trained)"))
+    texts = [t.get("value") if isinstance(t, dict) else None for t in turns]
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            out.append(problem("empty_turn", f"conversations[{i}].value", f"turn {i} has no text ({text!r})",
+                               "write the turn's text, or remove the turn together with its partner"))
+    if images:
+        first_human = next((i for i, r in enumerate(roles) if r == "human"), None)
+        if first_human is not None and isinstance(texts[first_human], str) \
+                and IMAGE_TOKEN not in texts[first_human]:
+            out.append(problem("missing_image_token", f"conversations[{first_human}].value",
+                               "the first human turn has no <image> placeholder",
+                               'start it with "<image>\\n" so the image tokens go there '
+                               '(CLoT: "<image>\\n请你根据这张图片，讲一个脑洞大开的梗")'))
+        seen = 0
+        for i, text in enumerate(texts):
+            seen += text.count(IMAGE_TOKEN) if isinstance(text, str) else 0
+            if seen > len(images):
+                out.append(problem("extra_image_token", f"conversations[{i}].value",
+                                   f"{seen} <image> placeholders up to turn {i}, but the record has "
+                                   f"{len(images)} image",
+                                   "keep exactly one <image>, in the first human turn"))
+                break
+    return out, size
+
+
+def validate(path_or_dataset: str | Path | SampleSet, *, split: str | None = None,
+             tokenizer: Tokenizer | None = None, max_length: int | None = None,
+             num_image_token: int = 256, max_num: int = 12, image_size: int = 448,
+             use_thumbnail: bool = True, system: str = DEFAULT_SYSTEM) -> ValidationReport:
+    """Check a dataset the way a training run would use it and report *every* problem.
+
+    Takes a path in any layout of :func:`load_dataset` (with the same ``split``)
+    or an already loaded :class:`SampleSet`. It looks for, each as its own
+    kind (see :data:`PROBLEM_KINDS`): a file that is not UTF-8 (byte offset,
+    line), malformed JSON (line, column), a top level that is not a list, a
+    record that is not an object, a missing or empty ``image`` field, a missing
+    or undecodable image file (opened and verified with PIL), missing/empty
+    ``conversations``, roles that do not alternate human/gpt from human to gpt,
+    empty turns, no ``<image>`` in the first human turn, more ``<image>`` than
+    images, and, when ``tokenizer`` and ``max_length`` are given, samples longer
+    than ``max_length`` once the image is tiled (see :func:`token_counts`).
+    Each problem names the file, the record index, the line where that record
+    starts, the field, and the fix. Files are only read, never modified.
+
+    >>> report = validate(SAMPLE_DATA_DIR, split="train")
+    >>> report.ok, report.records
+    (True, 32)
+    """
+    if max_length is not None and tokenizer is None:
+        raise DatasetError("max_length needs a tokenizer to count tokens: pass tokenizer=... as well")
+    tiling = _Tiling(num_image_token, max_num, image_size, use_thumbnail)
+    report = ValidationReport()
+    cache: dict[Path, Any] = {}
+    if isinstance(path_or_dataset, SampleSet):
+        ds = path_or_dataset
+        report.files.append(ds.source)
+        entries = [(r.to_dict(), r.index, r.line or 0) for r in ds]
+        fmt, file, root = ds.format, ds.source, ds.root
+    else:
+        fmt, file, root = _resolve(Path(path_or_dataset), split)
+        report.files.append(file)
+        items, problems = _read_items(file)
+        report.problems += problems
+        if items is None:
+            return report
+        if fmt == "llava_json" and _is_foodie(items, file):
+            fmt = "foodieqa"
+        entries = []
+        for index, (obj, line) in enumerate(items):
+            if fmt == "foodieqa":
+                obj, issues = _foodie_to_item(obj, index, line, file, root)
+                report.problems += issues
+                if obj is None:
+                    continue
+            entries.append((obj, index, line))
+    image_field = "food_meta.food_file" if fmt == "foodieqa" else "image"
+    for obj, index, line in entries:
+        report.records += 1
+        problems, size = _check_item(obj, index, line, file, root, image_field=image_field, image_cache=cache)
+        report.problems += problems
+        if tokenizer is not None and max_length is not None and not problems and size is not None:
+            record = _to_record(obj, index, line)
+            count = _count(record, tokenizer, size, tiling, system)
+            if count["total"] > max_length:
+                report.problems.append(Problem(
+                    "too_long", file, index, line, "conversations",
+                    f"the sample is {count['total']} tokens (text {count['text_tokens']} + image "
+                    f"{count['image_tokens']} for {size[0]}x{size[1]} px = {count['tiles']} tiles) "
+                    f"but max_length is {max_length}; XTuner would cut off the end of the answer",
+                    "raise max_length, lower max_num (fewer tiles per image), or shorten the text"))
+    report.images = len(cache)
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# tokens and statistics
+
+
+def _segments(record: Record, system: str) -> list[str]:
+    """The strings XTuner's InternVL dataset encodes one by one, the image spot marked.
+
+    Mirrors ``InternVL_V1_5_Dataset.get_inputid_labels``: ``<image>`` is removed
+    from a human turn, which then starts with the image tokens and a newline;
+    the first input carries the system prompt; each answer ends with ``<|im_end|>``.
+    """
+    segments, pending = [], ""
+    first = True
+    turns = list(record.conversations)
+    while turns and turns[0].role == "gpt":
+        turns = turns[1:]
+    for turn in turns:
+        if turn.role == "human":
+            value = turn.value
+            if IMAGE_TOKEN in value:
+                value = (_IMAGE_SPOT + "\n" + value.replace(IMAGE_TOKEN, "").strip()).strip()
+            pending += value.strip()
+        else:
+            text = INSTRUCTION_TEMPLATE.format(input=pending)
+            if first:
+                text = SYSTEM_TEMPLATE.format(system=system) + text
+                first = False
+            segments += [text, turn.value.strip() + SUFFIX]
+            pending = ""
+    return segments
+
+
+def chat_text(record: Record, *, system: str = DEFAULT_SYSTEM, image_context_tokens: int = 0) -> str:
+    """The full training text of a record in InternVL2's internlm2-chat template.
+
+    ``<image>`` becomes ``<img>`` + ``<IMG_CONTEXT>`` x ``image_context_tokens`` + ``</img>``
+    (the real count is tiles x 256, far too long to print; 0 keeps it readable).
+
+    >>> r = Record("a", "a.jpg", (Conversation("human", "<image>\\n讲个梗"), Conversation("gpt", "好")))
+    >>> chat_text(r, system="S", image_context_tokens=1)
+    '<|im_start|>system\\nS<|im_end|><|im_start|>user\\n<img><IMG_CONTEXT></img>\\n讲个梗<|im_end|><|im_start|>assistant\\n好<|im_end|>'
+    """
+    image = IMG_START + IMG_CONTEXT * image_context_tokens + IMG_END
+    return "".join(_segments(record, system)).replace(_IMAGE_SPOT, image)
+
+
+def _text_tokens(record: Record, tokenizer: Tokenizer, system: str) -> int:
+    """Tokens of the text around the image: each XTuner segment encoded apart, split at the image.
+
+    One more for the BOS token when the tokenizer has one (XTuner encodes the
+    first input with ``add_special_tokens=True``).
+    """
+    total = sum(len(tokenizer.encode(part, add_special_tokens=False))
+                for segment in _segments(record, system) for part in segment.split(_IMAGE_SPOT) if part)
+    return total + (1 if getattr(tokenizer, "bos_token_id", None) is not None else 0)
+
+
+def _count(record: Record, tokenizer: Tokenizer | None, size: tuple[int, int], tiling: _Tiling,
+           system: str) -> dict[str, Any]:
+    """The token-count row of one record whose image is ``size`` pixels."""
+    text = _text_tokens(record, tokenizer, system) if tokenizer is not None else None
+    image = tiling.image_tokens(*size) if IMAGE_TOKEN in record.prompt else 0
+    return {"id": record.id, "width": size[0], "height": size[1], "tiles": tiling.tiles(*size),
+            "text_tokens": text, "image_tokens": image, "total": (text or 0) + image}
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """Width and height from the image header (no decoding)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"{path}: cannot read the image ({err}); run helpers.data.validate first") from err
+
+
+def caption_lengths(ds: SampleSet) -> list[int]:
+    """Characters in each record's caption (its gpt text), in record order.
+
+    >>> min(caption_lengths(load_sample())) >= 8
+    True
+    """
+    return [len(r.caption) for r in ds]
+
+
+def token_counts(ds: SampleSet, tokenizer: Tokenizer | None = None, num_image_token: int = 256,
+                 max_num: int = 12, image_size: int = 448, use_thumbnail: bool = True,
+                 system: str = DEFAULT_SYSTEM) -> list[dict[str, Any]]:
+    """Per record: image size, tiles, text tokens, image tokens and their total.
+
+    Text tokens are what ``tokenizer`` gives for the training text in XTuner's
+    InternVL internlm2-chat template (``<|im_start|>system\\n{system}<|im_end|>
+    <|im_start|>user\\n{human}<|im_end|><|im_start|>assistant\\n{gpt}<|im_end|>``)
+    without the image, plus BOS when the tokenizer has one; image tokens are
+    computed, not tokenised: ``tiles x num_image_token + 2`` for ``<img>``/``</img>``,
+    with the tiles InternVL2 picks for the image's real size. Without a
+    tokenizer ``text_tokens`` is ``None`` and ``total`` counts the image only.
+
+    >>> row = token_counts(load_sample("eval"))[0]
+    >>> row["image_tokens"] == row["tiles"] * 256 + 2
+    True
+    """
+    tiling = _Tiling(num_image_token, max_num, image_size, use_thumbnail)
+    return [_count(r, tokenizer, _image_size(ds.image_path(r)), tiling, system) for r in ds]
+
+
+def dataset_stats(ds: SampleSet, tokenizer: Tokenizer | None = None, num_image_token: int = 256,
+                  max_num: int = 12, image_size: int = 448, use_thumbnail: bool = True,
+                  system: str = DEFAULT_SYSTEM) -> dict[str, list]:
+    """Columns for the book's histograms: ids, caption chars, tiles, text/image/total tokens, sizes.
+
+    The dict of equal-length lists that :func:`helpers.plots.length_histograms` draws
+    (and that ``pandas.DataFrame(stats)`` turns into a table, if you like).
+
+    >>> sorted(dataset_stats(load_sample("eval")))[:3]
+    ['caption_chars', 'height', 'id']
+    """
+    rows = token_counts(ds, tokenizer, num_image_token, max_num, image_size, use_thumbnail, system)
+    stats: dict[str, list] = {key: [row[key] for row in rows] for key in
+                              ("id", "width", "height", "tiles", "text_tokens", "image_tokens", "total")}
+    stats["caption_chars"] = caption_lengths(ds)
+    return stats
+
+
+# --------------------------------------------------------------------------------------------
+# converters
+
+
+def _write_json(data: Any, path: Path) -> Path:
+    """Write UTF-8 JSON (Chinese kept readable, 2-space indent), creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def to_xtuner_json(ds: SampleSet, path: str | Path, *, absolute_images: bool = False) -> Path:
+    """Write the records as XTuner's InternVL JSON (``image`` + ``conversations``) and return the path.
+
+    Image paths stay relative to ``ds.root`` (set the config's ``image_folders``
+    to it) unless ``absolute_images`` is True, which works with any image folder.
+
+    >>> import tempfile; out = Path(tempfile.mkdtemp()) / "train.json"
+    >>> load_dataset(to_xtuner_json(load_sample("eval"), out, absolute_images=True)).format
+    'llava_json'
+    """
+    return _write_json([_export(ds, r, with_id=False, absolute=absolute_images) for r in ds], Path(path))
+
+
+def to_llava_json(ds: SampleSet, path: str | Path, *, absolute_images: bool = False) -> Path:
+    """Like :func:`to_xtuner_json`, with each record's ``id`` (the LLaVA layout).
+
+    >>> import tempfile; out = Path(tempfile.mkdtemp()) / "llava.json"
+    >>> json.loads(to_llava_json(load_sample("eval"), out).read_text())[0]["id"]
+    'chelsea_nose'
+    """
+    return _write_json([_export(ds, r, with_id=True, absolute=absolute_images) for r in ds], Path(path))
+
+
+def _export(ds: SampleSet, record: Record, with_id: bool, absolute: bool) -> dict[str, Any]:
+    """A record's JSON dict for the converters, with an absolute image path if asked."""
+    out = record.to_dict(with_id=with_id)
+    if absolute:
+        out["image"] = str(ds.image_path(record))
+    return out
+
+
+def to_swift_jsonl(ds: SampleSet, path: str | Path) -> Path:
+    """Write ms-swift's JSONL (``query``, ``response``, ``images``; ``history`` for earlier turns).
+
+    The ``<image>`` tag stays in the query, where ms-swift puts the image;
+    image paths are absolute because ms-swift resolves them from its working folder.
+
+    >>> import tempfile; out = Path(tempfile.mkdtemp()) / "swift.jsonl"
+    >>> sorted(json.loads(to_swift_jsonl(load_sample("eval"), out).read_text().splitlines()[0]))
+    ['images', 'query', 'response']
+    """
+    lines = []
+    for record in ds:
+        pairs = [(q.value, a.value) for q, a in zip(record.conversations[::2], record.conversations[1::2])]
+        if not pairs:
+            continue
+        row: dict[str, Any] = {"query": pairs[-1][0], "response": pairs[-1][1],
+                               "images": [str(ds.image_path(record))]}
+        if len(pairs) > 1:
+            row["history"] = [list(p) for p in pairs[:-1]]
+        lines.append(json.dumps(row, ensure_ascii=False))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m helpers.data validate PATH [--split S] [--model DIR --max-length N]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m helpers.data")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    v = sub.add_parser("validate", help="check a dataset; reports every problem, changes nothing")
+    v.add_argument("path", nargs="?", default=str(SAMPLE_DATA_DIR))
+    v.add_argument("--split", default=None)
+    v.add_argument("--model", default=None, help="model directory whose tokenizer counts tokens")
+    v.add_argument("--max-length", type=int, default=None)
+    args = parser.parse_args(argv)
+    tokenizer, kwargs = None, {}
+    if args.model:
+        from transformers import AutoConfig, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
+        cfg = AutoConfig.from_pretrained(args.model, trust_remote_code=True)
+        size = cfg.force_image_size or cfg.vision_config.image_size
+        kwargs = dict(num_image_token=int((size // cfg.vision_config.patch_size) ** 2 * cfg.downsample_ratio ** 2),
+                      max_num=cfg.max_dynamic_patch, image_size=size, use_thumbnail=cfg.use_thumbnail)
+    try:
+        report = validate(args.path, split=args.split, tokenizer=tokenizer, max_length=args.max_length, **kwargs)
+    except DatasetError as exc:
+        print(f"error: {exc}")
+        return 2
+    print(report)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,154 @@
+"""The figures the notebooks show, drawn with matplotlib only.
+
+Every function builds a :class:`matplotlib.figure.Figure` directly (no
+``pyplot``), so it works under any backend, headless included, keeps no global
+figure state, and is shown exactly once when a notebook cell returns it. Save
+one with ``fig.savefig(path)``.
+
+Captions are Chinese, so the first use looks for a CJK font (Noto Sans CJK,
+Source Han Sans, WenQuanYi, SimHei, ...) among matplotlib's fonts and, when
+its font cache predates the install, among the system's font files. Without
+one (Debian/Ubuntu: ``apt-get install fonts-noto-cjk``) the figures still
+build, but titles show record ids instead of captions, and say so.
+"""
+
+from __future__ import annotations
+
+import functools
+import textwrap
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .data import SampleSet
+from .errors import DatasetError
+
+__all__ = ["cjk_font", "gallery", "length_histograms"]
+
+_CJK_FAMILIES = (
+    "Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "Source Han Sans CN", "WenQuanYi Micro Hei",
+    "WenQuanYi Zen Hei", "Microsoft YaHei", "SimHei", "PingFang SC", "Hiragino Sans GB",
+    "Noto Sans CJK JP", "Noto Sans CJK TC", "Noto Serif CJK SC", "AR PL UMing CN", "Droid Sans Fallback",
+)
+_CJK_FILE_HINTS = ("notosanscjk", "notoserifcjk", "notosanssc", "sourcehansans", "wqy", "wenquanyi",
+                   "msyh", "simhei", "pingfang", "hiragino", "uming", "ukai", "droidsansfallback")
+
+
+@functools.lru_cache(maxsize=None)
+def cjk_font() -> str | None:
+    """Name of a font family that can draw Chinese, or None when none is installed.
+
+    Registers the system's CJK font files with matplotlib when its font cache
+    does not know them yet (a font installed after matplotlib first ran).
+
+    >>> cjk_font() is None or isinstance(cjk_font(), str)
+    True
+    """
+    from matplotlib import font_manager
+
+    def pick() -> str | None:
+        names = {f.name for f in font_manager.fontManager.ttflist}
+        return next((n for n in _CJK_FAMILIES if n in names),
+                    next((n for n in sorted(names) if "CJK" in n), None))
+
+    if (name := pick()) is not None:
+        return name
+    for path in font_manager.findSystemFonts():
+        if any(hint in Path(path).name.lower().replace("-", "").replace("_", "") for hint in _CJK_FILE_HINTS):
+            try:
+                font_manager.fontManager.addfont(path)
+            except (OSError, RuntimeError, ValueError):  # an unreadable font file: skip it
+                continue
+    return pick()
+
+
+def _figure(width: float, height: float):
+    """A backend-independent Figure with constrained layout."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def gallery(ds: SampleSet, n: int = 8, cols: int = 4, *, start: int = 0, wrap: int = 12) -> Any:
+    """Show ``n`` records from ``start`` on: each image with its caption as the title.
+
+    One axes per shown image (``min(n, len(ds) - start)`` of them), ``cols`` per
+    row, captions wrapped every ``wrap`` characters. Without a CJK font the
+    titles are the record ids (see the module docstring).
+
+    >>> from helpers.data import load_sample
+    >>> len(gallery(load_sample("eval"), n=4, cols=2).axes)
+    4
+    """
+    import numpy as np
+    from PIL import Image
+
+    records = list(ds)[start:start + n]
+    if not records:
+        raise DatasetError(f"nothing to show: the dataset has {len(ds)} records and start={start}")
+    cols = max(1, min(cols, len(records)))
+    rows = -(-len(records) // cols)
+    fig = _figure(3.0 * cols, 3.3 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    font = cjk_font()
+    for ax, record in zip(axes, records):
+        with Image.open(ds.image_path(record)) as im:
+            ax.imshow(np.asarray(im.convert("RGB")))
+        ax.set_axis_off()
+        if font is not None:
+            ax.set_title("\n".join(textwrap.wrap(record.caption, wrap)), fontsize=9,
+                         fontfamily=[font, "DejaVu Sans"])
+        else:
+            ax.set_title(record.id, fontsize=9)
+    for ax in axes[len(records):]:
+        fig.delaxes(ax)
+    if font is None:
+        fig.suptitle("record ids shown: no CJK font for the captions (apt-get install fonts-noto-cjk)",
+                     fontsize=9)
+    return fig
+
+
+def _column(stats: Mapping[str, Sequence], key: str) -> list:
+    """One column of the stats dict, or a DatasetError saying how to make the dict."""
+    if key not in stats:
+        raise DatasetError(f"stats has no {key!r} column: pass helpers.data.dataset_stats(ds, tokenizer)")
+    return list(stats[key])
+
+
+def length_histograms(stats: Mapping[str, Sequence], max_length: int | None = None) -> Any:
+    """Three panels: caption characters, text vs image tokens per sample, tiles per image.
+
+    ``stats`` is :func:`helpers.data.dataset_stats`'s dict. The middle panel
+    stacks each sample's text and image tokens (sorted by total) so you see
+    that the image dominates the length; with ``max_length`` it draws that
+    limit. Without a tokenizer (``text_tokens`` all ``None``) it shows image
+    tokens only.
+
+    >>> from helpers.data import dataset_stats, load_sample
+    >>> len(length_histograms(dataset_stats(load_sample("eval"))).axes)
+    3
+    """
+    chars = _column(stats, "caption_chars")
+    text = [t or 0 for t in _column(stats, "text_tokens")]
+    image = _column(stats, "image_tokens")
+    tiles = _column(stats, "tiles")
+    fig = _figure(13, 3.6)
+    ax_chars, ax_tokens, ax_tiles = fig.subplots(1, 3, width_ratios=[1, 1.6, 1])
+
+    ax_chars.hist(chars, bins=range(min(chars), max(chars) + 2), color="tab:blue", edgecolor="white")
+    ax_chars.set(title="Caption length", xlabel="characters", ylabel="records")
+
+    order = sorted(range(len(image)), key=lambda i: text[i] + image[i])
+    xs = range(len(order))
+    ax_tokens.bar(xs, [image[i] for i in order], width=1.0, color="tab:orange", label="image tokens")
+    if any(text):
+        ax_tokens.bar(xs, [text[i] for i in order], bottom=[image[i] for i in order], width=1.0,
+                      color="tab:blue", label="text tokens")
+    if max_length is not None:
+        ax_tokens.axhline(max_length, color="tab:red", linestyle="--", label=f"max_length={max_length}")
+    ax_tokens.set(title="Tokens per sample (sorted)", xlabel="sample", ylabel="tokens")
+    ax_tokens.legend(loc="upper left", fontsize=8)
+
+    values = sorted(set(tiles))
+    ax_tiles.bar([str(v) for v in values], [tiles.count(v) for v in values], color="tab:green")
+    ax_tiles.set(title="Tiles per image", xlabel="448-px tiles (thumbnail included)", ylabel="images")
+    return fig
