@@ -26,7 +26,21 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 SAMPLE_DATA_DIR = PACKAGE_DIR / "sample_data" / "clot_sample"
 REPO_DIR = PACKAGE_DIR.parent
 
-__all__ = ["PACKAGE_DIR", "SAMPLE_DATA_DIR", "REPO_DIR", "show_source", "__version__"]
+__all__ = ["PACKAGE_DIR", "SAMPLE_DATA_DIR", "REPO_DIR", "repo_path", "show_source", "__version__"]
+
+
+def repo_path(path: str | Path) -> Path:
+    """Resolve a notebook parameter path: relative paths are relative to the repository root.
+
+    Notebooks run with different working folders (JupyterLab: ``notebooks/``;
+    papermill: wherever it was started), so every path parameter goes through
+    this function.
+
+    >>> repo_path("_build/outputs") == REPO_DIR / "_build" / "outputs"
+    True
+    """
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else REPO_DIR / p
 
 
 def show_source(obj: object) -> object:
@@ -55,6 +69,9 @@ class _SourceCode:
         self.source = source
 
     def __str__(self) -> str:
+        return self.source
+
+    def __repr__(self) -> str:
         return self.source
 
     def _repr_html_(self) -> str:

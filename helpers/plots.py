@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 from .data import SampleSet
 from .errors import DatasetError
 
-__all__ = ["cjk_font", "gallery", "length_histograms"]
+__all__ = ["cjk_font", "gallery", "length_histograms", "tile_grid"]
 
 _CJK_FAMILIES = (
     "Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "Source Han Sans CN", "WenQuanYi Micro Hei",
@@ -61,10 +61,27 @@ def cjk_font() -> str | None:
     return pick()
 
 
+def _register_display() -> None:
+    """Let IPython show a bare Figure as a PNG (pyplot's inline backend does this only once pyplot is used)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - outside Jupyter nothing needs to be registered
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    from IPython.core.pylabtools import print_figure
+    from matplotlib.figure import Figure
+
+    formatter = shell.display_formatter.formatters["image/png"]
+    formatter.for_type(Figure, lambda fig: print_figure(fig, "png", bbox_inches="tight", dpi=100))
+
+
 def _figure(width: float, height: float):
     """A backend-independent Figure with constrained layout."""
     from matplotlib.figure import Figure
 
+    _register_display()
     return Figure(figsize=(width, height), layout="constrained")
 
 
@@ -151,4 +168,44 @@ def length_histograms(stats: Mapping[str, Sequence], max_length: int | None = No
     values = sorted(set(tiles))
     ax_tiles.bar([str(v) for v in values], [tiles.count(v) for v in values], color="tab:green")
     ax_tiles.set(title="Tiles per image", xlabel="448-px tiles (thumbnail included)", ylabel="images")
+    return fig
+
+
+def tile_grid(image: Any, max_num: int = 12, image_size: int = 448, use_thumbnail: bool = True,
+              num_image_token: int = 256) -> Any:
+    """Show how InternVL2 cuts one PIL image: the original with the tile grid drawn on it, then each tile.
+
+    The title of the first panel gives the grid, the number of tiles and the
+    ``<IMG_CONTEXT>`` tokens they cost (``tiles * num_image_token``).
+
+    >>> from PIL import Image
+    >>> len(tile_grid(Image.new("RGB", (900, 450))).axes)   # original + 2 tiles + thumbnail
+    4
+    """
+    from .tiling import dynamic_tiles, plan_tiles
+
+    plan = plan_tiles(*image.size, max_num=max_num, image_size=image_size, use_thumbnail=use_thumbnail)
+    tiles = dynamic_tiles(image, max_num=max_num, image_size=image_size, use_thumbnail=use_thumbnail)
+    n = len(tiles) + 1
+    cols = min(n, 8)
+    rows = (n + cols - 1) // cols
+    fig = _figure(2.0 * cols, 2.2 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    w, h = image.size
+    axes[0].imshow(image)
+    for c in range(1, plan.cols):
+        axes[0].axvline(c * w / plan.cols, color="yellow", lw=1.5)
+    for r in range(1, plan.rows):
+        axes[0].axhline(r * h / plan.rows, color="yellow", lw=1.5)
+    axes[0].set_title(f"{w}x{h} -> {plan.cols}x{plan.rows} grid\n{plan.num_tiles} tiles = "
+                      f"{plan.num_tiles * num_image_token} tokens", fontsize=8)
+    for i, (ax, tile) in enumerate(zip(axes[1:], tiles)):
+        ax.imshow(tile)
+        is_thumb = plan.thumbnail and i == len(tiles) - 1
+        ax.set_title("thumbnail" if is_thumb else f"tile {i + 1}", fontsize=8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes[n:]:
+        ax.set_visible(False)
     return fig

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import PACKAGE_DIR, SAMPLE_DATA_DIR
-from .errors import BookError
+from . import PACKAGE_DIR, SAMPLE_DATA_DIR, repo_path
+from .errors import BookError, ModelDirError
 
 REMOTE_CODE_DIR = PACKAGE_DIR / "remote_code"
 
@@ -175,6 +175,8 @@ def default_corpus() -> list[str]:
         "请描述这张图片。Please describe this image. What is in the picture?",
         "这张图片展示了一个有趣的场景。This image shows an interesting scene.",
     ]
+    # the role names of the chat template, so that they become single pieces as in InternLM2
+    texts += ["system", "user", "assistant"] * 8
     for name in ("ex_cn.json", "train.json", "eval.json"):
         path = SAMPLE_DATA_DIR / name
         if path.exists():
@@ -187,7 +189,8 @@ def default_corpus() -> list[str]:
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
     """Train a SentencePiece-style BPE (``▁`` for spaces, byte fallback) like InternLM2's.
 
-    Ids 0-2 are ``<unk> <s> </s>``, 3-258 the byte pieces ``<0x00>..<0xFF>``,
+    Spaces become ``▁`` and split words; Chinese runs are merged into
+    pieces of up to four characters where the corpus repeats them. Ids 0-2 are ``<unk> <s> </s>``, 3-258 the byte pieces ``<0x00>..<0xFF>``,
     then the learned pieces, then the 15 special tokens in the official order.
     BOS is added by the post-processor, as InternLM2's tokenizer does.
     Returns a ``transformers.PreTrainedTokenizerFast``.
@@ -196,11 +199,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
     from transformers import PreTrainedTokenizerFast
 
     base = ["<unk>", "<s>", "</s>"]
-    pre = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    pre = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
     trainer_tok = Tokenizer(models.BPE(unk_token="<unk>"))
     trainer_tok.pre_tokenizer = pre
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=base, show_progress=False,
-                                  min_frequency=2)
+                                  min_frequency=2, max_token_length=4)
     trainer_tok.train_from_iterator(list(texts), trainer=trainer)
     learned = json.loads(trainer_tok.to_str())["model"]
     vocab: dict[str, int] = {tok: i for i, tok in enumerate(base)}
@@ -213,8 +216,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
 
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     tok.pre_tokenizer = pre
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
     tok.add_special_tokens(SPECIAL_TOKENS)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                        special_tokens=[("<s>", 1)])
@@ -292,6 +294,46 @@ def build(preset: str = "tiny", out: str | Path = "_build/models/tiny-internvl2"
         encoding="utf-8",
     )
     return out
+
+
+def ensure_model(model_path: str | Path, profile: str = "tiny") -> Path:
+    """Return the model directory, building the tiny model there first if the profile is ``tiny``.
+
+    With any other profile a missing directory is an error that says how to
+    get the real InternVL2-2B, never a silent stand-in.
+
+    >>> ensure_model("/nonexistent/InternVL2-2B", profile="gpu")   # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    helpers.errors.ModelDirError: /nonexistent/InternVL2-2B has no config.json ...
+    """
+    path = repo_path(model_path)
+    if (path / "config.json").exists():
+        return path
+    if profile == "tiny":
+        return build("tiny", path, overwrite=True)
+    raise ModelDirError(
+        f"{path} has no config.json. Put InternVL2-2B there (for example "
+        f"`huggingface-cli download OpenGVLab/InternVL2-2B --local-dir {path}` on a machine with internet "
+        "access) or set the model_path parameter to the folder that holds it."
+    )
+
+
+def image_settings(model_path: str | Path) -> dict[str, Any]:
+    """The tiling settings an InternVL2 directory's ``config.json`` implies.
+
+    Returns ``num_image_token`` (tokens per tile), ``max_num``, ``image_size``
+    and ``use_thumbnail``, the arguments :mod:`helpers.tiling` and
+    :func:`helpers.data.token_counts` take.
+    """
+    cfg = json.loads((repo_path(model_path) / "config.json").read_text(encoding="utf-8"))
+    size = cfg.get("force_image_size") or cfg["vision_config"]["image_size"]
+    patch = cfg["vision_config"]["patch_size"]
+    return {
+        "num_image_token": int((size // patch) ** 2 * cfg["downsample_ratio"] ** 2),
+        "max_num": cfg.get("max_dynamic_patch", 12),
+        "image_size": size,
+        "use_thumbnail": bool(cfg.get("use_thumbnail", True)),
+    }
 
 
 def _dir_size(path: Path) -> int:

@@ -22,6 +22,15 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$HASH" ]]; then
 fi
 
 start=$(date +%s)
+# The captions are Chinese: matplotlib needs a CJK font to draw them (1.6 MB Debian package).
+# Installed when we may (root with apt-get); otherwise figures fall back to record ids and say so.
+if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null \
+        && ! dpkg -s fonts-wqy-microhei >/dev/null 2>&1 && ! dpkg -s fonts-noto-cjk >/dev/null 2>&1; then
+    echo "[install] 0/4 CJK font for the figures (fonts-wqy-microhei)"
+    { apt-get install -y -q fonts-wqy-microhei >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q fonts-wqy-microhei >/dev/null 2>&1; }; } \
+        || echo "[install] could not install fonts-wqy-microhei; figures will label images by id"
+fi
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 C=(-c requirements/lock-cpu.txt)
