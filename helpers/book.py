@@ -1,0 +1,666 @@
+"""Run the book's notebooks in order with papermill, one parameter set for all.
+
+::
+
+    python -m helpers.book run                      # every notebook, tiny profile (CPU)
+    python -m helpers.book run --profile gpu        # real InternVL2-2B (CUDA, >= 16 GB)
+    python -m helpers.book run --only 00,01 -p max_steps 20
+    python -m helpers.book run --from 02 --params-file my.yaml
+    python -m helpers.book list                     # notebooks and their parameters
+    python -m helpers.book strip [--check] [paths]  # remove outputs (CI: --check)
+
+Parameters are the profile's defaults (``params/tiny.yaml`` or
+``params/gpu-internvl2-2b.yaml``), then ``--params-file``, then ``-p KEY VALUE``
+(later wins; values are YAML scalars, so ``-p max_steps 20`` is an int). The
+same order picks the profile: ``-p profile gpu`` or a params file saying
+``profile: gpu`` selects the gpu defaults even after ``--profile tiny``. A
+notebook only receives the parameters its ``parameters``-tagged cell assigns,
+so one file serves every notebook. String values may refer to other
+parameters as ``${name}``; relative values of keys ending in ``_path``,
+``_dir`` or ``_file`` are resolved against the repository root.
+
+Executed notebooks go to ``_build/notebooks/`` (same file names) with
+``run-summary.json``. The first failing notebook stops the run with its cell,
+the error and where the executed notebook is; the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import logging
+import math
+import os
+import re
+import string
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from helpers import REPO_DIR
+from helpers.errors import BookError, ProfileError, RunError
+
+__all__ = [
+    "NOTEBOOKS_DIR",
+    "PARAMS_DIR",
+    "BUILD_DIR",
+    "PROFILES",
+    "COMMON_PARAMETERS",
+    "NotebookResult",
+    "discover",
+    "select",
+    "parameter_names",
+    "load_params",
+    "parse_value",
+    "resolve_params",
+    "ensure_kernel",
+    "run_book",
+    "strip_notebook",
+    "strip",
+    "main",
+]
+
+NOTEBOOKS_DIR = REPO_DIR / "notebooks"
+PARAMS_DIR = REPO_DIR / "params"
+BUILD_DIR = REPO_DIR / "_build" / "notebooks"
+SUMMARY_NAME = "run-summary.json"
+
+#: Profile name -> its defaults file in ``params/``.
+PROFILES: dict[str, str] = {"tiny": "tiny.yaml", "gpu": "gpu-internvl2-2b.yaml"}
+
+#: Parameters every notebook's ``parameters`` cell defines.
+COMMON_PARAMETERS: tuple[str, ...] = ("profile", "model_path", "data_path", "output_dir", "device", "seed")
+
+_NOTEBOOK_RE = re.compile(r"^\d\d_.+\.ipynb$")
+_PATH_KEY_RE = re.compile(r"_(path|dir|file)$")
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+LANGUAGE_INFO = {"name": "python", "pygments_lexer": "ipython3"}
+
+
+# --------------------------------------------------------------------------- notebooks
+
+
+def discover(notebooks_dir: str | Path = NOTEBOOKS_DIR) -> list[Path]:
+    """The book's notebooks, ``NN_name.ipynb``, in order.
+
+    >>> [p.name for p in discover()][:1]  # doctest: +SKIP
+    ['00_environment.ipynb']
+    """
+    folder = Path(notebooks_dir)
+    if not folder.is_dir():
+        raise RunError(f"Notebook folder {folder} does not exist: pass --notebooks-dir with the folder "
+                       "that holds the NN_name.ipynb notebooks.")
+    return sorted(p for p in folder.iterdir() if _NOTEBOOK_RE.match(p.name))
+
+
+def select(notebooks: Sequence[Path], only: str | None = None, start: str | None = None) -> list[Path]:
+    """Keep the notebooks named by ``only`` ("00,01" or stems) from ``start`` on ("02").
+
+    A key matches a notebook whose stem equals it or starts with ``key + "_"``.
+    """
+
+    def find(key: str) -> int:
+        key = key.strip().removesuffix(".ipynb")
+        for i, nb in enumerate(notebooks):
+            if nb.stem == key or nb.stem.startswith(key + "_"):
+                return i
+        names = ", ".join(nb.stem for nb in notebooks) or "none"
+        raise RunError(f"No notebook matches {key!r}; the notebooks are: {names}.")
+
+    chosen = list(notebooks)
+    if start:
+        chosen = chosen[find(start):]
+    if only:
+        keep = {find(k) for k in only.split(",") if k.strip()}
+        chosen = [nb for nb in chosen if notebooks.index(nb) in keep]
+    return chosen
+
+
+def _read(path: Path) -> Any:
+    import nbformat
+
+    try:
+        return nbformat.read(str(path), as_version=4)
+    except Exception as exc:  # noqa: BLE001 - nbformat raises several kinds
+        raise RunError(f"{path} is not a readable notebook ({type(exc).__name__}: {exc}).") from exc
+
+
+def _parameters_cell(nb: Any) -> tuple[int, Any] | None:
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            return i, cell
+    return None
+
+
+def parameter_names(notebook: str | Path | Any) -> list[str]:
+    """Names assigned in the notebook's ``parameters``-tagged cell, in order ([] if none).
+
+    The cell is parsed with :mod:`ast`, so ``a = b = 1``, ``x: int = 2`` and
+    ``x, y = 1, 2`` all count; IPython magics (``%`` / ``!`` lines) are ignored.
+    """
+    nb = _read(Path(notebook)) if isinstance(notebook, (str, Path)) else notebook
+    found = _parameters_cell(nb)
+    if found is None:
+        return []
+    source = "\n".join(
+        "" if line.lstrip().startswith(("%", "!")) else line for line in found[1].source.splitlines()
+    )
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        raise RunError(f"The parameters cell of {getattr(notebook, 'name', 'the notebook')} is not valid "
+                       f"Python (line {exc.lineno}: {exc.msg}); fix it in Jupyter.") from exc
+
+    names: list[str] = []
+
+    def add(target: ast.expr) -> None:
+        if isinstance(target, ast.Name) and target.id not in names:
+            names.append(target.id)
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            for elt in target.elts:
+                add(elt)
+
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                add(target)
+        elif isinstance(node, ast.AnnAssign):
+            add(node.target)
+    return names
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``-p`` value as a YAML scalar: ``20`` -> 20, ``true`` -> True, ``null`` -> None.
+
+    PyYAML reads ``1e-4`` as a string; numbers like it become floats here.
+
+    >>> parse_value("20"), parse_value("1e-4"), parse_value("cpu"), parse_value("null")
+    (20, 0.0001, 'cpu', None)
+    """
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return number if math.isfinite(number) else value
+    if value is not None and not isinstance(value, (bool, int, float, list, dict)):
+        return text  # dates and other YAML types stay as written
+    return value
+
+
+def load_params(path: str | Path) -> dict[str, Any]:
+    """Read a flat YAML mapping of parameters (comments allowed)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"Parameters file {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise RunError(f"Parameters file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise RunError(f"Parameters file {path} must be a mapping of names to values (key: value lines).")
+    return data
+
+
+def resolve_params(params: dict[str, Any], root: Path = REPO_DIR) -> dict[str, Any]:
+    """Expand ``${name}`` references and make path-like values absolute.
+
+    Keys ending in ``_path``, ``_dir`` or ``_file`` with a relative string value
+    are resolved against ``root`` (the repository), because notebooks run with
+    their own folder as working directory.
+
+    >>> resolve_params({"output_dir": "out", "model_path": "${output_dir}/m"}, Path("/r"))
+    {'output_dir': '/r/out', 'model_path': '/r/out/m'}
+    """
+    out = dict(params)
+    for _ in range(5):  # references to references, a few levels deep
+        changed = False
+        for key, value in out.items():
+            if isinstance(value, str) and "$" in value:
+                new = string.Template(value).safe_substitute({k: v for k, v in out.items() if k != key})
+                changed |= new != value
+                out[key] = new
+        if not changed:
+            break
+    for key, value in out.items():
+        if isinstance(value, str) and value and _PATH_KEY_RE.search(key) and "://" not in value:
+            p = Path(value).expanduser()
+            out[key] = str(p if p.is_absolute() else (root / p).resolve())
+    return out
+
+
+def _merge_params(profile: str, params_file: str | Path | None, overrides: Iterable[tuple[str, str]],
+                  params_dir: Path) -> tuple[dict[str, Any], set[str]]:
+    """Profile defaults, then the params file, then ``-p``; also the keys the user supplied.
+
+    A ``profile`` key in the params file or in ``-p`` is later than ``--profile``
+    and so wins: it selects which defaults file is loaded.
+    """
+    user: dict[str, Any] = {}
+    if params_file:
+        user.update(load_params(params_file))
+    user.update({key: parse_value(value) for key, value in overrides})
+    profile = user.pop("profile", profile)
+    if profile not in PROFILES:
+        raise ProfileError(f"Unknown profile {profile!r}: use one of {', '.join(PROFILES)}.")
+    params = load_params(params_dir / PROFILES[profile])
+    params.update(user)
+    params["profile"] = profile
+    return params, set(user)
+
+
+# --------------------------------------------------------------------------- kernel
+
+
+def ensure_kernel(name: str = "python3") -> None:
+    """Make sure a Jupyter kernelspec ``name`` exists; install ``python3`` for this interpreter if not.
+
+    The ``python3`` kernelspec that ipykernel provides starts ``python``, which
+    jupyter_client replaces by the interpreter running the runner, so the
+    notebooks see the same packages as ``python -m helpers.book``.
+    """
+    try:
+        from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    except ImportError as exc:
+        raise RunError("jupyter_client is missing: pip install papermill ipykernel.") from exc
+    try:
+        spec = KernelSpecManager().get_kernel_spec(name)
+    except NoSuchKernel:
+        if name != "python3":
+            raise RunError(f"There is no Jupyter kernel named {name!r}: see `jupyter kernelspec list`, "
+                           "or leave out --kernel to use python3.") from None
+        try:
+            from ipykernel.kernelspec import install
+        except ImportError as exc:
+            raise RunError("ipykernel is missing, so notebooks cannot run: pip install ipykernel.") from exc
+        install(prefix=sys.prefix)
+        print(f"installed the python3 kernel for {sys.executable} in {sys.prefix}")
+        return
+    exe = spec.argv[0] if spec.argv else ""
+    if os.path.isabs(exe) and Path(exe).resolve() != Path(sys.executable).resolve():
+        print(f"note: kernel {name!r} runs {exe}, not {sys.executable}; if imports fail in the notebooks, "
+              f"run `{sys.executable} -m ipykernel install --sys-prefix`.", file=sys.stderr)
+
+
+def _kernel_manager(name: str, socket_dir: Path) -> Any:
+    """A kernel manager talking to the kernel over local sockets (IPC) where the OS has them.
+
+    Over TCP, ipykernel >= 7 warns at every start that the traffic is not encrypted;
+    IPC sockets are files only this user can reach, and the warning goes away. The
+    socket files go to ``socket_dir`` (an absolute path: a relative one would land
+    in the notebook's folder).
+    """
+    from jupyter_client.manager import KernelManager
+
+    if os.name != "posix":
+        return KernelManager(kernel_name=name)
+    return KernelManager(kernel_name=name, transport="ipc", ip=str(socket_dir / "kernel"))
+
+
+def _shutdown(km: Any) -> None:
+    """Stop the kernel of one notebook: nbclient leaves a kernel manager it was given running."""
+    try:
+        if km.has_kernel:
+            km.shutdown_kernel()
+    finally:
+        km.cleanup_resources()
+
+
+def _ensure_metadata(nb: Any) -> list[str]:
+    """Add kernelspec / language_info when missing (papermill needs them); return what was added."""
+    added = []
+    if not nb.metadata.get("kernelspec"):
+        nb.metadata["kernelspec"] = dict(KERNELSPEC)
+        added.append("kernelspec")
+    if not nb.metadata.get("language_info", {}).get("name"):
+        nb.metadata["language_info"] = dict(LANGUAGE_INFO)
+        added.append("language_info")
+    return added
+
+
+@contextmanager
+def _pythonpath(path: Path) -> Iterator[None]:
+    """Let the kernels import ``helpers`` whatever their working directory."""
+    old = os.environ.get("PYTHONPATH")
+    parts = [str(path)] + ([old] if old else [])
+    os.environ["PYTHONPATH"] = os.pathsep.join(parts)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+# --------------------------------------------------------------------------- run
+
+
+@dataclass
+class NotebookResult:
+    """One line of ``run-summary.json``."""
+
+    notebook: str
+    status: str  # "ok", "failed" or "not run"
+    seconds: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    output: str | None = None
+    error: str | None = None
+
+
+def _write_summary(build_dir: Path, profile: str, results: list[NotebookResult], unused: list[str]) -> Path:
+    path = build_dir / SUMMARY_NAME
+    data = {
+        "profile": profile,
+        "python": sys.executable,
+        "total_seconds": round(sum(r.seconds or 0.0 for r in results), 2),
+        "unused_parameters": unused,
+        "notebooks": [asdict(r) for r in results],
+    }
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def _table(results: list[NotebookResult]) -> str:
+    width = max([len(r.notebook) for r in results] + [len("notebook")])
+    lines = [f"{'notebook':<{width}}  {'status':<8} {'seconds':>8}"]
+    for r in results:
+        secs = f"{r.seconds:8.1f}" if r.seconds is not None else f"{'-':>8}"
+        lines.append(f"{r.notebook:<{width}}  {r.status:<8} {secs}")
+    lines.append(f"{'total':<{width}}  {'':<8} {sum(r.seconds or 0 for r in results):8.1f}")
+    return "\n".join(lines)
+
+
+def _failure_message(nb_path: Path, out_path: Path, exc: Exception, shift: int, param_index: int | None,
+                     not_run: list[str]) -> str:
+    from papermill.exceptions import PapermillExecutionError
+
+    lines = [f"Notebook {nb_path.stem} failed."]
+    if isinstance(exc, PapermillExecutionError):
+        index = exc.cell_index
+        if shift and param_index is not None and index > param_index:
+            index -= shift  # papermill added an "injected-parameters" cell after the parameters cell
+        lines.append(f"  cell {index + 1} of {nb_path.name} (In [{exc.exec_count}]) raised "
+                     f"{exc.ename}: {exc.evalue}")
+        source = exc.source.strip("\n").splitlines()
+        lines.append("  cell source:")
+        lines += [f"    | {line}" for line in source[:6]]
+        if len(source) > 6:
+            lines.append(f"    | ... ({len(source) - 6} more lines)")
+    else:
+        lines.append(f"  {type(exc).__name__}: {str(exc).strip() or 'no message'}")
+    if out_path.is_file():
+        lines.append(f"  executed notebook (with the error): {out_path}")
+    else:
+        lines.append(f"  no executed notebook was written ({out_path})")
+    if not_run:
+        lines.append(f"  not run: {', '.join(not_run)}")
+    return "\n".join(lines)
+
+
+def run_book(
+    profile: str = "tiny",
+    overrides: Iterable[tuple[str, str]] = (),
+    params_file: str | Path | None = None,
+    only: str | None = None,
+    start: str | None = None,
+    build_dir: str | Path = BUILD_DIR,
+    kernel: str = "python3",
+    notebooks_dir: str | Path = NOTEBOOKS_DIR,
+    params_dir: str | Path = PARAMS_DIR,
+    log_output: bool = False,
+    cell_timeout: int | None = None,
+) -> list[NotebookResult]:
+    """Execute the selected notebooks in order; raise :class:`RunError` at the first failure.
+
+    Returns one :class:`NotebookResult` per notebook and writes
+    ``<build_dir>/run-summary.json`` after each notebook (also on failure).
+
+    >>> run_book(only="00")  # doctest: +SKIP
+    [NotebookResult(notebook='00_environment', status='ok', seconds=14.2, ...)]
+    """
+    import papermill as pm
+
+    all_notebooks = discover(notebooks_dir)
+    notebooks = select(all_notebooks, only, start)
+    if not notebooks:
+        raise RunError(f"No notebooks to run in {notebooks_dir}.")
+    params, user_keys = _merge_params(profile, params_file, overrides, Path(params_dir))
+    profile = params["profile"]
+    params = resolve_params(params)
+
+    read = {path: _read(path) for path in all_notebooks}
+    names = {path: parameter_names(nb) for path, nb in read.items()}
+    known = {name for path_names in names.values() for name in path_names}
+    unused = sorted(user_keys - known)
+    if unused:
+        print(f"warning: no notebook defines {', '.join(unused)} in its parameters cell; "
+              "these values are ignored (check the spelling).", file=sys.stderr)
+    if profile == "gpu":
+        _require_cuda()
+    ensure_kernel(kernel)
+    if log_output:  # papermill streams cell output through its logger
+        logger = logging.getLogger("papermill")
+        if not logger.handlers:
+            logger.addHandler(logging.StreamHandler(sys.stdout))
+        logger.setLevel(logging.INFO)
+
+    build = Path(build_dir)
+    build.mkdir(parents=True, exist_ok=True)
+    results = [NotebookResult(nb.stem, "not run") for nb in notebooks]
+    print(f"profile {profile}: running {len(notebooks)} notebook(s) into {build}")
+    with _pythonpath(REPO_DIR), tempfile.TemporaryDirectory(prefix="book-kernel-") as sockets:
+        for i, (nb_path, result) in enumerate(zip(notebooks, results), start=1):
+            found = _parameters_cell(read[nb_path])
+            inject = {k: params[k] for k in names[nb_path] if k in params}
+            result.params, result.output = inject, str(build / nb_path.name)
+            print(f"[{i}/{len(notebooks)}] {nb_path.stem} ...", end="\n" if log_output else " ", flush=True)
+            t0 = time.perf_counter()
+            km = _kernel_manager(kernel, Path(sockets))
+            try:
+                pm.execute_notebook(
+                    str(nb_path), result.output, parameters=inject, kernel_name=kernel, language="python",
+                    progress_bar=False, log_output=log_output, cwd=str(nb_path.parent),
+                    km=km,
+                    **({"execution_timeout": cell_timeout} if cell_timeout else {}),
+                )
+            except Exception as exc:  # noqa: BLE001 - every failure stops the run the same way
+                result.seconds = round(time.perf_counter() - t0, 2)
+                result.status = "failed"
+                result.error = (f"{exc.ename}: {exc.evalue}" if hasattr(exc, "ename")  # raised in a cell
+                                else f"{type(exc).__name__}: {exc}")
+                print(f"FAILED {result.seconds:.1f} s", flush=True)
+                print("\n" + _table(results))
+                summary = _write_summary(build, profile, results, unused)
+                message = _failure_message(
+                    nb_path, Path(result.output), exc, shift=1 if inject else 0,
+                    param_index=found[0] if found else None,
+                    not_run=[r.notebook for r in results if r.status == "not run"],
+                )
+                raise RunError(f"{message}\n  run summary: {summary}") from exc
+            else:
+                result.seconds = round(time.perf_counter() - t0, 2)
+                result.status = "ok"
+            finally:
+                _shutdown(km)
+            print(f"ok {result.seconds:.1f} s", flush=True)
+            _write_summary(build, profile, results, unused)
+    print("\n" + _table(results))
+    print(f"executed notebooks and {SUMMARY_NAME} are in {build}")
+    return results
+
+
+def _require_cuda() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ProfileError("The gpu profile needs a CUDA GPU and there is none here: "
+                           "run with the tiny profile (the default), or on the GPU machine.")
+
+
+# --------------------------------------------------------------------------- strip
+
+
+def strip_notebook(nb: Any) -> list[str]:
+    """Remove outputs, execution counts and run metadata in place; return what was removed.
+
+    Also drops papermill's injected-parameters and error-marker cells, and adds
+    the ``kernelspec``/``language_info`` metadata papermill needs if missing.
+    An empty list means the notebook was already clean.
+    """
+    found: list[str] = []
+    kept = []
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags or "papermill-error-cell-tag" in tags:
+            found.append("papermill cells")
+            continue
+        kept.append(cell)
+        if cell.cell_type == "code":
+            if cell.get("outputs"):
+                found.append("outputs")
+                cell.outputs = []
+            if cell.get("execution_count") is not None:
+                found.append("execution counts")
+                cell.execution_count = None
+        for key in ("execution", "papermill", "collapsed", "scrolled"):
+            if key in cell.get("metadata", {}):
+                found.append("cell run metadata")
+                del cell.metadata[key]
+        if "tags" in cell.get("metadata", {}) and not cell.metadata["tags"]:
+            del cell.metadata["tags"]
+    nb.cells = kept
+    for key in ("papermill", "widgets"):
+        if key in nb.metadata:
+            found.append("notebook run metadata")
+            del nb.metadata[key]
+    found += [f"missing {m}" for m in _ensure_metadata(nb)]
+    return list(dict.fromkeys(found))
+
+
+def _notebook_paths(paths: Sequence[str | Path], default_dir: Path) -> list[Path]:
+    if not paths:
+        return sorted(default_dir.glob("*.ipynb"))
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*.ipynb") if ".ipynb_checkpoints" not in q.parts)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise BookError(f"{p} does not exist.")
+    return out
+
+
+def strip(paths: Sequence[str | Path] = (), check: bool = False, notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
+    """Strip notebooks in place (or with ``check=True`` only report); return the notebooks that were dirty."""
+    import nbformat
+
+    dirty = []
+    for path in _notebook_paths(paths, Path(notebooks_dir)):
+        nb = _read(path)
+        found = strip_notebook(nb)
+        if not found:
+            continue
+        dirty.append(path)
+        if check:
+            print(f"{path}: {', '.join(found)}")
+        else:
+            nbformat.write(nb, str(path))
+            print(f"stripped {path} ({', '.join(found)})")
+    return dirty
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m helpers.book", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR,
+                        help="folder with the NN_name.ipynb notebooks (default: notebooks/)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", parents=[common], help="execute the notebooks in order")
+    run.add_argument("--profile", choices=sorted(PROFILES), default="tiny",
+                     help="parameter defaults: tiny (CPU, default) or gpu (InternVL2-2B)")
+    run.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                     help="set a parameter (YAML scalar), e.g. -p max_steps 20; repeatable")
+    run.add_argument("--params-file", type=Path, help="YAML file of parameters (over the profile's)")
+    run.add_argument("--only", help="comma-separated notebooks to run, e.g. 00,01")
+    run.add_argument("--from", dest="start", help="start at this notebook, e.g. 02")
+    run.add_argument("--build-dir", type=Path, default=BUILD_DIR,
+                     help="where executed notebooks go (default: _build/notebooks)")
+    run.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
+    run.add_argument("--params-dir", type=Path, default=PARAMS_DIR, help=argparse.SUPPRESS)
+    run.add_argument("--log-output", action="store_true", help="stream the notebooks' cell output")
+    run.add_argument("--cell-timeout", type=int, help="seconds a single cell may run (default: no limit)")
+
+    sub.add_parser("list", parents=[common], help="list the notebooks and the parameters each defines")
+
+    st = sub.add_parser("strip", parents=[common], help="remove outputs and execution counts from notebooks in place")
+    st.add_argument("paths", nargs="*", help="notebooks or folders (default: the notebooks folder)")
+    st.add_argument("--check", action="store_true", help="change nothing; exit 1 if a notebook has outputs")
+    return parser
+
+
+def _list(notebooks_dir: Path) -> None:
+    for nb in discover(notebooks_dir):
+        names = parameter_names(nb)
+        missing = [n for n in COMMON_PARAMETERS if n not in names]
+        extra = [n for n in names if n not in COMMON_PARAMETERS]
+        line = f"{nb.stem:<28} extra parameters: {', '.join(extra) or '-'}"
+        if not names:
+            line += "   (no parameters cell)"
+        elif missing:
+            line += f"   (missing common: {', '.join(missing)})"
+        print(line)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m helpers.book``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            run_book(
+                profile=args.profile, overrides=[tuple(p) for p in args.param], params_file=args.params_file,
+                only=args.only, start=args.start, build_dir=args.build_dir, kernel=args.kernel,
+                notebooks_dir=args.notebooks_dir, params_dir=args.params_dir, log_output=args.log_output,
+                cell_timeout=args.cell_timeout,
+            )
+        elif args.command == "list":
+            _list(args.notebooks_dir)
+        elif args.command == "strip":
+            dirty = strip(args.paths, check=args.check, notebooks_dir=args.notebooks_dir)
+            if args.check and dirty:
+                print(f"{len(dirty)} notebook(s) carry outputs: run `python -m helpers.book strip`.",
+                      file=sys.stderr)
+                return 1
+    except BookError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

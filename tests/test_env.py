@@ -1,0 +1,133 @@
+"""Tests of helpers.env: the report, the probes and the verdict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO_DIR, env
+from helpers.errors import BookError, ProfileError
+
+
+@pytest.fixture(scope="module")
+def report() -> env.EnvReport:
+    return env.report(probes=False)
+
+
+def fake_report(cuda: bool = False, gpu_gb: float = 80.0, **probes: env.Probe) -> env.EnvReport:
+    gpus = [env.GPUInfo("Fake GPU", gpu_gb, (9, 0))] if cuda else []
+    return env.EnvReport(
+        python="3.11.7", os="Linux", versions={"torch": "2.14.1", "xtuner": "0.2.0", "lmdeploy": None},
+        cpu_cores=2, ram_total_gb=23.0, ram_available_gb=20.0, disk_free_gb=50.0,
+        cuda_available=cuda, gpus=gpus, cuda_version="13.0" if cuda else None, bf16_supported=cuda,
+        probes=probes,
+    )
+
+
+CPU_PROBES = {
+    "bnb_4bit": env.Probe(True, "NF4 works on cpu."),
+    "flash_attn": env.Probe(False, "flash-attn is not installed."),
+    "lmdeploy": env.Probe(False, "lmdeploy is not installed."),
+    "xtuner": env.Probe(True, "xtuner imports."),
+}
+
+
+def test_report_field_types(report: env.EnvReport) -> None:
+    assert isinstance(report.python, str) and report.python.startswith("3.")
+    assert isinstance(report.os, str)
+    assert list(report.versions) == list(env.PACKAGES)
+    assert all(v is None or isinstance(v, str) for v in report.versions.values())
+    assert report.versions["torch"] is not None
+    assert isinstance(report.cpu_cores, int) and report.cpu_cores >= 1
+    for value in (report.ram_total_gb, report.ram_available_gb, report.disk_free_gb):
+        assert isinstance(value, float) and value >= 0
+    assert report.ram_total_gb >= report.ram_available_gb
+    assert isinstance(report.cuda_available, bool)
+    assert isinstance(report.bf16_supported, bool)
+    assert all(isinstance(g, env.GPUInfo) for g in report.gpus)
+    assert report.cuda_available == bool(report.gpus)
+    assert report.probes == {}
+
+
+def test_missing_package_is_none() -> None:
+    assert env._version("surely-not-an-installed-package") is None
+
+
+def test_renderings(report: env.EnvReport) -> None:
+    text = str(report)
+    assert "Packages:" in text and "torch" in text and "CPU cores" in text
+    html = report._repr_html_()
+    assert html.startswith("<table>") and "<td style='text-align:left'>torch</td>" in html
+    assert "Hardware" in str(report.table("Hardware"))
+    pins = env.pins(report)
+    assert [row[0] for row in pins.rows] == list(env.PINS)
+    assert {row[3] for row in pins.rows} <= {"ok", "differs", "missing", "not here", "installed"}
+    verdict = env.verdict(fake_report(**CPU_PROBES))
+    assert "LMDeploy" in str(verdict) and "<table>" in verdict._repr_html_()
+
+
+def test_verdict_cpu_only_is_tiny_and_skips_lmdeploy() -> None:
+    verdict = env.verdict(fake_report(**CPU_PROBES))
+    assert verdict.profile == "tiny"
+    assert verdict.blockers == []
+    lmdeploy = [s for s in verdict.skipped if s.startswith("LMDeploy")]
+    assert lmdeploy == ["LMDeploy: no CUDA GPU here; inference uses the transformers backend."]
+    assert any(s.startswith("FlashAttention 2") for s in verdict.skipped)
+    assert all(s.endswith(".") and s.count(". ") == 0 for s in verdict.skipped)  # one sentence each
+
+
+def test_verdict_gpu_thresholds() -> None:
+    ok = {name: env.Probe(True, "fine.") for name in env.PROBES}
+    big = env.verdict(fake_report(cuda=True, gpu_gb=80.0, **ok))
+    assert big.profile == "gpu" and big.skipped == [] and big.blockers == []
+    small = env.verdict(fake_report(cuda=True, gpu_gb=8.0, **ok))
+    assert small.profile == "tiny" and "8 GiB" in small.reason
+
+
+def test_verdict_blockers() -> None:
+    probes = dict(CPU_PROBES, xtuner=env.Probe(False, "xtuner is not installed."))
+    verdict = env.verdict(fake_report(**probes))
+    assert len(verdict.blockers) == 1 and verdict.blockers[0].startswith("XTuner:")
+
+
+def test_bnb_probe_returns_bool_and_reason() -> None:
+    ok, reason = env.probe_bnb_4bit()
+    assert isinstance(ok, bool)
+    assert isinstance(reason, str) and reason.endswith(".")
+    if env._version("bitsandbytes") == "0.50.2":  # the book's pin runs NF4 on CPU too
+        assert ok, reason
+
+
+@pytest.mark.parametrize("name", ["flash_attn", "lmdeploy", "xtuner"])
+def test_other_probes_answer(name: str) -> None:
+    ok, reason = env.PROBES[name]()
+    assert isinstance(ok, bool) and isinstance(reason, str) and reason
+
+
+def test_save_and_load(tmp_path: Path) -> None:
+    report = fake_report(**CPU_PROBES)
+    path = env.save(tmp_path, report, env.verdict(report))
+    assert path == tmp_path / "env.json"
+    data = env.load(tmp_path)
+    assert data["verdict"]["profile"] == "tiny"
+    assert data["report"]["probes"]["bnb_4bit"] == {"ok": True, "reason": "NF4 works on cpu."}
+    json.dumps(data)
+    with pytest.raises(BookError, match="00_environment"):
+        env.load(tmp_path / "missing")
+
+
+def test_resolve_and_setup(tmp_path: Path) -> None:
+    assert env.resolve_path("_build/x") == REPO_DIR / "_build" / "x"
+    assert env.resolve_path(tmp_path) == tmp_path
+    session = env.setup("tiny", device="auto", seed=1, output_dir=tmp_path / "out", verbose=False)
+    assert session.device in ("cpu", "cuda") and session.output_dir.is_dir()
+    with pytest.raises(ProfileError):
+        env.setup("huge", output_dir=tmp_path)
+
+
+def test_cli_prints_report_and_verdict(capsys: pytest.CaptureFixture) -> None:
+    assert env.main(["--no-probes"]) == 0
+    out = capsys.readouterr().out
+    assert "Packages:" in out and "Verdict:" in out

@@ -1,0 +1,57 @@
+"""The book itself as a test: every notebook runs through the runner on the tiny profile,
+the notebooks in git carry no outputs, and the site builds from the executed copies."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_notebooks_in_git_carry_no_outputs():
+    proc = subprocess.run([sys.executable, "-m", "helpers.book", "strip", "--check"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_notebook_has_a_documented_parameters_cell():
+    from helpers import book
+
+    for nb in book.discover(ROOT / "notebooks"):
+        names = set(book.parameter_names(nb))
+        assert {"profile", "model_path", "data_path", "output_dir", "device", "seed"} <= names, nb.name
+
+
+@pytest.mark.notebooks
+def test_the_whole_book_runs_on_the_tiny_profile_and_the_site_builds(tmp_path):
+    build = tmp_path / "notebooks"
+    out = tmp_path / "outputs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "helpers.book", "run", "--profile", "tiny", "--build-dir", str(build),
+         "-p", "output_dir", str(out)],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    print(proc.stdout[-4000:], proc.stderr[-4000:])
+    assert proc.returncode == 0, "the runner failed; its report is above"
+    summary = json.loads((build / "run-summary.json").read_text())
+    names = [r["notebook"] for r in summary["notebooks"]]
+    expected = [p.stem for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))]
+    assert [Path(n).stem for n in names] == expected
+    assert all(r["status"] == "ok" for r in summary["notebooks"])
+    # what the notebooks promise to leave for the next ones
+    assert (out / "env.json").exists()
+    stats = json.loads((out / "dataset_stats.json").read_text())
+    assert stats["validation_ok"] and stats["records"] == 40
+
+    from helpers import site
+
+    html = site.build(executed=build, out=tmp_path / "site")
+    for page in ["index.html", "notebooks/00_environment.html", "notebooks/01_dataset.html"]:
+        assert (html / page).exists(), page
+    nb01 = (html / "notebooks/01_dataset.html").read_text(encoding="utf-8")
+    assert nb01.count("<img") >= 3, "the executed figures are on the page"
