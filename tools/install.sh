@@ -32,19 +32,27 @@ if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null \
         || echo "[install] could not install fonts-wqy-microhei; figures will label images by id"
 fi
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+# pip, without the "Location ... is ignored" lines this machine's pip config prints for every package
+pipq() {
+    local log rc=0
+    log="$(mktemp)"
+    "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" >"$log" 2>&1 || rc=$?
+    grep -v "^WARNING: Location" "$log" || true
+    rm -f "$log"
+    return "$rc"
+}
 C=(-c requirements/lock-cpu.txt)
 echo "[install] 1/4 torch + torchvision"
-"${PIP[@]}" install "${C[@]}" torch torchvision
+pipq install "${C[@]}" torch torchvision
 echo "[install] 2/4 xtuner + bitsandbytes without their conflicting pins (see requirements/no-deps.txt)"
-"${PIP[@]}" install "${C[@]}" --no-deps -r requirements/no-deps.txt
+pipq install "${C[@]}" --no-deps -r requirements/no-deps.txt
 echo "[install] 3/4 everything else (pinned)"
 # pip ends this step with one expected line: "xtuner 0.2.0 requires bitsandbytes==0.45.0".
-"${PIP[@]}" install "${C[@]}" -r requirements/base.txt 2>&1 | grep -v "^WARNING: Location" || true
+pipq install "${C[@]}" -r requirements/base.txt
 "$VENV/bin/python" -c "import xtuner, bitsandbytes, transformers, torchvision" \
     || { echo "[install] the environment does not import; see the messages above"; exit 1; }
 echo "[install] 4/4 the helpers package (editable)"
-"${PIP[@]}" install --no-deps -e .
+pipq install --no-deps -e .
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (book)" >/dev/null
 echo "$HASH" > "$STAMP"
 echo "[install] done in $(( $(date +%s) - start )) s: $("$VENV/bin/python" -c 'import torch,transformers,xtuner,bitsandbytes as b; print(f"torch {torch.__version__}, transformers {transformers.__version__}, xtuner {xtuner.__version__}, bitsandbytes {b.__version__}")')"
