@@ -1,0 +1,68 @@
+"""Run XTuner's own training tool (``xtuner.tools.train``) in this process, prepared for this machine.
+
+``helpers.train`` starts this module as a subprocess instead of the ``xtuner
+train`` command for three reasons, each a fix for a real failure:
+
+1. ``xtuner train`` with one process starts ``python`` from ``PATH`` (maybe
+   not this environment's) and drops the child's exit code, so a failed run
+   looks successful. Here the tool runs in this interpreter and its exit code
+   is ours.
+2. XTuner's InternVL wrapper calls ``torch.distributed.get_rank()`` in every
+   forward pass, which fails unless a process group exists. ``xtuner train``
+   only gets one from DeepSpeed or torchrun; for a single process without
+   DeepSpeed we create a group of one (gloo on CPU, NCCL on a GPU).
+3. On a CPU-only machine, :func:`helpers.compat.allow_bnb_4bit_on_cpu` lets
+   transformers 4.48 load the 4-bit model that bitsandbytes 0.50.2 can run.
+4. :func:`helpers.compat.trust_own_checkpoints` lets mmengine resume from its
+   own checkpoints under torch >= 2.6 (``weights_only`` loading).
+
+Usage (what helpers.train runs)::
+
+    python -m helpers.xtuner_launch CONFIG --work-dir DIR [--resume CKPT] [--deepspeed NAME]
+    torchrun --nproc_per_node N -m helpers.xtuner_launch CONFIG --work-dir DIR --launcher pytorch
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prepare(argv: list[str]) -> None:
+    """Apply the CPU 4-bit fix and create a one-process group when nothing else will."""
+    import torch
+    import torch.distributed as dist
+
+    from .compat import trust_own_checkpoints
+
+    trust_own_checkpoints()
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        from .compat import allow_bnb_4bit_on_cpu
+
+        allow_bnb_4bit_on_cpu()
+    launched = "--launcher" in argv and argv[argv.index("--launcher") + 1] != "none"
+    if not launched and "--deepspeed" not in argv and not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        dist.init_process_group("nccl" if cuda else "gloo", rank=0, world_size=1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prepare(argv)
+    from xtuner.tools.train import main as xtuner_train
+
+    sys.argv = ["xtuner-train", *argv]
+    xtuner_train()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""helpers.config writes the course's XTuner config from parameters and refuses impossible values."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import config
+from helpers.errors import BookError, ProfileError
+
+
+def recipe(**kw):
+    return config.Recipe("/models/InternVL2-2B", "/data/CLoT_cn_2000/ex_cn.json", "/data/CLoT_cn_2000/", **kw)
+
+
+def test_defaults_are_the_course_values():
+    r = config.course_recipe("/models/InternVL2-2B", "/data/CLoT_cn_2000/ex_cn.json", "/data/CLoT_cn_2000/")
+    assert (r.lora_r, r.lora_alpha, r.lora_dropout) == (128, 256, 0.05)
+    assert (r.batch_size, r.accumulative_counts, r.max_length, r.lr, r.max_epochs) == (4, 4, 6656, 2e-5, 6)
+    assert r.quantization_llm and not r.quantization_vit and r.freeze_llm and r.freeze_visual_encoder
+    assert (r.amp_dtype, r.save_steps, r.save_total_limit, r.optimizer) == ("float16", 1000, 1, "AdamW")
+    assert r.save_optimizer is False and r.seed is None
+    ours = recipe()
+    assert {k for k, *_ in config.diff(ours, r)} == set(config.COURSE_DIFFERENCES)
+
+
+def test_rendered_config_is_loaded_by_mmengine_with_the_recipe_values(tmp_path):
+    from mmengine.config import Config
+
+    path = config.write(recipe(lora_r=64, lr=1e-4, optimizer="DAdaptAdam"), tmp_path / "cfg.py")
+    cfg = Config.fromfile(str(path))
+    assert cfg.model.llm_lora.r == 64 and cfg.model.llm_lora.lora_alpha == 256
+    assert cfg.model.quantization_llm is True and cfg.model.llm_lora.target_modules is None
+    assert cfg.optim_wrapper.type.__name__ == "AmpOptimWrapper" and cfg.optim_wrapper.dtype == "float16"
+    assert cfg.optim_wrapper.optimizer.type.__name__ == "DAdaptAdam" and cfg.optim_wrapper.optimizer.lr == 1e-4
+    assert cfg.train_dataloader.sampler.per_device_batch_size == 16
+    assert cfg.default_hooks.checkpoint.interval == 1000 and cfg.train_cfg.max_epochs == 6
+    assert (tmp_path / "recipe.json").exists()
+
+
+def test_max_iters_schedule_and_short_warmup(tmp_path):
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(config.write(recipe(max_iters=100, warmup_ratio=0.1), tmp_path / "a.py")))
+    assert cfg.train_cfg.max_iters == 100 and [s.type.__name__ for s in cfg.param_scheduler] == \
+        ["LinearLR", "CosineAnnealingLR"]
+    # a one-step warm-up would freeze the lr at start_factor * lr in mmengine: it is left out
+    cfg = Config.fromfile(str(config.write(recipe(max_iters=10, warmup_ratio=0.1), tmp_path / "b.py")))
+    assert [s.type.__name__ for s in cfg.param_scheduler] == ["CosineAnnealingLR"]
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("lora_r", 0, "rank"), ("lora_r", -4, "rank"), ("lr", 0.0, "learning rate"), ("lr", -1e-5, "learning rate"),
+    ("optimizer", "SGD", "unknown"), ("batch_size", 0, "at least 1"), ("amp_dtype", "int8", "float16"),
+    ("lora_dropout", 1.0, "probability"),
+])
+def test_invalid_values_are_rejected_with_the_field_and_the_fix(field, value, words):
+    with pytest.raises(BookError, match=field) as exc:
+        config.validate(recipe(**{field: value}))
+    assert words in str(exc.value)
+
+
+def test_max_length_shorter_than_one_image_is_rejected():
+    with pytest.raises(BookError, match="every image would be cut"):
+        config.validate(recipe(max_length=1000), min_sample_tokens=3400)
+    config.validate(recipe(), min_sample_tokens=3400)
+
+
+def test_cpu_overrides_are_explicit():
+    new, changes = config.fit_to_hardware(recipe(), cuda=False, bnb_4bit=True, cpu_cores=2)
+    assert {c.field: c.after for c in changes} == {"amp_dtype": None, "dist_backend": "gloo",
+                                                    "dataloader_num_workers": 1}
+    assert all(c.reason for c in changes) and new.quantization_llm
+    same, none = config.fit_to_hardware(recipe(), cuda=True, bnb_4bit=True)
+    assert none == [] and same == recipe()
+
+
+def test_4bit_where_it_cannot_run_is_refused():
+    with pytest.raises(ProfileError, match="quantization_llm=False"):
+        config.fit_to_hardware(recipe(), cuda=False, bnb_4bit=False)
+    new, _ = config.fit_to_hardware(recipe(quantization_llm=False), cuda=False, bnb_4bit=False)
+    assert new.quantization_llm is False

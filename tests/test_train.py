@@ -1,0 +1,92 @@
+"""helpers.train: real XTuner QLoRA on the tiny model, progress parsing, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import SAMPLE_DATA_DIR, config, train
+from helpers.errors import BookError
+
+
+def test_parse_log_line():
+    line = ("11/23 10:41:00 - mmengine - INFO - Iter(train) [ 3/16]  lr: 1.9781e-08  eta: 0:00:12  "
+            "time: 0.9512  data_time: 0.0483  grad_norm: 1.8441  loss: 6.6033")
+    info = train.parse_log_line(line)
+    assert info["step"] == 3 and info["total"] == 16 and info["loss"] == pytest.approx(6.6033)
+    assert info["lr"] == pytest.approx(1.9781e-08) and info["eta"] == "0:00:12"
+    assert train.parse_log_line("mmengine - INFO - Checkpoints will be saved to ...") is None
+
+
+def test_checkpoints_are_listed_by_step_and_bad_ones_explained(tmp_path):
+    for n in (10, 2, 100):
+        (tmp_path / f"iter_{n}.pth").write_bytes(b"")
+    (tmp_path / "iter_best.pth").write_bytes(b"")
+    assert [p.name for p in train.list_checkpoints(tmp_path)] == ["iter_2.pth", "iter_10.pth", "iter_100.pth"]
+    with pytest.raises(BookError, match="cut off while being written.*iter_2.pth"):
+        train.check_checkpoint(tmp_path / "iter_100.pth")
+    with pytest.raises(BookError, match="does not exist"):
+        train.check_checkpoint(tmp_path / "iter_7.pth")
+    (tmp_path / "ds.pth").mkdir()
+    with pytest.raises(BookError, match="no DeepSpeed model states"):
+        train.check_checkpoint(tmp_path / "ds.pth")
+
+
+def test_missing_config_and_mixed_work_dirs_are_refused(tmp_path):
+    with pytest.raises(BookError, match="does not exist"):
+        train.train(tmp_path / "nope.py", tmp_path / "work")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "iter_3.pth").write_bytes(b"x")
+    (tmp_path / "cfg.py").write_text("x = 1\n")
+    with pytest.raises(BookError, match="mix two runs"):
+        train.train(tmp_path / "cfg.py", tmp_path / "work", resume=False)
+
+
+def _recipe(model_dir: Path, **kw) -> config.Recipe:
+    r = config.Recipe(str(model_dir), str(SAMPLE_DATA_DIR / "train.json"), str(SAMPLE_DATA_DIR) + "/",
+                      max_length=2048, batch_size=2, accumulative_counts=1, lora_r=8, lora_alpha=16,
+                      lr=5e-3, log_interval=1, save_total_limit=-1, **kw)
+    return config.fit_to_hardware(r, cuda=False, bnb_4bit=True)[0]
+
+
+def _runs(work_dir: Path) -> list[dict[int, float]]:
+    """Loss by step, one dict per start of the run (first start, then each resume)."""
+    out = []
+    for path in sorted(work_dir.glob("*/vis_data/scalars.json")):
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        out.append({r["step"]: r["loss"] for r in rows if "loss" in r})
+    return out
+
+
+def test_interrupted_4bit_run_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
+    cfg = config.write(_recipe(tiny_model_dir, max_iters=9, save_steps=3), tmp_path / "cfg.py")
+    work = tmp_path / "work"
+    killed = train.train(cfg, work, stop_after_steps=5, progress=False)
+    assert killed.returncode != 0 and killed.steps == 5
+    assert [p.name for p in killed.checkpoints] == ["iter_3.pth"]
+
+    resumed = train.train(cfg, work, progress=False)
+    assert resumed.ok and resumed.resumed_from == work / "iter_3.pth"
+    assert resumed.steps == resumed.total_steps == 9
+    assert [p.name for p in resumed.checkpoints] == ["iter_3.pth", "iter_6.pth", "iter_9.pth"]
+
+    first, second = _runs(work)
+    assert killed.steps - (min(second) - 1) <= 3, "lost at most one checkpoint interval (save_steps=3)"
+    assert min(second) == 4 and 4 in first
+    # the resumed run continues the same trajectory: step 4 again gives (nearly) the same loss
+    assert second[4] == pytest.approx(first[4], abs=0.05)
+    assert second[9] < first[1], "the loss kept falling"
+    log = (work / "train.log").read_text()
+    assert log.count("Linear4bit") >= 10, "the LLM's linear layers were 4-bit (bitsandbytes NF4)"
+
+
+def test_a_corrupt_last_checkpoint_stops_before_training(tiny_model_dir, tmp_path):
+    cfg = config.write(_recipe(tiny_model_dir, max_iters=4, save_steps=2), tmp_path / "cfg.py")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "iter_2.pth").write_bytes(b"PK\x03\x04 truncated")
+    (work / "last_checkpoint").write_text(str(work / "iter_2.pth"))
+    with pytest.raises(BookError, match="iter_2.pth cannot be read"):
+        train.train(cfg, work, progress=False)
