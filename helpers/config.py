@@ -144,7 +144,7 @@ def validate(recipe: Recipe, min_sample_tokens: int | None = None) -> None:
 
 
 def fit_to_hardware(recipe: Recipe, *, cuda: bool, bnb_4bit: bool, cpu_cores: int = 2,
-                    gpus: int = 1) -> tuple[Recipe, list[Override]]:
+                    gpus: int = 1, deepspeed: str | None = None) -> tuple[Recipe, list[Override]]:
     """Adapt a recipe to this machine; return the new recipe and every change with its reason.
 
     Raises :class:`ProfileError` when 4-bit quantisation is asked for where
@@ -153,6 +153,8 @@ def fit_to_hardware(recipe: Recipe, *, cuda: bool, bnb_4bit: bool, cpu_cores: in
     >>> r, changes = fit_to_hardware(Recipe("/m", "/d.json", "/d"), cuda=False, bnb_4bit=True)
     >>> [c.field for c in changes]
     ['amp_dtype', 'dist_backend', 'dataloader_num_workers']
+    >>> fit_to_hardware(Recipe("/m", "/d.json", "/d"), cuda=True, bnb_4bit=True, deepspeed="deepspeed_zero1")[1]
+    []
     """
     if (recipe.quantization_llm or recipe.quantization_vit) and not bnb_4bit:
         raise ProfileError(
@@ -167,6 +169,12 @@ def fit_to_hardware(recipe: Recipe, *, cuda: bool, bnb_4bit: bool, cpu_cores: in
         if before != value:
             changes.append(Override(name, before, value, reason))
 
+    if cuda and not deepspeed and recipe.amp_dtype is not None:
+        change("amp_dtype", None, "without DeepSpeed, mmengine's AmpOptimWrapper runs a GradScaler that cannot "
+                                  "unscale the bf16 gradients of the projector mlp1 (XTuner loads InternVL2 in "
+                                  "bf16): '_amp_foreach_non_finite_check_and_unscale_cuda not implemented for "
+                                  "BFloat16'. The course ran with --deepspeed, which manages precision itself; "
+                                  "here the 4-bit layers still compute in fp16, LoRA in fp32")
     if not cuda:
         if recipe.amp_dtype is not None:
             change("amp_dtype", None, "mmengine's AmpOptimWrapper needs a CUDA device; on a CPU we train in "

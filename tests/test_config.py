@@ -70,8 +70,11 @@ def test_cpu_overrides_are_explicit():
     assert {c.field: c.after for c in changes} == {"amp_dtype": None, "dist_backend": "gloo",
                                                     "dataloader_num_workers": 1}
     assert all(c.reason for c in changes) and new.quantization_llm
-    same, none = config.fit_to_hardware(recipe(), cuda=True, bnb_4bit=True)
+    same, none = config.fit_to_hardware(recipe(), cuda=True, bnb_4bit=True, deepspeed="deepspeed_zero1")
     assert none == [] and same == recipe()
+    # one GPU without DeepSpeed: fp16 AMP's GradScaler fails on the bf16 projector, so AMP goes (explained)
+    _, gpu = config.fit_to_hardware(recipe(), cuda=True, bnb_4bit=True)
+    assert [c.field for c in gpu] == ["amp_dtype"] and "GradScaler" in gpu[0].reason
 
 
 def test_4bit_where_it_cannot_run_is_refused():
