@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 from .data import SampleSet
 from .errors import DatasetError
 
-__all__ = ["cjk_font", "gallery", "length_histograms", "tile_grid"]
+__all__ = ["cjk_font", "figure", "gallery", "length_histograms", "tile_grid"]
 
 _CJK_FAMILIES = (
     "Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "Source Han Sans CN", "WenQuanYi Micro Hei",
@@ -75,6 +75,15 @@ def _register_display() -> None:
 
     formatter = shell.display_formatter.formatters["image/png"]
     formatter.for_type(Figure, lambda fig: print_figure(fig, "png", bbox_inches="tight", dpi=100))
+
+
+def figure(width: float, height: float) -> Any:
+    """An empty Figure for your own plot, shown by Jupyter like the book's (no pyplot needed).
+
+    >>> len(figure(4, 3).subplots(1, 2))
+    2
+    """
+    return _figure(width, height)
 
 
 def _figure(width: float, height: float):
