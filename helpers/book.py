@@ -506,6 +506,70 @@ def run_book(
     return results
 
 
+TRAINING_NOTEBOOKS = "03,04"  # config + training: what a sweep repeats once per parameter set
+PLOT_NOTEBOOK = "05"  # overlays the runs of a sweep
+
+
+def load_sweep(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Read a sweep file: ``base:`` (parameters of every run) and ``runs:`` (a list with a ``name`` each).
+
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "s.yaml"
+    >>> _ = f.write_text("base: {max_steps: 8}\nruns:\n  - {name: r8, lora_r: 8}\n  - {name: r64, lora_r: 64}\n")
+    >>> load_sweep(f)
+    ({'max_steps': 8}, [{'name': 'r8', 'lora_r': 8}, {'name': 'r64', 'lora_r': 64}])
+    """
+    spec = load_params(path)
+    base, runs = spec.get("base") or {}, spec.get("runs")
+    if not isinstance(runs, list) or len(runs) < 1 or not all(isinstance(r, dict) for r in runs):
+        raise RunError(f"{path}: a sweep needs `runs:`, a list of parameter sets, each with a `name`.")
+    names = [str(r.get("name", "")) for r in runs]
+    bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9_.-]+", n)]
+    if bad or len(set(names)) != len(names):
+        raise RunError(f"{path}: every run needs a unique `name` of letters, digits, '.', '_' or '-' "
+                       f"(got {names}).")
+    return dict(base), [dict(r) for r in runs]
+
+
+def run_sweep(
+    sweep_file: str | Path,
+    profile: str = "tiny",
+    overrides: Iterable[tuple[str, str]] = (),
+    build_dir: str | Path = BUILD_DIR,
+    kernel: str = "python3",
+    notebooks_dir: str | Path = NOTEBOOKS_DIR,
+    params_dir: str | Path = PARAMS_DIR,
+) -> Path:
+    """Run the training notebooks once per parameter set, then overlay the runs with notebook 05.
+
+    Each run writes into ``<output_dir>/sweeps/<sweep>/<run>/`` (its executed
+    notebooks into ``<build_dir>/sweeps/<sweep>/<run>/``) and shares the main
+    model; notebook 05 is then executed into ``build_dir`` with ``runs_dir``
+    pointing at the sweep, and saves the overlaid figure there. Returns the
+    sweep's output folder.
+    """
+    base, runs = load_sweep(sweep_file)
+    overrides = list(overrides)
+    merged, _ = _merge_params(profile, None, overrides, Path(params_dir))
+    resolved = resolve_params(merged)
+    stem = Path(sweep_file).stem
+    sweep_dir = Path(resolved["output_dir"]) / "sweeps" / stem
+    shared = [("model_path", json.dumps(resolved["model_path"])), ("demo_interrupt", "false")]
+    for i, run in enumerate(runs, start=1):
+        name = run.pop("name")
+        values = {**base, **run}
+        print(f"=== sweep {stem}: run {i}/{len(runs)} {name}: "
+              + ", ".join(f"{k}={v}" for k, v in values.items()))
+        run_overrides = overrides + shared + [(k, json.dumps(v)) for k, v in values.items()] + [
+            ("output_dir", json.dumps(str(sweep_dir / name)))]
+        run_book(profile, run_overrides, only=TRAINING_NOTEBOOKS, build_dir=Path(build_dir) / "sweeps" / stem / name,
+                 kernel=kernel, notebooks_dir=notebooks_dir, params_dir=params_dir)
+    print(f"=== sweep {stem}: overlaying {len(runs)} runs")
+    run_book(profile, overrides + [("runs_dir", json.dumps(str(sweep_dir)))], only=PLOT_NOTEBOOK,
+             build_dir=build_dir, kernel=kernel, notebooks_dir=notebooks_dir, params_dir=params_dir)
+    return sweep_dir
+
+
 def _require_cuda() -> None:
     import torch
 
@@ -613,6 +677,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-output", action="store_true", help="stream the notebooks' cell output")
     run.add_argument("--cell-timeout", type=int, help="seconds a single cell may run (default: no limit)")
 
+    sw = sub.add_parser("sweep", parents=[common], help="run the training notebooks once per parameter set "
+                        "of a sweep file, then overlay the loss curves (notebook 05)")
+    sw.add_argument("sweep_file", type=Path, help="YAML with `base:` and `runs:` (see params/sweep-*.yaml)")
+    sw.add_argument("--profile", choices=sorted(PROFILES), default="tiny")
+    sw.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
+    sw.add_argument("--build-dir", type=Path, default=BUILD_DIR)
+    sw.add_argument("--kernel", default="python3")
+    sw.add_argument("--params-dir", type=Path, default=PARAMS_DIR, help=argparse.SUPPRESS)
+
     sub.add_parser("list", parents=[common], help="list the notebooks and the parameters each defines")
 
     st = sub.add_parser("strip", parents=[common], help="remove outputs and execution counts from notebooks in place")
@@ -645,6 +718,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 notebooks_dir=args.notebooks_dir, params_dir=args.params_dir, log_output=args.log_output,
                 cell_timeout=args.cell_timeout,
             )
+        elif args.command == "sweep":
+            out = run_sweep(args.sweep_file, profile=args.profile, overrides=[tuple(p) for p in args.param],
+                            build_dir=args.build_dir, kernel=args.kernel, notebooks_dir=args.notebooks_dir,
+                            params_dir=args.params_dir)
+            print(f"sweep outputs in {out}; overlaid figure: {out / 'loss_curves.png'}")
         elif args.command == "list":
             _list(args.notebooks_dir)
         elif args.command == "strip":

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 from .data import SampleSet
 from .errors import DatasetError
 
-__all__ = ["cjk_font", "figure", "gallery", "length_histograms", "tile_grid"]
+__all__ = ["cjk_font", "figure", "gallery", "length_histograms", "loss_curves", "smooth", "tile_grid"]
 
 _CJK_FAMILIES = (
     "Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "Source Han Sans CN", "WenQuanYi Micro Hei",
@@ -217,4 +217,56 @@ def tile_grid(image: Any, max_num: int = 12, image_size: int = 448, use_thumbnai
         ax.set_yticks([])
     for ax in axes[n:]:
         ax.set_visible(False)
+    return fig
+
+
+def smooth(values: Sequence[float], window: int) -> list[float]:
+    """Trailing moving average over ``window`` points (window 1 returns the values unchanged).
+
+    >>> smooth([1, 2, 3, 4], 2)
+    [1.0, 1.5, 2.5, 3.5]
+    """
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc += v
+        if i >= window:
+            acc -= values[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def loss_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], window: int = 1,
+                title: str = "QLoRA training") -> Any:
+    """Loss (raw, faint, and smoothed) and learning rate against step, one colour per run.
+
+    ``runs`` maps a run's name to its logged rows (``helpers.train.read_scalars``:
+    dicts with ``step``, ``loss``, ``lr``).
+
+    >>> rows = [{"step": s, "loss": 5 - s / 10, "lr": 1e-3} for s in range(1, 11)]
+    >>> len(loss_curves({"a": rows, "b": rows}, window=3).axes)
+    2
+    """
+    fig = _figure(12, 3.8)
+    ax_loss, ax_lr = fig.subplots(1, 2)
+    colours = [f"C{i}" for i in range(10)]
+    for i, (name, rows) in enumerate(runs.items()):
+        rows = [r for r in rows if "loss" in r]
+        if not rows:
+            continue
+        c = colours[i % len(colours)]
+        steps = [r["step"] for r in rows]
+        losses = [r["loss"] for r in rows]
+        if window > 1:
+            ax_loss.plot(steps, losses, color=c, alpha=0.25, lw=1)
+        ax_loss.plot(steps, smooth(losses, window), color=c, lw=2, label=name)
+        if any("lr" in r for r in rows):
+            ax_lr.plot(steps, [r.get("lr", float("nan")) for r in rows], color=c, lw=2, label=name)
+    ax_loss.set(xlabel="iteration", ylabel="training loss",
+                title=f"{title}: loss" + (f" (moving average of {window})" if window > 1 else ""))
+    ax_lr.set(xlabel="iteration", ylabel="learning rate", title="learning-rate schedule")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    for ax in (ax_loss, ax_lr):
+        ax.grid(alpha=0.3)
+        if len(runs) > 1 or window > 1:
+            ax.legend(fontsize=8)
     return fig

@@ -47,11 +47,38 @@ def test_the_whole_book_runs_on_the_tiny_profile_and_the_site_builds(tmp_path):
     assert (out / "env.json").exists()
     stats = json.loads((out / "dataset_stats.json").read_text())
     assert stats["validation_ok"] and stats["records"] == 40
+    trained = json.loads((out / "qlora" / "train_summary.json").read_text())
+    assert trained["loss_last_fifth"] < trained["loss_first_fifth"] - 0.5, "the tiny QLoRA run clearly learned"
+    assert trained["interrupted_at"] and trained["resumed_from"], "notebook 04 demonstrated the resume"
 
     from helpers import site
 
     html = site.build(executed=build, out=tmp_path / "site")
-    for page in ["index.html", "notebooks/00_environment.html", "notebooks/01_dataset.html"]:
+    for page in ["index.html", "notebooks/00_environment.html", "notebooks/01_dataset.html",
+                 "notebooks/04_qlora_training.html", "notebooks/05_loss_curves.html"]:
         assert (html / page).exists(), page
     nb01 = (html / "notebooks/01_dataset.html").read_text(encoding="utf-8")
     assert nb01.count("<img") >= 3, "the executed figures are on the page"
+
+
+@pytest.mark.notebooks
+def test_a_sweep_trains_each_run_and_overlays_them(tmp_path):
+    sweep = tmp_path / "sweep-lr.yaml"
+    sweep.write_text("base: {max_steps: 4, save_steps: 4, log_interval: 1, lora_r: 8, lora_alpha: 16}\n"
+                     "runs:\n  - {name: lr-small, lr: 0.001}\n  - {name: lr-large, lr: 0.01}\n")
+    out = tmp_path / "outputs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "helpers.book", "sweep", str(sweep), "--build-dir", str(tmp_path / "nb"),
+         "-p", "output_dir", str(out)], cwd=ROOT, capture_output=True, text=True)
+    print(proc.stdout[-3000:], proc.stderr[-3000:])
+    assert proc.returncode == 0
+    sweep_dir = out / "sweeps" / "sweep-lr"
+    assert (sweep_dir / "loss_curves.png").stat().st_size > 10_000
+    for name, lr in (("lr-small", 0.001), ("lr-large", 0.01)):
+        recipe = json.loads((sweep_dir / name / "qlora" / "recipe.json").read_text())
+        assert recipe["lr"] == lr and recipe["max_iters"] == 4 and recipe["lora_r"] == 8
+    import nbformat
+
+    nb = nbformat.read(tmp_path / "nb" / "05_loss_curves.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "lr-small" in text and "lr-large" in text, "notebook 05 overlaid both runs"
