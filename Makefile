@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make book   install, execute every notebook on the tiny profile, build the site
+#   make book   install, execute every notebook on the tiny profile (and the optimizer sweep), build the site
 #   make test   install, run the unit tests and the notebook tests
 PYTHON  ?= python3
 VENV    ?= .venv
@@ -8,14 +8,19 @@ PROFILE ?= tiny
 # extra runner options, e.g. make book ARGS="--params-file params/gpu-internvl2-2b.yaml"
 ARGS    ?=
 
-.PHONY: install book notebooks site test lint lock clean
+.PHONY: install book notebooks sweep site test lint lock clean
 install:
 	@PYTHON=$(PYTHON) bash tools/install.sh $(VENV)
 
-book: notebooks site
+book: notebooks sweep site
 
 notebooks: install
 	$(PY) -m helpers.book run --profile $(PROFILE) $(ARGS)
+
+# the course's optimizer experiment (seed 004), overlaid by notebook 05 on the site
+SWEEP ?= params/sweep-lr-optimizer.yaml
+sweep: install
+	$(PY) -m helpers.book sweep $(SWEEP) --profile $(PROFILE)
 
 site: install
 	$(PY) -m helpers.site build
