@@ -1,0 +1,230 @@
+"""Turn an XTuner checkpoint into a complete, official-format InternVL2 model directory.
+
+XTuner saves only what trained: the LoRA matrices of the language model and
+the projector ``mlp1`` (``iter_N.pth``; a folder with DeepSpeed). The course
+converts it with XTuner's ``convert_to_official.py``. :func:`convert` does the
+same job with checks at every step:
+
+1. read the checkpoint with XTuner's own loader and check it belongs to this
+   base model (every tensor must find a parameter of the same shape);
+2. rebuild base + adapter in float32, load the trained tensors, and record the
+   logits of a fixed probe input;
+3. fold each adapter into its weight, ``W' = W + (alpha / r) * B A``
+   (``merge_and_unload``), and check the logits did not move;
+4. save the merged model in bf16 with the base's ``config.json``, remote code,
+   tokenizer and generation config, so it loads exactly like InternVL2-2B;
+5. load the saved directory again through ``AutoModel`` and check its logits
+   and greedy answer against the unmerged model.
+
+Optionally the adapter alone is written in PEFT format (plus the projector,
+which is not part of a PEFT adapter).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import BookError
+
+PROBE_QUESTION = "<image>\n请你根据这张图片，讲一个脑洞大开的梗"
+
+
+@dataclass
+class ConvertResult:
+    """What :func:`convert` wrote and what it checked."""
+
+    out_dir: Path
+    seconds: float
+    checkpoint_mb: float
+    output_mb: float
+    merged_vs_adapter_max_abs_diff: float
+    saved_vs_adapter_max_abs_diff: float
+    max_abs_logit: float
+    same_greedy_answer: bool
+    tolerance: float
+    adapter_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _size_mb(path: Path) -> float:
+    if path.is_file():
+        return path.stat().st_size / 2**20
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The trained tensors of an XTuner checkpoint (``.pth`` file or DeepSpeed folder).
+
+    Uses XTuner's own ``guess_load_checkpoint``; raises a BookError that says
+    what the path is when it is not a checkpoint.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BookError(f"checkpoint {path} does not exist; notebook 04 lists the checkpoints it wrote "
+                        "(helpers.train.list_checkpoints(work_dir)).")
+    from .compat import trust_own_checkpoints
+    from .train import check_checkpoint
+
+    check_checkpoint(path)
+    trust_own_checkpoints()
+    from xtuner.model.utils import guess_load_checkpoint
+
+    try:
+        state = guess_load_checkpoint(str(path))
+    except Exception as exc:  # noqa: BLE001 - any failure here means "not a checkpoint we can read"
+        raise BookError(f"{path} could not be read as an XTuner checkpoint ({type(exc).__name__}: {exc}).") from exc
+    if not isinstance(state, dict) or not state:
+        raise BookError(f"{path} holds no tensors; it is not an XTuner training checkpoint.")
+    if not any("lora_" in k or ".mlp1." in k for k in state):
+        raise BookError(f"{path} has no LoRA or projector weights (keys like 'model.language_model...lora_A' or "
+                        f"'model.mlp1.0.weight'); it is not a checkpoint of XTuner's InternVL QLoRA training.")
+    return state
+
+
+def _recipe_from_config(config: Path) -> dict[str, Any]:
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(config))
+    lora = cfg.model.get("llm_lora") or {}
+    return {
+        "model_path": cfg.model.model_path,
+        "r": lora.get("r"), "lora_alpha": lora.get("lora_alpha"), "lora_dropout": lora.get("lora_dropout", 0.0),
+        "target_modules": lora.get("target_modules"),
+    }
+
+
+def _probe_inputs(model: Any, tokenizer: Any, seed: int = 0) -> dict[str, Any]:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    size = model.config.force_image_size or model.config.vision_config.image_size
+    pixel_values = torch.randn(2, 3, size, size, generator=g)
+    model.img_context_token_id = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    query, _ = model._build_query(PROBE_QUESTION, [], [2], "<img>", "</img>", "<IMG_CONTEXT>")
+    batch = tokenizer(query + "哈哈", return_tensors="pt")
+    return {"pixel_values": pixel_values, "input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+
+
+def _logits(model: Any, probe: dict[str, Any]) -> Any:
+    import torch
+
+    with torch.no_grad():
+        dtype = next(model.parameters()).dtype
+        return model(pixel_values=probe["pixel_values"].to(dtype), input_ids=probe["input_ids"],
+                     attention_mask=probe["attention_mask"]).logits.float()
+
+
+def _greedy(model: Any, tokenizer: Any, probe: dict[str, Any]) -> str:
+    dtype = next(model.parameters()).dtype
+    return model.chat(tokenizer, probe["pixel_values"].to(dtype), PROBE_QUESTION,
+                      dict(max_new_tokens=12, do_sample=False))
+
+
+def convert(checkpoint: str | Path, out_dir: str | Path, *, config: str | Path | None = None,
+            overwrite: bool = False, adapter_dir: str | Path | None = None, tolerance: float = 0.02) -> ConvertResult:
+    """Merge an XTuner QLoRA checkpoint into its base model and save an official InternVL2 directory.
+
+    ``config`` is the XTuner config the run used (default: ``config.py`` next
+    to the checkpoint, where XTuner leaves a copy). Refuses to write into a
+    non-empty ``out_dir`` unless ``overwrite``. Two checks, both stated:
+    merging in float32 may move no logit by more than 1e-3; the saved bf16
+    model may differ from the float32 base + adapter by at most ``tolerance``
+    times the largest logit (bf16 keeps about 3 significant digits), and must
+    give the same greedy answer.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel, AutoTokenizer
+
+    t0 = time.perf_counter()
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    config = Path(config) if config else checkpoint.parent / "config.py"
+    if not config.exists():
+        raise BookError(f"XTuner config {config} not found; pass config= the file the run was trained with.")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise BookError(f"{out_dir} exists and is not empty; choose a new folder or pass overwrite=True "
+                        "(its contents will be replaced).")
+    if out_dir.resolve() == checkpoint.resolve() or out_dir.resolve() in checkpoint.resolve().parents:
+        raise BookError(f"write the converted model outside the training folder, not into {out_dir}.")
+    state = load_checkpoint(checkpoint)
+    recipe = _recipe_from_config(config)
+    base_dir = Path(recipe["model_path"])
+    if not (base_dir / "config.json").exists():
+        raise BookError(f"the base model {base_dir} named in {config} is missing; the merge needs it.")
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=True)
+    model = AutoModel.from_pretrained(base_dir, trust_remote_code=True, torch_dtype=torch.float32).eval()
+    targets = recipe["target_modules"] or sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.language_model.named_modules() if isinstance(m, torch.nn.Linear)}
+        - {"lm_head", "output_layer"})
+    if any("lora_" in k for k in state):
+        model.language_model = get_peft_model(model.language_model, LoraConfig(
+            r=recipe["r"], lora_alpha=recipe["lora_alpha"], lora_dropout=recipe["lora_dropout"],
+            target_modules=targets, task_type="CAUSAL_LM"))
+    own = model.state_dict()
+    mapped, wrong = {}, []
+    for key, tensor in state.items():
+        name = key[len("model."):] if key.startswith("model.") else key
+        if name not in own:
+            wrong.append(f"{key} (no such parameter)")
+        elif own[name].shape != tensor.shape:
+            wrong.append(f"{key} {tuple(tensor.shape)} vs model {tuple(own[name].shape)}")
+        else:
+            mapped[name] = tensor.to(own[name].dtype)
+    if wrong:
+        raise BookError(f"{checkpoint} does not fit the base model {base_dir}: {len(wrong)} tensors do not match, "
+                        f"e.g. {wrong[:3]}. It was trained from another model or with another LoRA rank; pass the "
+                        "config of that run.")
+    model.load_state_dict(mapped, strict=False)
+    model.eval()  # LoRA dropout off: the modules PEFT just added start in training mode
+    probe = _probe_inputs(model, tokenizer)
+    reference = _logits(model, probe)
+    answer_ref = _greedy(model, tokenizer, probe)
+
+    notes = []
+    if adapter_dir is not None and hasattr(model.language_model, "peft_config"):
+        adapter_dir = Path(adapter_dir)
+        model.language_model.save_pretrained(adapter_dir)
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in model.mlp1.state_dict().items()}, adapter_dir / "mlp1.safetensors")
+        notes.append("the PEFT adapter does not include the trained projector; it is in mlp1.safetensors")
+
+    if hasattr(model.language_model, "merge_and_unload"):
+        model.language_model = model.language_model.merge_and_unload()
+    merged = _logits(model, probe)
+    merged_diff = float((merged - reference).abs().max())
+    if merged_diff > 1e-3:
+        raise BookError(f"merging changed the logits by {merged_diff:.2e} (> 1e-3 in float32); the merge is wrong.")
+
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    model.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
+    shutil.copy2(base_dir / "config.json", out_dir / "config.json")  # the architecture is unchanged
+    for extra in list(base_dir.glob("*.py")) + [base_dir / "generation_config.json"]:
+        if extra.exists():
+            shutil.copy2(extra, out_dir / extra.name)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "conversion.json").write_text(json.dumps({
+        "checkpoint": str(checkpoint), "config": str(config), "base_model": str(base_dir),
+        "lora": {k: recipe[k] for k in ("r", "lora_alpha", "lora_dropout")}, "target_modules": targets,
+    }, indent=2, ensure_ascii=False), encoding="utf-8")
+
+    saved = AutoModel.from_pretrained(out_dir, trust_remote_code=True, torch_dtype=torch.float32).eval()
+    saved.img_context_token_id = model.img_context_token_id
+    saved_logits = _logits(saved, probe)
+    saved_diff = float((saved_logits - reference).abs().max())
+    scale = float(reference.abs().max())
+    same_answer = _greedy(saved, tokenizer, probe) == answer_ref
+    if saved_diff > tolerance * scale or not same_answer:
+        raise BookError(f"the saved model differs from base + adapter: logits by {saved_diff:.3f} (allowed "
+                        f"{tolerance} x {scale:.2f}), same greedy answer: {same_answer}; the conversion is not "
+                        "faithful.")
+    return ConvertResult(out_dir, time.perf_counter() - t0, _size_mb(checkpoint), _size_mb(out_dir),
+                         merged_diff, saved_diff, scale, same_answer, tolerance,
+                         Path(adapter_dir) if adapter_dir else None, notes)

@@ -1,0 +1,87 @@
+"""helpers.convert: an XTuner QLoRA checkpoint becomes an official InternVL2 directory, checked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from helpers import SAMPLE_DATA_DIR, config, convert
+from helpers.errors import BookError
+
+
+def _xtuner_checkpoint(model_dir, path, r=8, seed=0):
+    """A checkpoint shaped like XTuner's: {'state_dict': {'model.<peft names>': ...}} with trained LoRA + mlp1."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    torch.manual_seed(seed)
+    model = AutoModel.from_pretrained(model_dir, trust_remote_code=True, torch_dtype=torch.float32)
+    model.language_model = get_peft_model(model.language_model, LoraConfig(
+        r=r, lora_alpha=2 * r, target_modules=["wqkv", "wo", "w1", "w2", "w3", "output"], task_type="CAUSAL_LM"))
+    state = {}
+    for name, p in model.named_parameters():
+        if "lora_" in name or name.startswith("mlp1."):
+            state["model." + name.replace(".default.", ".default.")] = torch.randn_like(p) * 0.05
+    torch.save({"meta": {}, "state_dict": state}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("work")
+    recipe = config.Recipe(str(tiny_model_dir), str(SAMPLE_DATA_DIR / "train.json"), str(SAMPLE_DATA_DIR),
+                           lora_r=8, lora_alpha=16, lora_dropout=0.05)
+    config.write(recipe, work / "config.py")
+    return _xtuner_checkpoint(tiny_model_dir, work / "iter_4.pth")
+
+
+def test_merged_model_equals_base_plus_adapter_and_loads_like_the_base(tiny_model_dir, trained, tmp_path):
+    result = convert.convert(trained, tmp_path / "merged", adapter_dir=tmp_path / "adapter")
+    assert result.merged_vs_adapter_max_abs_diff < 1e-3
+    assert result.saved_vs_adapter_max_abs_diff <= result.tolerance * result.max_abs_logit
+    assert result.same_greedy_answer
+    out = result.out_dir
+    assert json.loads((out / "config.json").read_text()) == json.loads((tiny_model_dir / "config.json").read_text())
+    assert {p.name for p in tiny_model_dir.glob("*.py")} <= {p.name for p in out.glob("*.py")}
+    from safetensors import safe_open
+
+    with safe_open(out / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    assert not any("lora" in k for k in keys), "adapters are folded in"
+    with safe_open(tiny_model_dir / "model.safetensors", "pt") as f:
+        assert keys == set(f.keys()), "same weight names as the base model"
+    adapter = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 8 and (tmp_path / "adapter" / "mlp1.safetensors").exists()
+    # the merge really changed the weights (the adapter was not a no-op)
+    with safe_open(out / "model.safetensors", "pt") as f, safe_open(tiny_model_dir / "model.safetensors", "pt") as g:
+        name = "language_model.model.layers.0.attention.wqkv.weight"
+        assert not torch.equal(f.get_tensor(name), g.get_tensor(name))
+
+
+def test_not_a_checkpoint(tmp_path, trained):
+    bogus = tmp_path / "iter_1.pth"
+    bogus.write_text("not a checkpoint")
+    with pytest.raises(BookError, match="cannot be read"):
+        convert.convert(bogus, tmp_path / "out", config=trained.parent / "config.py")
+    torch.save({"state_dict": {"model.something.weight": torch.zeros(2)}}, tmp_path / "iter_2.pth")
+    with pytest.raises(BookError, match="no LoRA or projector weights"):
+        convert.convert(tmp_path / "iter_2.pth", tmp_path / "out", config=trained.parent / "config.py")
+
+
+def test_checkpoint_of_another_model_or_rank(tiny_model_dir, trained, tmp_path):
+    other = _xtuner_checkpoint(tiny_model_dir, tmp_path / "iter_9.pth", r=16)
+    with pytest.raises(BookError, match="does not fit the base model"):
+        convert.convert(other, tmp_path / "out", config=trained.parent / "config.py")
+
+
+def test_nothing_is_overwritten_without_asking(trained, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(BookError, match="not empty"):
+        convert.convert(trained, out)
+    assert (out / "keep.txt").read_text() == "mine"
+    with pytest.raises(BookError, match="does not exist"):
+        convert.convert(tmp_path / "iter_404.pth", tmp_path / "x", config=trained.parent / "config.py")
