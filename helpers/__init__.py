@@ -2,14 +2,21 @@
 
 One module per thing the learner does:
 
-=============  ==========================================================
-``env``        what this machine can run (GPU, 4-bit, LMDeploy) and the profile to use
-``data``       load, validate and describe CLoT-style image-caption datasets
-``tiling``     InternVL2's dynamic 448-px tiling and image-token arithmetic
-``tiny``       build the tiny (or full-size, random) InternVL2 checkpoint
-``plots``      the figures the notebooks show
-``book``       the papermill runner: ``python -m helpers.book run``
-=============  ==========================================================
+=================  ======================================================
+``env``            what this machine can run (GPU, 4-bit, LMDeploy) and the profile to use
+``data``           load, validate and describe CLoT-style image-caption datasets
+``tiling``         InternVL2's dynamic 448-px tiling and image-token arithmetic
+``tiny``           build the tiny (or full-size, random) InternVL2 checkpoint
+``infer``          ask a model about images: LMDeploy on GPU, ``chat()`` elsewhere
+``config``         write XTuner's QLoRA config from parameters
+``memory``         what QLoRA costs in memory, from the real architecture
+``train``          run XTuner training with progress, checkpoints and resume
+``convert``        XTuner checkpoint -> official InternVL2 directory (LoRA merged)
+``compare``        before/after metrics (chrF, ROUGE-L, perplexity) and reports
+``plots``          the figures the notebooks show
+``book``, ``site`` the papermill runner and sweeps; the jupyter-book site
+``compat``         small documented fixes for the pinned stack
+=================  ======================================================
 
 Nothing is imported eagerly: ``import helpers`` is instant, and each notebook
 imports the modules it teaches.
