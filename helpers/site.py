@@ -1,41 +1,77 @@
-"""Build the course site from the *executed* notebooks.
+"""Build the course site from *executed* notebooks, and check it the way a reader sees it.
 
 The notebooks in git carry no outputs. ``python -m helpers.book run`` executes
-them with papermill into ``_build/notebooks/``; this module assembles a
-staging copy of the book (``_config.yml``, ``_toc.yml``, ``book/`` and those
-executed notebooks) and runs ``jupyter-book build`` on it with warnings
-treated as errors, so the site shows real outputs and figures and never runs
-a notebook a second time.
+the workflow notebooks (``notebooks/NN_*.ipynb``) with papermill into
+``_build/notebooks/``. :func:`build` assembles a staging copy of the book
+(``_config.yml``, ``_toc.yml``, ``book/`` and those executed notebooks),
+executes the concept chapters that are notebooks (``book/**/*.ipynb``, whose
+figures and tables are computed from the model and the data) with papermill
+inside the staging copy, and runs ``jupyter-book build`` on it with warnings
+treated as errors. So the site shows real outputs and figures, and never runs
+a workflow notebook a second time.
 
-    python -m helpers.site build [--executed _build/notebooks] [--out _build/site]
+:func:`check` then looks at the built HTML: every local ``href``/``src``
+resolves (:func:`check_links`), and, when Chromium is installed, every page
+loads in headless Chromium without console errors or broken images, the
+sidebar navigation works, and screenshots are saved (:func:`check_in_browser`).
+
+    python -m helpers.site build [--executed _build/notebooks] [--out _build/site] [--no-cache]
+    python -m helpers.site check [--html _build/site/_build/html] [--screenshots _build/screenshots] [--no-browser]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import html.parser
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator, Sequence
+from urllib.parse import unquote, urlsplit
 
 from . import REPO_DIR
 from .errors import BookError
 
-STAGE_ITEMS = ("_config.yml", "_toc.yml", "book")
+STAGE_ITEMS = ("_config.yml", "_toc.yml", "book", "params")  # params/: literalincluded by the reference pages
+#: Where executed concept notebooks are kept between builds (keyed by their inputs' hash).
+CACHE_DIR = REPO_DIR / "_build" / "book-cache"
+#: The pages the browser check photographs: (file name, page, CSS selector to scroll to or None).
+SCREENSHOTS = (
+    ("landing.png", "book/intro.html", None),
+    ("concept-architecture.png", "book/concepts/architecture.html", ".cell_output img"),
+    ("notebook-01-figure.png", "notebooks/01_dataset.html", ".cell_output img"),
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# staging
 
 
 def toc_notebooks(toc: Path) -> list[str]:
-    """Stems of the notebooks (``notebooks/NN_name``) that ``_toc.yml`` lists."""
+    """Stems of the workflow notebooks (``notebooks/NN_name``) that ``_toc.yml`` lists."""
+    return [f for f in toc_files(toc) if f.startswith("notebooks/")]
+
+
+def toc_files(toc: Path) -> list[str]:
+    """Every ``file:`` entry of ``_toc.yml`` (and its ``root``), in order, without suffix."""
     import yaml
 
     found: list[str] = []
 
     def walk(node: object) -> None:
         if isinstance(node, dict):
-            f = node.get("file")
-            if isinstance(f, str) and f.startswith("notebooks/"):
-                found.append(f)
+            for key in ("root", "file"):
+                f = node.get(key)
+                if isinstance(f, str):
+                    found.append(f)
             for v in node.values():
                 walk(v)
         elif isinstance(node, list):
@@ -46,15 +82,20 @@ def toc_notebooks(toc: Path) -> list[str]:
     return found
 
 
+def book_notebooks(root: Path) -> list[Path]:
+    """The concept chapters that are notebooks: ``book/**/*.ipynb`` under ``root``, sorted."""
+    return sorted(p for p in (root / "book").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+
+
 def stage(executed: Path, stage_dir: Path, repo: Path = REPO_DIR) -> Path:
-    """Copy the book sources and the executed notebooks into ``stage_dir``."""
+    """Copy the book sources and the executed workflow notebooks into ``stage_dir``."""
     if stage_dir.exists():
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True)
     for item in STAGE_ITEMS:
         src = repo / item
         if src.is_dir():
-            shutil.copytree(src, stage_dir / item)
+            shutil.copytree(src, stage_dir / item, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
         else:
             shutil.copy2(src, stage_dir / item)
     (stage_dir / "notebooks").mkdir()
@@ -74,12 +115,101 @@ def stage(executed: Path, stage_dir: Path, repo: Path = REPO_DIR) -> Path:
     return stage_dir
 
 
-def build(executed: Path | None = None, out: Path | None = None, strict: bool = True) -> Path:
-    """Stage and build the site; return the folder holding ``index.html``."""
+# ----------------------------------------------------------------------------------------------
+# executing the concept notebooks
+
+
+def _inputs_hash(notebook: Path, repo: Path = REPO_DIR) -> str:
+    """Hash of what a concept notebook's outputs depend on: itself and the ``helpers`` package."""
+    digest = hashlib.sha256(notebook.read_bytes())
+    for path in sorted((repo / "helpers").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(repo)).encode())
+            digest.update(path.read_bytes())
+    digest.update(sys.version.encode())
+    return digest.hexdigest()[:16]
+
+
+def execute_book_notebooks(stage_dir: Path, repo: Path = REPO_DIR, kernel: str = "python3",
+                           cache_dir: Path | None = CACHE_DIR) -> list[tuple[str, str, float]]:
+    """Execute every ``book/**/*.ipynb`` of the staging copy in place with papermill.
+
+    Each runs in a fresh ``kernel`` whose working directory is the notebook's
+    own folder (in the staging copy, so nothing is written into the
+    repository) and whose ``PYTHONPATH`` starts with the repository, so
+    ``import helpers`` works. An executed notebook is kept in ``cache_dir``
+    under the hash of its source and of ``helpers/``; an unchanged notebook is
+    copied from there instead of run again (``cache_dir=None`` always runs).
+    Returns ``(notebook, "ran" | "cached", seconds)`` per notebook and raises
+    :class:`BookError` naming the cell when one fails.
+    """
+    import papermill as pm
+
+    from . import book
+
+    results = []
+    notebooks = book_notebooks(stage_dir)
+    if not notebooks:
+        return results
+    book.ensure_kernel(kernel)
+    with book._pythonpath(repo), tempfile.TemporaryDirectory(prefix="site-kernel-") as sockets:
+        for nb_path in notebooks:
+            rel = nb_path.relative_to(stage_dir)
+            src = repo / rel
+            key = _inputs_hash(src if src.exists() else nb_path, repo)
+            cached = cache_dir / rel.parent / f"{nb_path.stem}.{key}.ipynb" if cache_dir else None
+            t0 = time.perf_counter()
+            if cached is not None and cached.is_file():
+                shutil.copy2(cached, nb_path)
+                results.append((str(rel), "cached", 0.0))
+                continue
+            nb = book._read(nb_path)
+            if book._ensure_metadata(nb):  # papermill: 'No language found in notebook' without them
+                import nbformat
+
+                nbformat.write(nb, str(nb_path))
+            km = book._kernel_manager(kernel, Path(sockets))
+            try:
+                pm.execute_notebook(str(nb_path), str(nb_path), parameters={}, kernel_name=kernel,
+                                    language="python", progress_bar=False, cwd=str(nb_path.parent), km=km)
+            except Exception as exc:  # noqa: BLE001 - every failure stops the build the same way
+                message = book._failure_message(src, nb_path, exc, shift=0, param_index=None, not_run=[])
+                raise BookError(f"concept chapter {rel} failed while building the site.\n{message}") from exc
+            finally:
+                book._shutdown(km)
+            seconds = time.perf_counter() - t0
+            results.append((str(rel), "ran", round(seconds, 1)))
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                for old in cached.parent.glob(f"{nb_path.stem}.*.ipynb"):
+                    old.unlink()
+                shutil.copy2(nb_path, cached)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# building
+
+
+def build(executed: Path | None = None, out: Path | None = None, strict: bool = True,
+          cache_dir: Path | None = CACHE_DIR) -> Path:
+    """Stage the book, execute its concept notebooks, build the site; return the folder holding ``index.html``.
+
+    ``strict`` (the default) passes ``-W -n --keep-going`` to jupyter-book:
+    every Sphinx warning (a broken cross-reference, a missing image, a
+    notebook output it cannot render) fails the build, and all of them are
+    reported at once.
+    """
     executed = executed or REPO_DIR / "_build" / "notebooks"
     out = out or REPO_DIR / "_build" / "site"
-    src = stage(executed, out.parent / "site-src")
-    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(src), "--path-output", str(out)]
+    t_start = time.perf_counter()
+    src = stage(executed, out.parent / f"{out.name}-src")
+    for name, how, seconds in execute_book_notebooks(src, cache_dir=cache_dir):
+        print(f"  {name}: {'executed in %.1f s' % seconds if how == 'ran' else 'unchanged, from the cache'}")
+    # --all: Sphinx's incremental build would keep pages whose own source did not change, with a stale
+    # sidebar when another page's title changed; a full build takes seconds
+    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(src),
+           "--path-output", str(out), "--all"]
     if strict:
         cmd += ["-W", "-n", "--keep-going"]
     t0 = time.perf_counter()
@@ -88,8 +218,334 @@ def build(executed: Path | None = None, out: Path | None = None, strict: bool = 
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
         raise BookError(f"jupyter-book build failed (warnings count as errors):\n{tail}")
     html = out / "_build" / "html"
-    print(f"site built in {time.perf_counter() - t0:.1f} s: {html / 'index.html'}")
+    print(f"site built in {time.perf_counter() - t_start:.1f} s (jupyter-book {time.perf_counter() - t0:.1f} s): "
+          f"{html / 'index.html'}")
     return html
+
+
+# ----------------------------------------------------------------------------------------------
+# checking: links
+
+
+class _Refs(html.parser.HTMLParser):
+    """Collects ``href``/``src`` values, element ids and ``<img>`` tags of one page."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.refs: list[tuple[str, str]] = []
+        self.ids: set[str] = set()
+        self.images: list[dict[str, str | None]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        for key in ("id", "name"):
+            if a.get(key):
+                self.ids.add(a[key])  # type: ignore[arg-type]
+        for key in ("href", "src"):
+            if a.get(key) and not (tag == "link" and a.get("rel") in ("preconnect", "dns-prefetch")):
+                self.refs.append((key, a[key]))  # type: ignore[arg-type]
+        if tag == "img":
+            self.images.append(a)
+
+
+def _parse(page: Path) -> _Refs:
+    parser = _Refs()
+    parser.feed(page.read_text(encoding="utf-8", errors="replace"))
+    return parser
+
+
+def html_pages(html_dir: Path) -> list[Path]:
+    """Every ``.html`` file of a built site, except Sphinx's own ``_static``/``_sources``."""
+    return sorted(p for p in html_dir.rglob("*.html")
+                  if not {"_static", "_sources", "_images"} & set(p.relative_to(html_dir).parts))
+
+
+def check_links(html_dir: Path) -> list[str]:
+    """Every local ``href``/``src`` of every page must name an existing file (and anchor).
+
+    External links (``http:``, ``https:``, ``mailto:``, ``data:``, ...) are
+    not followed: the machines that build the book are offline. A fragment
+    (``page.html#section``) must be an ``id`` on the target page. Returns one
+    line per broken reference, ``[]`` when all resolve.
+    """
+    html_dir = Path(html_dir)
+    parsed: dict[Path, _Refs] = {}
+
+    def page(path: Path) -> _Refs:
+        if path not in parsed:
+            parsed[path] = _parse(path)
+        return parsed[path]
+
+    broken = []
+    for path in html_pages(html_dir):
+        for attr, ref in page(path).refs:
+            parts = urlsplit(ref)
+            if parts.scheme or parts.netloc or ref.startswith(("//", "javascript:")):
+                continue
+            target = path if not parts.path else (path.parent / unquote(parts.path))
+            if parts.path.endswith("/"):
+                target = target / "index.html"
+            where = f"{path.relative_to(html_dir)}: {attr}={ref!r}"
+            try:
+                target.resolve().relative_to(html_dir.resolve())
+            except ValueError:
+                broken.append(f"{where} points outside the site")
+                continue
+            if not target.is_file():
+                broken.append(f"{where}: {target.relative_to(html_dir) if target.is_relative_to(html_dir) else target}"
+                              " does not exist")
+                continue
+            frag = unquote(parts.fragment)
+            if frag and target.suffix == ".html" and frag not in page(target).ids:
+                broken.append(f"{where}: no id {frag!r} on {target.relative_to(html_dir)}")
+    return broken
+
+
+def images_without_alt(html_dir: Path) -> dict[str, list[str]]:
+    """Pages whose ``<img>`` tags lack a descriptive ``alt`` (missing, empty, or just a file name)."""
+    out: dict[str, list[str]] = {}
+    for path in html_pages(Path(html_dir)):
+        bad = []
+        for img in _parse(path).images:
+            alt = (img.get("alt") or "").strip()
+            src = img.get("src") or ""
+            if not alt or alt == src or alt.lower().endswith((".png", ".jpg", ".jpeg", ".svg", ".gif")):
+                bad.append(f"{src} (alt={alt!r})")
+        if bad:
+            out[str(path.relative_to(html_dir))] = bad
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# checking: a real browser
+
+
+@dataclass
+class Browser:
+    """Where the Chromium binary and its matching chromedriver are."""
+
+    chromium: str
+    chromedriver: str
+
+
+def find_browser() -> Browser | None:
+    """Chromium and chromedriver from ``$CHROMIUM``/``$CHROMEDRIVER`` or the ``PATH``; None if either is missing.
+
+    ``tools/install-browser.sh`` installs Debian's ``chromium`` and ``chromium-driver``.
+    """
+    chromium = os.environ.get("CHROMIUM") or next(
+        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    driver = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver")
+    if not chromium or not driver or not Path(chromium).exists() or not Path(driver).exists():
+        return None
+    return Browser(chromium, driver)
+
+
+@contextlib.contextmanager
+def serve(directory: Path) -> Iterator[str]:
+    """Serve ``directory`` on an ephemeral localhost port in a thread; yields the base URL."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+#: Headless flags for Chromium as root in a container (see PLATFORM.md).
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--window-size=1400,1000", "--hide-scrollbars")
+
+
+@dataclass
+class BrowserReport:
+    """What headless Chromium saw on every page of the site."""
+
+    pages: list[str] = field(default_factory=list)
+    console_errors: dict[str, list[str]] = field(default_factory=dict)
+    broken_images: dict[str, list[str]] = field(default_factory=dict)
+    images_seen: int = 0
+    sidebar: str = ""
+    sidebar_ok: bool = False
+    screenshots: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+    browser_version: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """No console error, no broken image, and the sidebar click landed on its page."""
+        return not self.console_errors and not self.broken_images and self.sidebar_ok
+
+    def __str__(self) -> str:
+        lines = [f"{len(self.pages)} pages loaded in {self.browser_version} in {self.seconds:.1f} s; "
+                 f"{self.images_seen} images checked",
+                 f"sidebar navigation: {'ok' if self.sidebar_ok else 'FAILED'} ({self.sidebar})"]
+        for title, problems in (("console errors", self.console_errors), ("broken images", self.broken_images)):
+            if problems:
+                lines.append(f"{title}:")
+                lines += [f"  {page}: {msg}" for page, msgs in problems.items() for msg in msgs]
+            else:
+                lines.append(f"{title}: none")
+        lines += [f"screenshot: {p}" for p in self.screenshots]
+        return "\n".join(lines)
+
+
+# Chromium asks every site for /favicon.ico; this book declares none, and the 404 is not a page error.
+_IGNORED_CONSOLE = ("favicon.ico",)
+
+_IMAGES_JS = """
+const imgs = Array.from(document.images);
+for (const img of imgs) { img.loading = 'eager'; }
+return imgs.map(i => [i.currentSrc || i.src, i.complete, i.naturalWidth]);
+"""
+
+
+def _wait_images(driver, timeout: float = 10.0) -> list[list]:
+    """Scroll every image into view, wait until all have finished loading; return [src, complete, width]."""
+    deadline = time.monotonic() + timeout
+    driver.execute_script("for (const i of document.images) { i.scrollIntoView(); }")
+    while True:
+        state = driver.execute_script(_IMAGES_JS)
+        if all(done for _, done, _ in state) or time.monotonic() > deadline:
+            driver.execute_script("window.scrollTo(0, 0);")
+            return state
+        time.sleep(0.1)
+
+
+def _driver(browser: Browser, profile_dir: str):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser.chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile_dir}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # both paths given: selenium never runs Selenium Manager, so nothing is downloaded
+    return webdriver.Chrome(options=options, service=Service(browser.chromedriver))
+
+
+def _wait_loaded(driver, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while driver.execute_script("return document.readyState") != "complete":
+        if time.monotonic() > deadline:
+            raise BookError(f"{driver.current_url} did not finish loading in {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def check_in_browser(html_dir: Path, screenshots_dir: Path | None = None, browser: Browser | None = None,
+                     pages: Sequence[str] | None = None) -> BrowserReport:
+    """Load every page of the built site in headless Chromium, served from localhost.
+
+    For each page: console messages of level SEVERE (JavaScript errors, failed
+    loads) and images that did not load (``naturalWidth`` 0) are collected.
+    Then, on the landing page, a sidebar link is clicked and the browser must
+    land on that page. Screenshots of :data:`SCREENSHOTS` go to
+    ``screenshots_dir``. Needs the ``selenium`` package and :func:`find_browser`.
+    """
+    from selenium.webdriver.common.by import By
+
+    browser = browser or find_browser()
+    if browser is None:
+        raise BookError("no Chromium/chromedriver found: run `sudo bash tools/install-browser.sh` "
+                        "(Debian: apt-get install chromium chromium-driver)")
+    html_dir = Path(html_dir)
+    pages = list(pages) if pages is not None else [str(p.relative_to(html_dir)) for p in html_pages(html_dir)]
+    report = BrowserReport()
+    t0 = time.perf_counter()
+    with serve(html_dir) as base, tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+        driver = _driver(browser, profile)
+        try:
+            caps = driver.capabilities
+            report.browser_version = f"{caps.get('browserName', 'chrome')} {caps.get('browserVersion', '?')}"
+            for rel in pages:
+                driver.get(base + rel)
+                _wait_loaded(driver)
+                state = _wait_images(driver)
+                report.images_seen += len(state)
+                broken = [src for src, done, width in state if not (done and width > 0)]
+                errors = [entry["message"] for entry in driver.get_log("browser")
+                          if entry.get("level") == "SEVERE"
+                          and not any(s in entry.get("message", "") for s in _IGNORED_CONSOLE)]
+                report.pages.append(rel)
+                if broken:
+                    report.broken_images[rel] = broken
+                if errors:
+                    report.console_errors[rel] = errors
+
+            # the sidebar: click the link of another page and land there
+            driver.get(base + "book/intro.html")
+            _wait_loaded(driver)
+            links = [a for a in driver.find_elements(By.CSS_SELECTOR, "nav.bd-docs-nav a.reference.internal, "
+                                                                      ".bd-sidenav a.reference.internal")
+                     if a.is_displayed() and "concepts/" in (a.get_attribute("href") or "")]
+            if not links:
+                report.sidebar = "no visible sidebar link to a concept chapter on book/intro.html"
+            else:
+                link = links[0]
+                href, text = link.get_attribute("href"), link.text.strip()
+                link.click()
+                deadline = time.monotonic() + 10
+                while driver.current_url.split("#")[0] != href.split("#")[0] and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                _wait_loaded(driver)
+                heading = driver.find_element(By.CSS_SELECTOR, "article.bd-article h1").text.strip()
+                landed = driver.current_url.split("#")[0] == href.split("#")[0]
+                report.sidebar_ok = landed and heading.rstrip("#¶ ").strip() == text
+                report.sidebar = (f"clicked {text!r} -> {driver.current_url.replace(base, '')}, "
+                                  f"page heading {heading.rstrip('#¶ ')!r}")
+
+            if screenshots_dir is not None:
+                screenshots_dir = Path(screenshots_dir)
+                screenshots_dir.mkdir(parents=True, exist_ok=True)
+                for name, rel, selector in SCREENSHOTS:
+                    if not (html_dir / rel).is_file():
+                        continue
+                    driver.get(base + rel)
+                    _wait_loaded(driver)
+                    _wait_images(driver)
+                    if selector:
+                        found = driver.find_elements(By.CSS_SELECTOR, selector)
+                        if found:
+                            driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", found[0])
+                            time.sleep(0.3)
+                    path = screenshots_dir / name
+                    driver.save_screenshot(str(path))
+                    report.screenshots.append(path)
+        finally:
+            driver.quit()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def check(html_dir: Path | None = None, screenshots_dir: Path | None = None, browser: bool = True) -> bool:
+    """Run the link check and (if ``browser``) the Chromium check; print both reports; True when clean."""
+    html_dir = Path(html_dir or REPO_DIR / "_build" / "site" / "_build" / "html")
+    if not (html_dir / "index.html").is_file():
+        raise BookError(f"no built site in {html_dir}: run `python -m helpers.site build` first")
+    broken = check_links(html_dir)
+    print(f"links: {len(html_pages(html_dir))} pages, "
+          + ("every local href/src resolves" if not broken else f"{len(broken)} broken:"))
+    for line in broken:
+        print(f"  {line}")
+    ok = not broken
+    if browser:
+        report = check_in_browser(html_dir, screenshots_dir or REPO_DIR / "_build" / "screenshots")
+        print(report)
+        ok = ok and report.ok
+    return ok
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,9 +555,17 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--executed", type=Path, default=None, help="folder of executed notebooks")
     b.add_argument("--out", type=Path, default=None, help="output folder (default _build/site)")
     b.add_argument("--no-strict", action="store_true", help="do not treat warnings as errors")
+    b.add_argument("--no-cache", action="store_true", help="execute every concept notebook even if unchanged")
+    c = sub.add_parser("check", help="check links, then load every page in headless Chromium")
+    c.add_argument("--html", type=Path, default=None, help="built site (default _build/site/_build/html)")
+    c.add_argument("--screenshots", type=Path, default=None, help="where screenshots go (default _build/screenshots)")
+    c.add_argument("--no-browser", action="store_true", help="only check the links")
     args = parser.parse_args(argv)
     try:
-        build(args.executed, args.out, strict=not args.no_strict)
+        if args.cmd == "build":
+            build(args.executed, args.out, strict=not args.no_strict, cache_dir=None if args.no_cache else CACHE_DIR)
+        else:
+            return 0 if check(args.html, args.screenshots, browser=not args.no_browser) else 1
     except BookError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
