@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 from .data import SampleSet
 from .errors import DatasetError
 
-__all__ = ["cjk_font", "figure", "gallery", "length_histograms", "loss_curves", "smooth", "tile_grid"]
+__all__ = ["cjk_font", "figure", "gallery", "length_histograms", "loss_curves", "smooth", "tile_grid", "before_after"]
 
 _CJK_FAMILIES = (
     "Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "Source Han Sans CN", "WenQuanYi Micro Hei",
@@ -269,4 +269,47 @@ def loss_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], window: int = 1
         ax.grid(alpha=0.3)
         if len(runs) > 1 or window > 1:
             ax.legend(fontsize=8)
+    return fig
+
+
+def before_after(ds: SampleSet, rows: Sequence[Mapping[str, Any]], n: int = 4, wrap: int = 16) -> Any:
+    """A gallery row per record: the image, then the reference caption and the answers before and after.
+
+    ``rows`` are :func:`helpers.compare.compare_answers` rows (``id``,
+    ``reference``, ``before``, ``after``, ``chrf_before``, ``chrf_after``).
+
+    >>> from helpers.data import load_sample
+    >>> ds = load_sample("eval")
+    >>> r = [{"id": ds[0].id, "reference": "参考", "before": "", "after": "参考", "chrf_before": 0, "chrf_after": 100}]
+    >>> len(before_after(ds, r).axes)
+    2
+    """
+    import numpy as np
+    from PIL import Image
+
+    by_id = {r.id: r for r in ds}
+    rows = [r for r in rows if r["id"] in by_id][:n]
+    if not rows:
+        raise DatasetError("nothing to show: none of the rows' ids are in the dataset")
+    font = cjk_font()
+    fig = _figure(11, 2.6 * len(rows))
+    axes = fig.subplots(len(rows), 2, squeeze=False, width_ratios=[1, 3])
+
+    def fmt(label: str, text: str, score: float | None) -> str:
+        body = "\n    ".join(textwrap.wrap(text, wrap * 2)) if text.strip() else "(empty answer)"
+        tail = f"   [chrF {score:.0f}]" if score is not None else ""
+        return f"{label}: {body}{tail}"
+
+    for (ax_img, ax_txt), row in zip(axes, rows):
+        with Image.open(ds.image_path(by_id[row["id"]])) as im:
+            ax_img.imshow(np.asarray(im.convert("RGB")))
+        ax_img.set_axis_off()
+        ax_img.set_title(row["id"], fontsize=8)
+        ax_txt.set_axis_off()
+        lines = [fmt("reference", row["reference"], None), fmt("before", row["before"], row.get("chrf_before")),
+                 fmt("after", row["after"], row.get("chrf_after"))]
+        if font is None:  # without a CJK font, show the scores only
+            lines = [f"{k}: chrF {row.get('chrf_' + k, float('nan')):.0f}" for k in ("before", "after")]
+        ax_txt.text(0.0, 0.95, "\n\n".join(lines), va="top", ha="left", fontsize=9, transform=ax_txt.transAxes,
+                    fontfamily=[font, "DejaVu Sans"] if font else None)
     return fig
