@@ -84,7 +84,9 @@ def estimate(cfg: dict[str, Any], *, r: int, seq_len: int, batch: int, quantize:
     """Training memory of LoRA/QLoRA on InternVL2, item by item (GiB).
 
     Assumes what XTuner does: frozen bf16 vision encoder, trainable bf16
-    projector ``mlp1``, LLM linear layers in NF4 (``quantize``) or bf16,
+    projector ``mlp1``, LLM linear layers in NF4 (``quantize``) or, without
+    quantisation, fp32 (peft's ``prepare_model_for_kbit_training``, which XTuner
+    always calls, upcasts them),
     everything else of the LLM upcast to fp32 by peft's
     ``prepare_model_for_kbit_training``, fp32 LoRA weights with AdamW (two
     fp32 moments), gradient checkpointing on the LLM, eager attention.
@@ -94,7 +96,8 @@ def estimate(cfg: dict[str, Any], *, r: int, seq_len: int, batch: int, quantize:
     hidden, layers, heads = llm["hidden_size"], llm["num_hidden_layers"], llm["num_attention_heads"]
     vocab, inter = llm["vocab_size"], llm["intermediate_size"]
     lora = lora_parameters(cfg, r)
-    per_w = (NF4_DQ_BYTES if double_quant else NF4_BYTES) if quantize else 2
+    # unquantised, XTuner still calls prepare_model_for_kbit_training, which upcasts the LLM to fp32
+    per_w = (NF4_DQ_BYTES if double_quant else NF4_BYTES) if quantize else 4
     tokens = seq_len * batch
     ckpt = layers * tokens * hidden * 4 if gradient_checkpointing else 0
     one_layer = tokens * (6 * hidden + 3 * inter) * 4 + batch * heads * seq_len**2 * 4 * 2
@@ -103,8 +106,9 @@ def estimate(cfg: dict[str, Any], *, r: int, seq_len: int, batch: int, quantize:
     logits = tokens * vocab * 4 * 3  # fp32 logits, their softmax and its gradient
     lines = [
         Line("vision encoder weights (bf16, frozen)", g["vision_model"] * 2 / GiB, "2 bytes/param"),
-        Line("LLM linear weights (" + ("NF4" + (" + double quant" if double_quant else "") if quantize else "bf16")
-             + ")", g["llm_linear"] * per_w / GiB, f"{per_w:.3f} bytes/param"),
+        Line("LLM linear weights (" + ("NF4" + (" + double quant" if double_quant else "") if quantize
+                                       else "fp32 after prepare_model_for_kbit_training") + ")",
+             g["llm_linear"] * per_w / GiB, f"{per_w:.3f} bytes/param"),
         Line("LLM embeddings + norms (fp32 after prepare_model_for_kbit_training)",
              (g["llm_embeddings"] + g["llm_norms"]) * 4 / GiB, "4 bytes/param"),
         Line(f"LoRA r={r} weights + grads + AdamW moments (fp32)", lora * 4 * 4 / GiB,

@@ -112,15 +112,28 @@ def check_checkpoint(path: str | Path) -> Path:
 
 
 def last_checkpoint(work_dir: str | Path) -> Path | None:
-    """The checkpoint mmengine recorded as last in ``work_dir`` (or the newest ``iter_N.pth``)."""
+    """The checkpoint to resume from: mmengine's ``last_checkpoint`` record, or the newest ``iter_N.pth``.
+
+    mmengine deletes old checkpoints (``max_keep_ckpts``) before it rewrites
+    ``last_checkpoint``, so a run killed in between leaves a record pointing
+    at a deleted file; then the newest checkpoint on disk is the right one.
+    """
     work_dir = Path(work_dir)
+    found = list_checkpoints(work_dir)
     marker = work_dir / "last_checkpoint"
     if marker.exists():
         recorded = Path(marker.read_text().strip())
         recorded = recorded if recorded.is_absolute() else work_dir / recorded
-        return recorded
-    found = list_checkpoints(work_dir)
+        newest = found[-1] if found else None
+        if recorded.exists() and (newest is None or _step(recorded) >= _step(newest)):
+            return recorded
+        return newest or recorded
     return found[-1] if found else None
+
+
+def _step(path: Path) -> int:
+    m = re.search(r"iter_(\d+)", path.name)
+    return int(m.group(1)) if m else -1
 
 
 def command(config: str | Path, work_dir: str | Path, *, gpus: int = 0, deepspeed: str | None = None,

@@ -24,3 +24,24 @@ def tiny_model(tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir, trust_remote_code=True)
     model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True, torch_dtype=torch.float32).eval()
     return model, tok
+
+
+@pytest.fixture(scope="session")
+def executed_book(tmp_path_factory) -> Path:
+    """Run every notebook once on the tiny profile through the runner (shared by the notebook and site tests).
+
+    Returns the folder holding ``notebooks/`` (executed copies, ``run-summary.json``) and ``outputs/``.
+    """
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    tmp = tmp_path_factory.mktemp("book")
+    proc = subprocess.run(
+        [sys.executable, "-m", "helpers.book", "run", "--profile", "tiny", "--build-dir", str(tmp / "notebooks"),
+         "-p", "output_dir", str(tmp / "outputs")],
+        cwd=root, capture_output=True, text=True,
+    )
+    print(proc.stdout[-4000:], proc.stderr[-4000:])
+    assert proc.returncode == 0, f"the runner failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+    return tmp

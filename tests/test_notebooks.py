@@ -28,16 +28,8 @@ def test_every_notebook_has_a_documented_parameters_cell():
 
 
 @pytest.mark.notebooks
-def test_the_whole_book_runs_on_the_tiny_profile_and_the_site_builds(tmp_path):
-    build = tmp_path / "notebooks"
-    out = tmp_path / "outputs"
-    proc = subprocess.run(
-        [sys.executable, "-m", "helpers.book", "run", "--profile", "tiny", "--build-dir", str(build),
-         "-p", "output_dir", str(out)],
-        cwd=ROOT, capture_output=True, text=True,
-    )
-    print(proc.stdout[-4000:], proc.stderr[-4000:])
-    assert proc.returncode == 0, "the runner failed; its report is above"
+def test_the_whole_book_runs_on_the_tiny_profile(executed_book):
+    build, out = executed_book / "notebooks", executed_book / "outputs"
     summary = json.loads((build / "run-summary.json").read_text())
     names = [r["notebook"] for r in summary["notebooks"]]
     expected = [p.stem for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))]
@@ -50,15 +42,12 @@ def test_the_whole_book_runs_on_the_tiny_profile_and_the_site_builds(tmp_path):
     trained = json.loads((out / "qlora" / "train_summary.json").read_text())
     assert trained["loss_last_fifth"] < trained["loss_first_fifth"] - 0.5, "the tiny QLoRA run clearly learned"
     assert trained["interrupted_at"] and trained["resumed_from"], "notebook 04 demonstrated the resume"
+    assert (out / "merged" / "model.safetensors").exists() and (out / "comparison.md").exists()
+    import nbformat
 
-    from helpers import site
-
-    html = site.build(executed=build, out=tmp_path / "site")
-    for page in ["index.html", "notebooks/00_environment.html", "notebooks/01_dataset.html",
-                 "notebooks/04_qlora_training.html", "notebooks/05_loss_curves.html"]:
-        assert (html / page).exists(), page
-    nb01 = (html / "notebooks/01_dataset.html").read_text(encoding="utf-8")
-    assert nb01.count("<img") >= 3, "the executed figures are on the page"
+    nb04 = nbformat.read(build / "04_qlora_training.ipynb", as_version=4)
+    pngs = sum("image/png" in o.get("data", {}) for c in nb04.cells if c.cell_type == "code" for o in c.outputs)
+    assert pngs >= 1, "the executed training notebook carries its loss figure"
 
 
 @pytest.mark.notebooks

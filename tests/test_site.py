@@ -125,22 +125,13 @@ def test_link_checker_reports_missing_files_and_anchors(tmp_path: Path):
 
 
 @pytest.fixture(scope="module")
-def built_site(tmp_path_factory) -> Path:
-    """Run the book's notebooks (tiny profile) into a temporary folder and build the site from them."""
+def built_site(executed_book, tmp_path_factory) -> Path:
+    """The site built from the book run shared with tests/test_notebooks.py (tiny profile)."""
     from helpers import site
 
     tmp = tmp_path_factory.mktemp("site")
-    # the notebooks the site shows (tests/test_notebooks.py runs every notebook in notebooks/)
-    only = ",".join(Path(stem).name for stem in site.toc_notebooks(ROOT / "_toc.yml"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "helpers.book", "run", "--profile", "tiny", "--only", only,
-         "--build-dir", str(tmp / "notebooks"), "-p", "output_dir", str(tmp / "outputs")],
-        cwd=ROOT, capture_output=True, text=True,
-    )
-    print(proc.stdout[-3000:], proc.stderr[-3000:])
-    assert proc.returncode == 0, "the runner failed; its report is above"
     # cache_dir=None: every concept notebook is executed, so they are tested too
-    return site.build(executed=tmp / "notebooks", out=tmp / "site", cache_dir=None)
+    return site.build(executed=executed_book / "notebooks", out=tmp / "site", cache_dir=None)
 
 
 @pytest.mark.notebooks

@@ -90,3 +90,14 @@ def test_a_corrupt_last_checkpoint_stops_before_training(tiny_model_dir, tmp_pat
     (work / "last_checkpoint").write_text(str(work / "iter_2.pth"))
     with pytest.raises(BookError, match="iter_2.pth cannot be read"):
         train.train(cfg, work, progress=False)
+
+
+def test_a_stale_last_checkpoint_record_falls_back_to_the_newest_file(tmp_path):
+    """mmengine may delete iter_24 and be killed before it rewrites last_checkpoint."""
+    (tmp_path / "iter_48.pth").write_bytes(b"")
+    (tmp_path / "last_checkpoint").write_text(str(tmp_path / "iter_24.pth"))
+    assert train.last_checkpoint(tmp_path) == tmp_path / "iter_48.pth"
+    (tmp_path / "iter_24.pth").write_bytes(b"")
+    (tmp_path / "last_checkpoint").write_text(str(tmp_path / "iter_48.pth"))
+    assert train.last_checkpoint(tmp_path) == tmp_path / "iter_48.pth"
+    assert train.last_checkpoint(tmp_path / "empty") is None
