@@ -8,7 +8,7 @@ PROFILE ?= tiny
 # extra runner options, e.g. make book ARGS="--params-file params/gpu-internvl2-2b.yaml"
 ARGS    ?=
 
-.PHONY: install book notebooks sweep site test lint lock clean
+.PHONY: install browser book notebooks sweep site test lint lock clean
 install:
 	@PYTHON=$(PYTHON) bash tools/install.sh $(VENV)
 
@@ -25,7 +25,11 @@ sweep: install
 site: install
 	$(PY) -m helpers.site build
 
-test: install
+# the site's browser test drives Debian's chromium; installed when we may (root), else it is skipped locally
+browser:
+	-@bash tools/install-browser.sh
+
+test: install browser
 	$(PY) -m pytest
 
 lock:  ## refresh requirements/lock-cpu.txt from a fresh install of the pins
