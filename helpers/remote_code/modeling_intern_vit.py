@@ -7,6 +7,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.utils.checkpoint
 import torch.nn.functional as F
+import transformers
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
@@ -184,6 +185,8 @@ class InternVisionModel(PreTrainedModel):
         self.config = config
         self.embeddings = InternVisionEmbeddings(config)
         self.encoder = InternVisionEncoder(config)
+        if int(transformers.__version__.split(".")[0]) >= 5:  # see modeling_internvl_chat.py
+            self.post_init()
 
     def get_input_embeddings(self):
         return self.embeddings

@@ -6,6 +6,7 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.utils.checkpoint
+import transformers
 from torch import nn
 from torch.nn import CrossEntropyLoss
 from transformers import GenerationConfig
@@ -16,6 +17,10 @@ from .configuration_internvl_chat import InternVLChatConfig
 from .conversation import get_conv_template
 from .modeling_intern_vit import InternVisionModel, has_flash_attn
 from .modeling_internlm2 import InternLM2ForCausalLM
+
+# transformers >= 5 keeps load-time bookkeeping (tied weights, fp32 modules) in post_init();
+# 4.x would re-initialise weights there, so it is called on 5.x only.
+_TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
 
 IMG_START_TOKEN = "<img>"
 IMG_END_TOKEN = "</img>"
@@ -63,6 +68,8 @@ class InternVLChatModel(PreTrainedModel):
         self.img_context_token_id = None
         self.conv_template = get_conv_template(self.template)
         self.system_message = self.conv_template.system_message
+        if _TRANSFORMERS_5:
+            self.post_init()
 
     def _init_weights(self, module):
         std = getattr(self.config.llm_config, "initializer_range", 0.02)

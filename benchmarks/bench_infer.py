@@ -1,0 +1,222 @@
+"""Benchmark helpers.infer on a GPU: first-token latency, decode tokens/s at batch 1 and 16, peak memory.
+
+Reproduces ``benchmarks/results/inference-<backend>.json`` (see
+``book/reference/inference-benchmarks.md``)::
+
+    python -m helpers.tiny --preset internvl2-2b --out /tmp/m --device cuda
+    python benchmarks/bench_infer.py --model /tmp/m --backend transformers \\
+        --out benchmarks/results/inference-transformers.json
+    python benchmarks/bench_infer.py --model /tmp/m --backend lmdeploy --engine pytorch \\
+        --out benchmarks/results/inference-lmdeploy-pytorch.json
+
+Every request asks the course's prompt about the same photo (7 tiles, 1,792
+image tokens on InternVL2-2B) and generates exactly ``--max-new-tokens``
+tokens (``ignore_eos``), greedy. Definitions, the same for both backends:
+
+* first-token latency: batch 1, from the call to the first generated token
+  (image tiling, vision encoder, prefill and one decode step);
+* decode tokens/s at batch B: tokens generated after each request's first
+  token, divided by the time from the last first token to the last token;
+* end-to-end tokens/s at batch B: all generated tokens / wall time of the batch;
+* peak memory: ``torch.cuda.max_memory_allocated`` in this process (LMDeploy's
+  PyTorch engine runs in-process; its KV cache is reserved up front, see
+  ``cache_max_entry_count``) and the device's used memory from NVML.
+
+A backend that cannot start still writes its JSON, with ``status: failed`` and
+the exact error, and the script exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import json
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from helpers import SAMPLE_DATA_DIR, infer  # noqa: E402
+
+IMAGE = SAMPLE_DATA_DIR / "ex_images" / "chelsea.jpg"
+PROMPT = "<image>\n请你根据这张图片，讲一个脑洞大开的梗"
+PACKAGES = ("torch", "transformers", "tokenizers", "lmdeploy", "triton", "pydantic", "huggingface-hub")
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _gib(n: float) -> float:
+    return round(n / 2**30, 2)
+
+
+def _nvml_used_gib() -> float | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        return _gib(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+    except Exception:  # noqa: BLE001 - NVML is optional
+        return None
+
+
+def _device() -> dict:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"name": "cpu", "cuda": None}
+    prop = torch.cuda.get_device_properties(0)
+    return {"name": prop.name, "memory_gib": _gib(prop.total_memory), "capability": f"sm{prop.major}{prop.minor}",
+            "cuda_runtime": torch.version.cuda, "driver_used_gib_before": _nvml_used_gib()}
+
+
+def _decode_rate(answers: list) -> float:
+    tokens = sum(a.tokens - 1 for a in answers)
+    span = max(a.latency_s for a in answers) - max(a.first_token_s or 0.0 for a in answers)
+    return tokens / span if span > 0 else float("nan")
+
+
+def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    name = args.backend if args.backend == "transformers" else f"lmdeploy-{args.engine}"
+    result: dict = {
+        "benchmark": f"inference-{name}",
+        "status": "started",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "python": platform.python_version(),
+        "versions": {p: _version(p) for p in PACKAGES},
+        "device": _device(),
+        "model": {"path": str(args.model)},
+        "settings": {"backend": args.backend, "engine": args.engine if args.backend == "lmdeploy" else None,
+                     "max_new_tokens": args.max_new_tokens, "batch_sizes": [1, args.batch],
+                     "repeats": args.repeats, "greedy": True, "ignore_eos": True, "image": IMAGE.name,
+                     "prompt": PROMPT},
+    }
+    try:
+        cfg = json.loads((Path(args.model) / "config.json").read_text())
+        readme = Path(args.model) / "README.md"
+        result["model"].update(llm_layers=cfg["llm_config"]["num_hidden_layers"],
+                               llm_hidden=cfg["llm_config"]["hidden_size"],
+                               vit_layers=cfg["vision_config"]["num_hidden_layers"],
+                               what=readme.read_text().splitlines()[0].lstrip("# ") if readme.exists() else None)
+    except (OSError, KeyError, ValueError):
+        pass
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    options = {}
+    if args.backend == "lmdeploy":
+        options = {"engine": args.engine, "cache_max_entry_count": args.cache_max_entry_count,
+                   "max_batch_size": args.batch}
+        for item in args.engine_option:
+            key, _, value = item.partition("=")
+            options[key] = json.loads(value) if value[:1] in "0123456789[{tf-n" else value
+        result["settings"]["engine_options"] = {k: v for k, v in options.items() if k != "engine"}
+    else:
+        options = {"dtype": args.dtype}
+    try:
+        pipe = infer.load(args.model, args.backend, device=args.device, session_len=args.session_len, **options)
+    except Exception as exc:  # noqa: BLE001 - the failure is the result
+        cause = exc.__cause__ or exc
+        result.update(status="failed", stage="load", load_s=round(time.perf_counter() - t0, 2),
+                      error=f"{type(exc).__name__}: {exc}",
+                      root_error=f"{type(cause).__name__}: {cause}",
+                      traceback=traceback.format_exception(type(cause), cause, cause.__traceback__)[-12:])
+        return result
+    result["load_s"] = round(time.perf_counter() - t0, 2)
+    result["pipeline"] = repr(pipe)
+    if args.backend == "transformers":
+        result["settings"]["dtype"] = str(pipe.dtype).replace("torch.", "")
+        result["model"]["parameters"] = sum(p.numel() for p in pipe.model.parameters())
+    else:
+        result["settings"]["cache_max_entry_count"] = args.cache_max_entry_count
+    cuda = torch.cuda.is_available()
+    result["memory_after_load_gib"] = _gib(torch.cuda.memory_allocated()) if cuda else None
+    gen = infer.GenSettings(max_new_tokens=args.max_new_tokens, ignore_eos=True)
+    try:
+        t0 = time.perf_counter()
+        warm = pipe.ask(IMAGE, PROMPT, infer.GenSettings(max_new_tokens=8, ignore_eos=True))
+        result["warmup_s"] = round(time.perf_counter() - t0, 2)
+        result["prompt_tokens"] = warm.prompt_tokens
+        result["sample_answer"] = warm.text[:80]
+
+        singles = [pipe.ask(IMAGE, PROMPT, gen) for _ in range(args.repeats)]
+        result["batch_1"] = {
+            "first_token_s": round(statistics.median(a.first_token_s or float("nan") for a in singles), 4),
+            "decode_tokens_per_s": round(statistics.median(_decode_rate([a]) for a in singles), 1),
+            "end_to_end_tokens_per_s": round(statistics.median(a.tokens / a.latency_s for a in singles), 1),
+            "tokens": [a.tokens for a in singles],
+            "seconds": [round(a.latency_s, 3) for a in singles],
+        }
+        pipe.ask_batch([IMAGE] * args.batch, PROMPT, infer.GenSettings(max_new_tokens=8, ignore_eos=True),
+                       batch_size=args.batch, progress=False)  # warm-up at this batch size, not measured
+        runs = []
+        for _ in range(max(1, args.repeats - 1)):
+            t0 = time.perf_counter()
+            answers = pipe.ask_batch([IMAGE] * args.batch, PROMPT, gen, batch_size=args.batch, progress=False)
+            wall = time.perf_counter() - t0
+            runs.append({"wall_s": wall, "decode": _decode_rate(answers),
+                         "e2e": sum(a.tokens for a in answers) / wall,
+                         "first": max(a.first_token_s or 0.0 for a in answers),
+                         "tokens": sum(a.tokens for a in answers)})
+        result[f"batch_{args.batch}"] = {
+            "decode_tokens_per_s": round(statistics.median(r["decode"] for r in runs), 1),
+            "end_to_end_tokens_per_s": round(statistics.median(r["e2e"] for r in runs), 1),
+            "last_first_token_s": round(statistics.median(r["first"] for r in runs), 4),
+            "wall_s": [round(r["wall_s"], 3) for r in runs],
+            "tokens": [r["tokens"] for r in runs],
+        }
+        result["peak_memory_gib"] = _gib(torch.cuda.max_memory_allocated()) if cuda else None
+        result["device_used_gib_nvml"] = _nvml_used_gib()
+        result["status"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        result.update(status="failed", stage="generate", error=f"{type(exc).__name__}: {exc}",
+                      traceback=traceback.format_exc().splitlines()[-12:])
+    finally:
+        pipe.close()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="InternVL2 folder (e.g. the internvl2-2b preset)")
+    p.add_argument("--backend", required=True, choices=["transformers", "lmdeploy"])
+    p.add_argument("--engine", default="pytorch", choices=list(infer.ENGINES))
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only to smoke-test the script")
+    p.add_argument("--session-len", type=int, default=infer.DEFAULT_SESSION_LEN)
+    p.add_argument("--cache-max-entry-count", type=float, default=0.2,
+                   help="LMDeploy: share of free GPU memory reserved for the KV cache")
+    p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra LMDeploy engine-config field, e.g. eager_mode=true (repeatable)")
+    args = p.parse_args(argv)
+    result = run(args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    summary = {k: result.get(k) for k in ("status", "load_s", "batch_1", f"batch_{args.batch}", "peak_memory_gib",
+                                          "error")}
+    print(json.dumps(summary, ensure_ascii=False))
+    return 0 if result["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
