@@ -511,7 +511,7 @@ PLOT_NOTEBOOK = "05"  # overlays the runs of a sweep
 
 
 def load_sweep(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Read a sweep file: ``base:`` (parameters of every run) and ``runs:`` (a list with a ``name`` each).
+    r"""Read a sweep file: ``base:`` (parameters of every run) and ``runs:`` (a list with a ``name`` each).
 
     >>> import tempfile, pathlib
     >>> f = pathlib.Path(tempfile.mkdtemp()) / "s.yaml"
