@@ -87,6 +87,30 @@ def book_notebooks(root: Path) -> list[Path]:
     return sorted(p for p in (root / "book").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 
 
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def _copy_without_widgets(src: Path, dst: Path) -> None:
+    """Copy an executed notebook, replacing live widgets (tqdm bars) by their text.
+
+    A static site cannot run ipywidgets (their scripts would come from a CDN
+    this book must not need); tqdm's widget carries the finished bar as
+    ``text/plain``, which is what the page then shows.
+    """
+    import nbformat
+
+    nb = nbformat.read(src, as_version=4)
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if WIDGET_MIME in data:
+                data.pop(WIDGET_MIME)
+                if not data:
+                    data["text/plain"] = ""
+    nbformat.write(nb, dst)
+
+
 def stage(executed: Path, stage_dir: Path, repo: Path = REPO_DIR) -> Path:
     """Copy the book sources and the executed workflow notebooks into ``stage_dir``."""
     if stage_dir.exists():
@@ -106,7 +130,7 @@ def stage(executed: Path, stage_dir: Path, repo: Path = REPO_DIR) -> Path:
         if not src.exists():
             missing.append(name)
             continue
-        shutil.copy2(src, stage_dir / "notebooks" / name)
+        _copy_without_widgets(src, stage_dir / "notebooks" / name)
     if missing:
         raise BookError(
             f"executed notebooks missing in {executed}: {', '.join(missing)}. "

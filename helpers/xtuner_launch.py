@@ -50,9 +50,9 @@ def prepare(argv: list[str]) -> None:
         allow_bnb_4bit_on_cpu()
     launched = "--launcher" in argv and argv[argv.index("--launcher") + 1] != "none"
     if not launched and "--deepspeed" not in argv and not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        dist.init_process_group("nccl" if cuda else "gloo", rank=0, world_size=1)
+        # a fresh port every time: an inherited MASTER_PORT may be held by the parent process
+        dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}",
+                                rank=0, world_size=1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -252,8 +252,6 @@ def test_build_refuses_to_overwrite(tmp_path):
 
 def test_xtuner_builds_the_model_and_its_dataset(tiny_model_dir, tmp_path):
     """XTuner's own InternVL wrapper and dataset load the tiny model (no 4-bit here)."""
-    import os
-
     import torch.distributed as dist
     from PIL import Image
     from peft import LoraConfig
@@ -271,10 +269,13 @@ def test_xtuner_builds_the_model_and_its_dataset(tiny_model_dir, tmp_path):
     ds = InternVL_V1_5_Dataset(model_path=str(tiny_model_dir), template=PROMPT_TEMPLATE.internlm2_chat,
                                data_paths=str(tmp_path / "ex_cn.json"), image_folders=str(tmp_path) + "/",
                                max_length=4096)
-    if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29533")
-        dist.init_process_group("gloo", rank=0, world_size=1)
+    if not dist.is_initialized():  # XTuner's InternVL wrapper calls get_rank(); a group of one, on a free port
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     model = InternVL_V1_5(model_path=str(tiny_model_dir), freeze_llm=True, freeze_visual_encoder=True,
                           llm_lora=dict(type=LoraConfig, r=8, lora_alpha=16, lora_dropout=0.0,
                                         target_modules=None, task_type="CAUSAL_LM"))
