@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.metadata
 import json
 import platform
 import statistics
@@ -44,17 +43,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from helpers import SAMPLE_DATA_DIR, infer  # noqa: E402
+from helpers.env import package_version  # noqa: E402
 
 IMAGE = SAMPLE_DATA_DIR / "ex_images" / "chelsea.jpg"
 PROMPT = "<image>\n请你根据这张图片，讲一个脑洞大开的梗"
 PACKAGES = ("torch", "transformers", "tokenizers", "lmdeploy", "triton", "pydantic", "huggingface-hub")
-
-
-def _version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _gib(n: float) -> float:
@@ -98,7 +91,7 @@ def run(args: argparse.Namespace) -> dict:
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "python": platform.python_version(),
-        "versions": {p: _version(p) for p in PACKAGES},
+        "versions": {p: package_version(p) for p in PACKAGES},
         "device": _device(),
         "model": {"path": str(args.model)},
         "settings": {"backend": args.backend, "engine": args.engine if args.backend == "lmdeploy" else None,

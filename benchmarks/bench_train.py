@@ -26,23 +26,16 @@ import platform
 import re
 import statistics
 import sys
-from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from helpers import SAMPLE_DATA_DIR, config, data, tiny, train  # noqa: E402
+from helpers.env import package_version  # noqa: E402
 
 
-def _versions() -> dict[str, str | None]:
-    out = {}
-    for name in ("torch", "transformers", "xtuner", "mmengine", "peft", "bitsandbytes", "tokenizers"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+PACKAGES = ("torch", "transformers", "xtuner", "mmengine", "peft", "bitsandbytes", "tokenizers")
 
 
 def main() -> int:
@@ -101,7 +94,7 @@ def main() -> int:
         "model_dir": str(model_dir), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu",
         "gpus": torch.cuda.device_count() if cuda else 0,
-        "versions": {"python": platform.python_version(), **_versions()},
+        "versions": {"python": platform.python_version(), **{p: package_version(p) for p in PACKAGES}},
         "recipe": {k: getattr(recipe, k) for k in ("batch_size", "accumulative_counts", "max_length", "lora_r",
                                                     "lora_alpha", "quantization_llm", "amp_dtype", "lr",
                                                     "optimizer", "max_iters")},

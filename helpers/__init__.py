@@ -47,7 +47,7 @@ def repo_path(path: str | Path) -> Path:
     True
     """
     p = Path(path).expanduser()
-    return p if p.is_absolute() else REPO_DIR / p
+    return p if p.is_absolute() else (REPO_DIR / p).resolve()
 
 
 def show_source(obj: object) -> object:

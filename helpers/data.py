@@ -954,13 +954,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tokenizer, kwargs = None, {}
     if args.model:
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from .tiny import image_settings
 
         tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
-        cfg = AutoConfig.from_pretrained(args.model, trust_remote_code=True)
-        size = cfg.force_image_size or cfg.vision_config.image_size
-        kwargs = dict(num_image_token=int((size // cfg.vision_config.patch_size) ** 2 * cfg.downsample_ratio ** 2),
-                      max_num=cfg.max_dynamic_patch, image_size=size, use_thumbnail=cfg.use_thumbnail)
+        kwargs = image_settings(args.model)
     try:
         report = validate(args.path, split=args.split, tokenizer=tokenizer, max_length=args.max_length, **kwargs)
     except DatasetError as exc:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-from helpers import REPO_DIR
+from helpers import REPO_DIR, repo_path
 from helpers.errors import BookError, ProfileError
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "pins",
     "save",
     "load",
+    "package_version",
     "resolve_path",
     "resolve_device",
     "setup",
@@ -266,7 +267,12 @@ def _text_table(rows: list[tuple[str, str, str]]) -> str:
 # --------------------------------------------------------------------------- facts
 
 
-def _version(dist: str) -> str | None:
+def package_version(dist: str) -> str | None:
+    """The installed version of distribution ``dist``, or None when it is not installed.
+
+    >>> package_version("surely-not-installed-xyz") is None
+    True
+    """
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -327,7 +333,7 @@ def probe_bnb_4bit() -> Probe:
     >>> isinstance(ok, bool) and reason.endswith(".")
     True
     """
-    version = _version("bitsandbytes")
+    version = package_version("bitsandbytes")
     if version is None:
         return Probe(False, "bitsandbytes is not installed, so 4-bit QLoRA is not possible.")
     device = "this machine"
@@ -375,12 +381,12 @@ def probe_flash_attn() -> Probe:
     except Exception as exc:  # noqa: BLE001
         return Probe(False, f"flash-attn does not import: {type(exc).__name__}: {_one_line(exc)}.")
     major, minor = gpus[0].capability
-    return Probe(True, f"flash-attn {_version('flash-attn')} imports and the GPU is sm{major}{minor}.")
+    return Probe(True, f"flash-attn {package_version('flash-attn')} imports and the GPU is sm{major}{minor}.")
 
 
 def probe_lmdeploy() -> Probe:
     """LMDeploy serves models on CUDA GPUs only: it must import and find a GPU."""
-    version = _version("lmdeploy")
+    version = package_version("lmdeploy")
     if version is None:
         return Probe(False, "lmdeploy is not installed (it needs transformers>=4.56, so it lives in its own environment).")
     if not _cuda_facts()[0]:
@@ -394,7 +400,7 @@ def probe_lmdeploy() -> Probe:
 
 def probe_xtuner() -> Probe:
     """XTuner's InternVL wrapper must import: ``from xtuner.model import InternVL_V1_5``."""
-    version = _version("xtuner")
+    version = package_version("xtuner")
     if version is None:
         return Probe(False, "xtuner is not installed (pip install xtuner==0.2.0).")
     try:
@@ -440,7 +446,7 @@ def report(probes: bool = True) -> EnvReport:
     rep = EnvReport(
         python=f"{platform.python_version()} ({sys.executable})",
         os=platform.platform(),
-        versions={name: _version(name) for name in PACKAGES},
+        versions={name: package_version(name) for name in PACKAGES},
         cpu_cores=_cpu_cores(),
         ram_total_gb=total,
         ram_available_gb=available,
@@ -508,7 +514,7 @@ def pins(rep: EnvReport) -> Table:
     """
     rows = []
     for name, (pin, why) in PINS.items():
-        installed = rep.versions.get(name) if name in rep.versions else _version(name)
+        installed = rep.versions.get(name) if name in rep.versions else package_version(name)
         if pin is None:
             status = "not here" if installed is None else "installed"
         elif installed is None:
@@ -554,18 +560,8 @@ def load(output_dir: str | Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- common parameters
 
 
-def resolve_path(path: str | Path) -> Path:
-    """Expand ``~`` and resolve a relative path against the repository root.
-
-    Notebooks run with their own folder as working directory (Jupyter, papermill
-    and jupyter-book all do this), so ``_build/outputs`` means the same folder
-    wherever the notebook runs from.
-
-    >>> resolve_path("_build/outputs") == REPO_DIR / "_build" / "outputs"
-    True
-    """
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else (REPO_DIR / p).resolve()
+#: Relative paths are resolved against the repository root (notebooks run in their own folder).
+resolve_path = repo_path
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
-import importlib.metadata
 import inspect
 import json
 import re
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from . import repo_path, tiling
+from .env import package_version
 from .errors import BookError, ModelDirError, ProfileError
 from .remote_code.conversation import INTERNVL_SYSTEM_MESSAGE
 
@@ -131,13 +131,6 @@ def _warn(message: str, category: type[Warning] | None = None) -> None:
     while frame is not None and frame.f_code.co_filename == __file__:
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category or PromptWarning, stacklevel=level)
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 # --------------------------------------------------------------------------- generation settings
@@ -922,7 +915,7 @@ class LMDeployPipeline(Pipeline):
                                "Fix: install it in its own environment (pip install lmdeploy) or use "
                                "backend='transformers'.") from exc
         self.engine = engine
-        self.lmdeploy_version = getattr(lmdeploy, "__version__", _version("lmdeploy"))
+        self.lmdeploy_version = getattr(lmdeploy, "__version__", package_version("lmdeploy"))
         if engine == "turbomind":
             # LMDeploy >= 0.6 silently falls back to its PyTorch engine when the TurboMind extension
             # does not load (e.g. CUDA 12 libraries missing): say so instead of running the other engine.

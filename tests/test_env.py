@@ -52,7 +52,7 @@ def test_report_field_types(report: env.EnvReport) -> None:
 
 
 def test_missing_package_is_none() -> None:
-    assert env._version("surely-not-an-installed-package") is None
+    assert env.package_version("surely-not-an-installed-package") is None
 
 
 def test_renderings(report: env.EnvReport) -> None:
@@ -96,7 +96,7 @@ def test_bnb_probe_returns_bool_and_reason() -> None:
     ok, reason = env.probe_bnb_4bit()
     assert isinstance(ok, bool)
     assert isinstance(reason, str) and reason.endswith(".")
-    if env._version("bitsandbytes") == "0.50.2":  # the book's pin runs NF4 on CPU too
+    if env.package_version("bitsandbytes") == "0.50.2":  # the book's pin runs NF4 on CPU too
         assert ok, reason
 
 
