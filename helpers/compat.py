@@ -63,3 +63,69 @@ def trust_own_checkpoints() -> None:
     import os
 
     os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+
+
+def fast_4bit_compute_on_cpu() -> bool:
+    """Make the 4-bit layers XTuner builds compute in float32 on a CPU-only machine.
+
+    XTuner 0.2.0's ``InternVL_V1_5`` hard-codes ``bnb_4bit_compute_dtype=torch.float16``
+    (right for GPUs). CPUs have no fast float16 matrix multiply: on 2 cores a
+    tiny-model iteration spent most of its time in bitsandbytes' float16
+    ``MatMul4Bit`` (about 1.1 s per iteration; float32 is several times
+    faster). Without a GPU we swap float16 for float32 in
+    ``BitsAndBytesConfig``; the weights stay 4-bit NF4. Returns True when
+    the swap is in place. Call it in the training process only.
+    """
+    import torch
+    import transformers
+
+    cls = transformers.BitsAndBytesConfig
+    original = cls.__init__
+    if getattr(original, "_book_compat", False):
+        return True
+
+    def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if kwargs.get("bnb_4bit_compute_dtype") in (torch.float16, "float16"):
+            kwargs["bnb_4bit_compute_dtype"] = torch.float32
+        original(self, *args, **kwargs)
+
+    __init__._book_compat = True  # type: ignore[attr-defined]
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return True
+
+
+def train_projector_in_float32() -> bool:
+    """Keep the trainable projector ``mlp1`` in float32 when XTuner trains InternVL2.
+
+    XTuner loads the whole model in bfloat16, so the projector it trains has
+    bfloat16 weights and gradients. Under mmengine's ``AmpOptimWrapper``
+    (the course's fp16 mixed precision) without DeepSpeed, the GradScaler
+    then fails: ``_amp_foreach_non_finite_check_and_unscale_cuda not
+    implemented for 'BFloat16'``. Mixed precision expects float32 master
+    weights (DeepSpeed keeps its own), so we cast ``mlp1`` to float32 after
+    XTuner builds the model and cast its input to the weights' dtype; autocast
+    still runs its matrix multiplies in half precision. Its output joins the
+    float32 input embeddings (``prepare_model_for_kbit_training`` made them
+    float32), as before. Returns True when the patch is in place.
+    """
+    import torch
+    from xtuner.model.internvl import InternVL_V1_5
+
+    original = InternVL_V1_5.__init__
+    if getattr(original, "_book_compat", False):
+        return True
+
+    def cast_input(module: torch.nn.Module, args: tuple) -> tuple:
+        dtype = next(module.parameters()).dtype
+        return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+    def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        original(self, *args, **kwargs)
+        mlp1 = self.model.mlp1
+        if any(p.requires_grad and p.dtype != torch.float32 for p in mlp1.parameters()):
+            mlp1.float()
+            mlp1.register_forward_pre_hook(cast_input)
+
+    __init__._book_compat = True  # type: ignore[attr-defined]
+    InternVL_V1_5.__init__ = __init__  # type: ignore[method-assign]
+    return True

@@ -59,6 +59,7 @@ class Recipe:
     batch_size: int = 4
     accumulative_counts: int = 4
     dataloader_num_workers: int = 4
+    persistent_workers: bool = False  # keep the loader's workers between epochs (the course: off)
     max_epochs: float = 6
     max_iters: int | None = None  # set it to stop after a number of iterations instead of epochs
     optimizer: str = "AdamW"
@@ -169,12 +170,6 @@ def fit_to_hardware(recipe: Recipe, *, cuda: bool, bnb_4bit: bool, cpu_cores: in
         if before != value:
             changes.append(Override(name, before, value, reason))
 
-    if cuda and not deepspeed and recipe.amp_dtype is not None:
-        change("amp_dtype", None, "without DeepSpeed, mmengine's AmpOptimWrapper runs a GradScaler that cannot "
-                                  "unscale the bf16 gradients of the projector mlp1 (XTuner loads InternVL2 in "
-                                  "bf16): '_amp_foreach_non_finite_check_and_unscale_cuda not implemented for "
-                                  "BFloat16'. The course ran with --deepspeed, which manages precision itself; "
-                                  "here the 4-bit layers still compute in fp16, LoRA in fp32")
     if not cuda:
         if recipe.amp_dtype is not None:
             change("amp_dtype", None, "mmengine's AmpOptimWrapper needs a CUDA device; on a CPU we train in "
@@ -201,6 +196,7 @@ def render(recipe: Recipe) -> str:
     """
     validate(recipe)
     opt_import, opt_dict = _optimizer_block(recipe)
+    persistent = "\n    persistent_workers=True," if recipe.persistent_workers and recipe.dataloader_num_workers else ""
     if recipe.amp_dtype:
         wrapper = "AmpOptimWrapper"
         wrapper_extra = f"\n    loss_scale='dynamic',\n    dtype={recipe.amp_dtype!r},"
@@ -307,7 +303,7 @@ llava_dataset = dict(
 
 train_dataloader = dict(
     batch_size=batch_size,
-    num_workers=dataloader_num_workers,
+    num_workers=dataloader_num_workers,{persistent}
     dataset=llava_dataset,
     sampler=dict(
         type=LengthGroupedSampler,

@@ -31,7 +31,7 @@ from . import REPO_DIR
 from .errors import BookError
 
 ITER_RE = re.compile(r"Iter\(train\)\s*\[\s*(\d+)/(\d+)\]")
-FIELD_RE = re.compile(r"\b(lr|loss|eta|grad_norm|time|memory):\s*(\S+)")
+FIELD_RE = re.compile(r"\b(lr|loss|eta|grad_norm|data_time|time|memory):\s*(\S+)")
 
 
 @dataclass

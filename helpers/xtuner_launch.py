@@ -1,7 +1,7 @@
 """Run XTuner's own training tool (``xtuner.tools.train``) in this process, prepared for this machine.
 
 ``helpers.train`` starts this module as a subprocess instead of the ``xtuner
-train`` command for three reasons, each a fix for a real failure:
+train`` command for these reasons, each a fix for a real failure:
 
 1. ``xtuner train`` with one process starts ``python`` from ``PATH`` (maybe
    not this environment's) and drops the child's exit code, so a failed run
@@ -15,6 +15,10 @@ train`` command for three reasons, each a fix for a real failure:
    transformers 4.48 load the 4-bit model that bitsandbytes 0.50.2 can run.
 4. :func:`helpers.compat.trust_own_checkpoints` lets mmengine resume from its
    own checkpoints under torch >= 2.6 (``weights_only`` loading).
+5. :func:`helpers.compat.train_projector_in_float32` keeps the trained
+   projector in float32, so the course's fp16 mixed precision works without
+   DeepSpeed; on a CPU, :func:`helpers.compat.fast_4bit_compute_on_cpu` makes
+   the 4-bit layers compute in float32 instead of (slow) float16.
 
 Usage (what helpers.train runs)::
 
@@ -36,18 +40,20 @@ def _free_port() -> int:
 
 
 def prepare(argv: list[str]) -> None:
-    """Apply the CPU 4-bit fix and create a one-process group when nothing else will."""
+    """Apply the fixes above and create a one-process group when nothing else will."""
     import torch
     import torch.distributed as dist
 
-    from .compat import trust_own_checkpoints
+    from .compat import train_projector_in_float32, trust_own_checkpoints
 
     trust_own_checkpoints()
+    train_projector_in_float32()
     cuda = torch.cuda.is_available()
     if not cuda:
-        from .compat import allow_bnb_4bit_on_cpu
+        from .compat import allow_bnb_4bit_on_cpu, fast_4bit_compute_on_cpu
 
         allow_bnb_4bit_on_cpu()
+        fast_4bit_compute_on_cpu()
     launched = "--launcher" in argv and argv[argv.index("--launcher") + 1] != "none"
     if not launched and "--deepspeed" not in argv and not dist.is_initialized():
         # a fresh port every time: an inherited MASTER_PORT may be held by the parent process

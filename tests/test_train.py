@@ -106,3 +106,19 @@ def test_a_stale_last_checkpoint_record_falls_back_to_the_newest_file(tmp_path):
     (tmp_path / "last_checkpoint").write_text(str(tmp_path / "iter_48.pth"))
     assert train.last_checkpoint(tmp_path) == tmp_path / "iter_48.pth"
     assert train.last_checkpoint(tmp_path / "empty") is None
+
+
+def test_cpu_training_computes_4bit_layers_in_float32():
+    """XTuner hard-codes fp16 compute for 4-bit layers; the launcher swaps it for float32 on a CPU (in its process)."""
+    import subprocess
+    import sys
+
+    code = ("import torch, transformers; from helpers import compat; "
+            "before = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float16); "
+            "compat.fast_4bit_compute_on_cpu(); compat.fast_4bit_compute_on_cpu(); "
+            "after = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float16); "
+            "bf = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16); "
+            "print(before.bnb_4bit_compute_dtype, after.bnb_4bit_compute_dtype, bf.bnb_4bit_compute_dtype)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    assert out == ["torch.float16", "torch.float32", "torch.bfloat16"]
