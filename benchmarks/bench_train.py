@@ -3,18 +3,29 @@
 Builds (or takes) an InternVL2 model directory, writes the course's XTuner
 config with helpers.config (batch 4, accumulation 4, max_length 6656, LoRA
 r=128/alpha=256 on a 4-bit NF4 LLM, fp16 AMP), trains a fixed number of
-iterations on the bundled sample with helpers.train, and reads XTuner's own
-log for time per iteration, peak GPU memory and loss. Writes a JSON result.
+iterations on the bundled sample (or a folder of synthetic samples of one
+length, ``synthetic.py``) with helpers.train, and reads XTuner's own log for
+time per iteration, peak GPU memory and loss. Writes a JSON result with
+samples/s, tokens/s and model FLOPs utilisation (formula in ``flops.py``).
 
     # GPU, InternVL2-2B's real sizes with random weights (what the results files hold):
     python benchmarks/bench_train.py --preset internvl2-2b --iters 40 \
         --out benchmarks/results/train-seed-recipe-h100.json
+    # the tuned recipe: bf16 mixed precision, fused attention, 8 samples per micro-batch
+    python benchmarks/bench_train.py --preset internvl2-2b --data /tmp/synth --amp bfloat16 --attn sdpa \
+        --batch-size 8 --accumulation 2 --name tuned --out benchmarks/results/train-tuned-h100.json
     # CPU smoke run on the tiny model:
     python benchmarks/bench_train.py --preset tiny --iters 6 --batch-size 1 --accumulation 1 --out /tmp/t.json
 
 Samples/s counts micro-batch samples (batch_size per iteration); tokens/s uses
-the bundled sample's mean tokens per sample (text + image tokens under the
-model's tiling). The first ``--skip`` iterations (warm-up) are left out.
+the data's mean tokens per sample (text + image tokens under the model's
+tiling; every synthetic sample has the same count). Timing covers whole
+optimizer steps after ``--skip`` warm-up steps: the iteration that steps the
+optimizer takes longer than the accumulation iterations, so a median of
+iterations would flatter large accumulation counts. ``--attn sdpa`` sets
+``INTERNVL_ATTN_FALLBACK=sdpa``: where flash-attn is not installed, this
+book's model code then uses PyTorch's fused attention instead of eager
+(the official InternVL2 code knows eager and flash_attention_2 only).
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import datetime as dt
 import json
 import platform
 import re
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -33,6 +45,9 @@ sys.path.insert(0, str(ROOT))
 
 from helpers import SAMPLE_DATA_DIR, config, data, tiny, train  # noqa: E402
 from helpers.env import package_version  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import flops  # noqa: E402
 
 
 PACKAGES = ("torch", "transformers", "xtuner", "mmengine", "peft", "bitsandbytes", "tokenizers")
@@ -44,12 +59,19 @@ def main() -> int:
     ap.add_argument("--model", help="an existing InternVL2 directory (skips building)")
     ap.add_argument("--workdir", default="/tmp/bench-train")
     ap.add_argument("--iters", type=int, default=40)
-    ap.add_argument("--skip", type=int, default=5, help="warm-up iterations left out of the timing")
+    ap.add_argument("--skip", type=int, default=1, help="warm-up optimizer steps left out of the timing")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--accumulation", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=6656)
     ap.add_argument("--lora-r", type=int, default=128)
     ap.add_argument("--no-4bit", action="store_true")
+    ap.add_argument("--workers", type=int, default=4, help="data loader processes (the course: 4)")
+    ap.add_argument("--persistent-workers", action="store_true", help="keep them between epochs")
+    ap.add_argument("--data", default=str(SAMPLE_DATA_DIR), help="a CLoT folder (e.g. from synthetic.py)")
+    ap.add_argument("--amp", default="float16", choices=["float16", "bfloat16", "none"],
+                    help="AmpOptimWrapper dtype (the course: float16), or none for full precision")
+    ap.add_argument("--attn", default="default", choices=["default", "sdpa"],
+                    help="default: XTuner's choice (flash_attention_2 when flash-attn is installed, else eager)")
     ap.add_argument("--name", default="seed-recipe")
     ap.add_argument("--out", required=True)
     ap.add_argument("--note", action="append", default=[], help="a sentence recorded with the result")
@@ -57,53 +79,86 @@ def main() -> int:
 
     import torch
 
+    import os
+
     cuda = torch.cuda.is_available()
+    if args.attn == "sdpa":
+        os.environ["INTERNVL_ATTN_FALLBACK"] = "sdpa"  # inherited by the training process
     work = Path(args.workdir)
-    model_dir = Path(args.model) if args.model else tiny.build(args.preset, work / "model", overwrite=True,
+    data_dir = Path(args.data).resolve()
+    train_file = data_dir / "train.json" if (data_dir / "train.json").exists() else data_dir / "ex_cn.json"
+    model_dir = Path(args.model).resolve() if args.model else tiny.build(args.preset, work / "model", overwrite=True,
                                                               device="cuda" if cuda else "cpu")
     recipe = config.Recipe(
-        str(model_dir), str(SAMPLE_DATA_DIR / "train.json"), str(SAMPLE_DATA_DIR) + "/",
+        str(model_dir), str(train_file), str(data_dir) + "/",
         max_length=args.max_length, batch_size=args.batch_size, accumulative_counts=args.accumulation,
         lora_r=args.lora_r, lora_alpha=2 * args.lora_r, max_iters=args.iters, save_steps=args.iters,
-        log_interval=1, quantization_llm=not args.no_4bit, dataloader_num_workers=4,
+        log_interval=1, quantization_llm=not args.no_4bit, dataloader_num_workers=args.workers,
+        persistent_workers=args.persistent_workers,
+        amp_dtype=None if args.amp == "none" else args.amp,
     )
     from helpers import env
 
     recipe, overrides = config.fit_to_hardware(recipe, cuda=cuda, bnb_4bit=env.probe_bnb_4bit().ok)
-    cfg = config.write(recipe, work / "config.py")
-    run_dir = work / "run"
-    result = train.train(cfg, run_dir, resume=False if not train.list_checkpoints(run_dir) else "auto",
-                         progress=False)
+    cfg = config.write(recipe, work / f"config-{args.name}.py")
+    run_dir = work / f"run-{args.name}"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a fresh run: a finished one would "resume" and train nothing
+    result = train.train(cfg, run_dir, resume=False, progress=False)
 
     rows = [train.parse_log_line(line) for line in result.log.read_text().splitlines()]
     rows = [r for r in rows if r]
-    timed = [r["time"] for r in rows if r["step"] > args.skip and "time" in r]
+    acc = args.accumulation
+    last_full = (max(r["step"] for r in rows) // acc) * acc
+    counted = [r for r in rows if args.skip * acc < r["step"] <= last_full and "time" in r]
+    if not counted:
+        raise SystemExit(f"no whole optimizer step after {args.skip} warm-up steps: raise --iters")
+    timed = [r["time"] for r in counted]
     sec_per_iter = statistics.median(timed)
+    data_times = [r["data_time"] for r in counted if "data_time" in r]
     memory_mb = max((r.get("memory", 0) for r in rows), default=0)
 
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
-    counts = data.token_counts(data.load_dataset(SAMPLE_DATA_DIR, split="train"), tok,
-                               **tiny.image_settings(model_dir))
+    settings = tiny.image_settings(model_dir)
+    ds = data.load_dataset(data_dir, split="train" if (data_dir / "train.json").exists() else None)
+    counts = data.token_counts(ds, tok, **settings)
     mean_tokens = statistics.mean(min(c["total"], args.max_length) for c in counts)
+    mean_tiles = statistics.mean(c["tiles"] for c in counts)
+    cost = flops.training_flops_per_sample(json.loads((model_dir / "config.json").read_text()),
+                                           text_tokens=mean_tokens - mean_tiles * settings["num_image_token"],
+                                           tiles=round(mean_tiles), lora_r=args.lora_r)
+    name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
+    peak = flops.peak_bf16_flops(name)
     log_text = result.log.read_text()
-    samples_per_s = args.batch_size / sec_per_iter
+    samples_per_s = len(timed) * args.batch_size / sum(timed)
     out = {
         "benchmark": "train", "name": args.name, "preset": args.preset if not args.model else None,
         "model_dir": str(model_dir), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu",
+        "runner": "XTuner (xtuner.tools.train via helpers.train)", "data": str(data_dir),
+        "device": name,
         "gpus": torch.cuda.device_count() if cuda else 0,
         "versions": {"python": platform.python_version(), **{p: package_version(p) for p in PACKAGES}},
         "recipe": {k: getattr(recipe, k) for k in ("batch_size", "accumulative_counts", "max_length", "lora_r",
                                                     "lora_alpha", "quantization_llm", "amp_dtype", "lr",
-                                                    "optimizer", "max_iters")},
+                                                    "optimizer", "max_iters", "dataloader_num_workers",
+                                                    "persistent_workers")},
+        "attention": "sdpa (INTERNVL_ATTN_FALLBACK)" if args.attn == "sdpa" else "XTuner default",
         "overrides": [str(o) for o in overrides],
         "iterations": result.steps, "optimizer_steps": result.steps // args.accumulation,
+        "timed_optimizer_steps": len(timed) // acc,
+        "seconds_per_optimizer_step": round(sum(timed) / (len(timed) / acc), 4),
         "seconds_per_iteration_median": round(sec_per_iter, 4),
+        "seconds_per_iteration_mean": round(statistics.mean(timed), 4),
+        "seconds_per_iteration": [round(t, 4) for t in timed],
+        "data_seconds_per_iteration_median": round(statistics.median(data_times), 4) if data_times else None,
         "samples_per_second": round(samples_per_s, 3),
         "mean_tokens_per_sample": round(mean_tokens, 1),
         "tokens_per_second": round(samples_per_s * mean_tokens, 1),
+        "model_flops_per_sample": cost,
+        "mfu": round(samples_per_s * cost["total"] / peak, 4) if peak else None,
+        "peak_bf16_flops": peak,
         "peak_gpu_memory_gib": round(memory_mb / 1024, 2) if memory_mb else None,
         # XTuner prints the model after building it; these are the module names shown as bnb Linear4bit
         # XTuner prints the model after building it: LoRA-wrapped layers whose frozen base is a

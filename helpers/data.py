@@ -33,7 +33,7 @@ __all__ = [
     "IMAGE_TOKEN", "CLOT_PROMPT", "DEFAULT_SYSTEM", "LAYOUTS", "PROBLEM_KINDS",
     "Conversation", "Record", "SampleSet", "Problem", "ValidationReport",
     "load_dataset", "load_sample", "train_eval_split", "validate",
-    "chat_text", "caption_lengths", "token_counts", "dataset_stats",
+    "chat_text", "training_ids", "caption_lengths", "token_counts", "dataset_stats",
     "to_xtuner_json", "to_llava_json", "to_swift_jsonl",
 ]
 
@@ -790,6 +790,25 @@ def chat_text(record: Record, *, system: str = DEFAULT_SYSTEM, image_context_tok
     """
     image = IMG_START + IMG_CONTEXT * image_context_tokens + IMG_END
     return "".join(_segments(record, system)).replace(_IMAGE_SPOT, image)
+
+
+def training_ids(record: Record, tokenizer: Tokenizer, image_context_tokens: int, *,
+                 system: str = DEFAULT_SYSTEM, ignore_index: int = -100) -> tuple[list[int], list[int]]:
+    """``input_ids`` and ``labels`` of a record, encoded as XTuner's InternVL dataset encodes them.
+
+    Each segment of :func:`chat_text` is encoded on its own (the first with
+    BOS); the inputs are masked with ``ignore_index`` in the labels, so the
+    loss covers the answers and their ``<|im_end|>`` only. For a training loop
+    of your own that learns exactly what ``xtuner train`` learns.
+    """
+    image = IMG_START + IMG_CONTEXT * image_context_tokens + IMG_END
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for i, segment in enumerate(_segments(record, system)):
+        ids = tokenizer.encode(segment.replace(_IMAGE_SPOT, image), add_special_tokens=(i == 0))
+        input_ids += ids
+        labels += list(ids) if i % 2 else [ignore_index] * len(ids)
+    return input_ids, labels
 
 
 def _text_tokens(record: Record, tokenizer: Tokenizer, system: str) -> int:

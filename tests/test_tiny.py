@@ -276,6 +276,21 @@ def test_xtuner_builds_the_model_and_its_dataset(tiny_model_dir, tmp_path):
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    # helpers.data.training_ids encodes a record exactly as XTuner's dataset does
+    from helpers import data as book_data
+
+    record = book_data.load_dataset(tmp_path)[0]
+    tiles = len(ds[0]["pixel_values"])
+    ids, labels = book_data.training_ids(record, ds.tokenizer, tiles * tiny.image_settings(tiny_model_dir)
+                                         ["num_image_token"])
+    def as_list(x):
+        return x.tolist() if hasattr(x, "tolist") else list(x)
+
+    assert ids == as_list(ds[0]["input_ids"]) and labels == as_list(ds[0]["labels"])
+    # the launcher's fix: the trained projector is kept in float32 (mixed precision's master weights)
+    from helpers import compat
+
+    assert compat.train_projector_in_float32()
     model = InternVL_V1_5(model_path=str(tiny_model_dir), freeze_llm=True, freeze_visual_encoder=True,
                           llm_lora=dict(type=LoraConfig, r=8, lora_alpha=16, lora_dropout=0.0,
                                         target_modules=None, task_type="CAUSAL_LM"))
@@ -287,6 +302,39 @@ def test_xtuner_builds_the_model_and_its_dataset(tiny_model_dir, tmp_path):
     # XTuner's recipe: LoRA adapters on the frozen LLM, and the projector mlp1 trained in full
     assert {n for n in trainable if "lora_" not in n} == {f"model.mlp1.{i}.{w}" for i in (0, 1, 3)
                                                          for w in ("weight", "bias")}
+    assert all(p.dtype == torch.float32 and p.grad is not None for p in model.model.mlp1.parameters())
     assert any("lora_" in n for n in trainable)
     targets = set(model.model.language_model.peft_config["default"].target_modules)
     assert {"wqkv", "wo", "w1", "w2", "w3"} <= targets
+
+
+@pytest.mark.parametrize("fallback", ["eager", "sdpa"])
+def test_missing_flash_attn_falls_back_as_asked(tiny_model_dir, monkeypatch, fallback):
+    """XTuner asks for flash_attention_2; without flash-attn the model uses eager, or SDPA when told to."""
+    from transformers import AutoConfig, AutoModel
+
+    monkeypatch.setenv("INTERNVL_ATTN_FALLBACK", fallback)
+    cfg = AutoConfig.from_pretrained(tiny_model_dir, trust_remote_code=True)
+    cfg.llm_config.attn_implementation = "flash_attention_2"
+    model = AutoModel.from_pretrained(tiny_model_dir, config=cfg, trust_remote_code=True, torch_dtype=torch.float32)
+    assert model.language_model.config.attn_implementation == fallback
+    ids = torch.randint(3, 700, (1, 24))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        got = model.language_model(input_ids=ids, attention_mask=mask).logits
+    monkeypatch.setenv("INTERNVL_ATTN_FALLBACK", "eager")
+    cfg.llm_config.attn_implementation = "flash_attention_2"
+    eager = AutoModel.from_pretrained(tiny_model_dir, config=cfg, trust_remote_code=True, torch_dtype=torch.float32)
+    with torch.no_grad():
+        ref = eager.language_model(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_an_unknown_attention_fallback_is_refused(tiny_model_dir, monkeypatch):
+    from transformers import AutoConfig, AutoModel
+
+    monkeypatch.setenv("INTERNVL_ATTN_FALLBACK", "flash")
+    cfg = AutoConfig.from_pretrained(tiny_model_dir, trust_remote_code=True)
+    cfg.llm_config.attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="INTERNVL_ATTN_FALLBACK"):
+        AutoModel.from_pretrained(tiny_model_dir, config=cfg, trust_remote_code=True)

@@ -1,6 +1,7 @@
 # InternVL2 chat model, written for this book (torch + transformers only).
 # Same structure, parameter names and chat()/batch_chat() interface as the official
 # InternVLChatModel: vision_model (InternViT) -> pixel shuffle -> mlp1 -> language_model (InternLM2).
+import os
 import warnings
 from typing import List, Optional, Tuple, Union
 
@@ -47,10 +48,15 @@ class InternVLChatModel(PreTrainedModel):
         self.downsample_ratio = config.downsample_ratio
         self.ps_version = config.ps_version
         # As the official model: flash-attention only when the package is importable, otherwise eager.
+        # This book's code only: INTERNVL_ATTN_FALLBACK=sdpa falls back to PyTorch's fused attention
+        # (scaled_dot_product_attention) instead, the same maths without the (s x s) score matrix.
         use_flash_attn = use_flash_attn if has_flash_attn else False
         config.vision_config.use_flash_attn = bool(use_flash_attn)
         if config.llm_config.attn_implementation == "flash_attention_2" and not use_flash_attn:
-            config.llm_config.attn_implementation = "eager"
+            fallback = os.environ.get("INTERNVL_ATTN_FALLBACK", "eager")
+            if fallback not in ("eager", "sdpa"):
+                raise ValueError(f"INTERNVL_ATTN_FALLBACK={fallback!r}: use 'eager' or 'sdpa'")
+            config.llm_config.attn_implementation = fallback
 
         self.vision_model = vision_model if vision_model is not None else InternVisionModel(config.vision_config)
         self.language_model = (

@@ -1,0 +1,89 @@
+"""The benchmark tools: the FLOPs formula, synthetic samples, the plain loop's data, and the page that quotes them."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import flops  # noqa: E402
+
+from helpers import memory, tiny  # noqa: E402
+
+
+def test_peak_flops_come_from_the_device_name():
+    assert flops.peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert flops.peak_bf16_flops("NVIDIA H100 PCIe") == 756e12
+    assert flops.peak_bf16_flops("NVIDIA H200") == 989e12
+    assert flops.peak_bf16_flops("Tesla T4") is None
+
+
+def test_training_flops_follow_the_written_formula():
+    cfg = tiny.model_config("internvl2-2b", 92553)
+    f = flops.training_flops_per_sample(cfg, text_tokens=193, tiles=7, lora_r=128)
+    g = memory.parameter_groups(cfg)
+    s = 193 + 7 * 256
+    assert f["tokens"] == s == 1985
+    assert f["llm_weights"] == s * 4 * g["llm_linear"]
+    assert f["llm_lora"] == s * 6 * memory.lora_parameters(cfg, 128)
+    assert f["llm_attention"] == 12 * 24 * s * s * 2048
+    assert f["vision"] == 7 * 1025 * (2 * g["vision_model"] + 4 * 24 * 1025 * 1024)
+    assert f["total"] == pytest.approx(sum(f[k] for k in ("llm_weights", "llm_lora", "llm_attention",
+                                                           "projector", "vision")))
+    assert 22e12 < f["total"] < 23.5e12  # about 6 x 1.9e9 parameters x 1,985 tokens, less the frozen weights' grads
+    assert flops.training_flops_per_sample(cfg, text_tokens=193, tiles=7, lora_r=128,
+                                           checkpointing=False)["recompute"] == 0
+    assert flops.training_flops_per_sample(cfg, text_tokens=193, tiles=8, lora_r=128)["total"] > f["total"]
+
+
+def test_synthetic_samples_all_have_one_length(tiny_model_dir, tmp_path):
+    import synthetic
+
+    info = synthetic.make(tiny_model_dir, tmp_path / "synth", samples=6, width=1344, height=896, caption_tokens=12)
+    assert info["tiles"] == 7 and info["image_tokens"] == 7 * tiny.image_settings(tiny_model_dir)["num_image_token"]
+    assert info["tokens_per_sample"] == info["tokens_per_sample_min"] > info["image_tokens"]
+    records = json.loads((tmp_path / "synth" / "ex_cn.json").read_text(encoding="utf-8"))
+    assert len(records) == 6 and all((tmp_path / "synth" / r["image"]).exists() for r in records)
+
+
+def test_the_plain_loop_masks_everything_but_the_answers(tiny_model_dir):
+    import bench_peft_loop
+    from transformers import AutoTokenizer
+
+    from helpers import SAMPLE_DATA_DIR
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir, trust_remote_code=True)
+    settings = tiny.image_settings(tiny_model_dir)
+    samples = bench_peft_loop.load_samples(SAMPLE_DATA_DIR, tok, settings, max_length=6656)
+    assert len(samples) == 32  # the training split
+    s = samples[0]
+    trained = s["labels"][s["labels"] != -100].tolist()
+    assert tok.decode(trained).replace(" ", "").endswith("<|im_end|>")
+    n_ctx = int((s["input_ids"] == tok.convert_tokens_to_ids("<IMG_CONTEXT>")).sum())
+    assert n_ctx == len(s["pixel_values"]) * settings["num_image_token"]
+    batch = bench_peft_loop.collate(samples[:2], tok.pad_token_id)
+    n = max(len(samples[0]["input_ids"]), len(samples[1]["input_ids"]))
+    assert batch["input_ids"].shape == (2, n) and batch["tokens"] == int(batch["attention_mask"].sum())
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+
+
+PAGE = ROOT / "book" / "reference" / "training-benchmarks.md"
+
+
+def test_the_benchmark_page_quotes_the_results_files():
+    text = PAGE.read_text(encoding="utf-8")
+    rows = [line for line in text.splitlines() if line.startswith("|") and "train-" in line and ".json" in line]
+    assert len(rows) >= 9
+    for row in rows:
+        name = re.search(r"`(train-[\w.-]+\.json)`", row).group(1)
+        result = json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+        cells = [c.strip().strip("*") for c in row.split("|")]
+        assert f"{result['samples_per_second']:.2f}" in cells, (name, row)
+        assert f"{result['peak_gpu_memory_gib']:.2f}" in cells, (name, row)
+    assert (PAGE.parent / "figures" / "training-h100.png").exists()
