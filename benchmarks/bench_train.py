@@ -153,12 +153,7 @@ def main() -> int:
         "seconds_per_iteration_mean": round(statistics.mean(timed), 4),
         "seconds_per_iteration": [round(t, 4) for t in timed],
         "data_seconds_per_iteration_median": round(statistics.median(data_times), 4) if data_times else None,
-        "samples_per_second": round(samples_per_s, 3),
-        "mean_tokens_per_sample": round(mean_tokens, 1),
-        "tokens_per_second": round(samples_per_s * mean_tokens, 1),
-        "model_flops_per_sample": cost,
-        "mfu": round(samples_per_s * cost["total"] / peak, 4) if peak else None,
-        "peak_bf16_flops": peak,
+        **flops.throughput(samples_per_s, mean_tokens, cost, peak),
         "peak_gpu_memory_gib": round(memory_mb / 1024, 2) if memory_mb else None,
         # XTuner prints the model after building it; these are the module names shown as bnb Linear4bit
         # XTuner prints the model after building it: LoRA-wrapped layers whose frozen base is a

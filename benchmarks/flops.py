@@ -82,3 +82,15 @@ def training_flops_per_sample(cfg: dict[str, Any], *, text_tokens: float, tiles:
     parts["recompute"] = (s * 2 * (n + n_lora) + s * 4 * layers * s * hidden) if checkpointing else 0.0
     parts["tokens"] = s
     return {k: float(v) for k, v in parts.items()}
+
+
+def throughput(samples_per_s: float, mean_tokens: float, cost: dict[str, float], peak: float | None) -> dict:
+    """The throughput fields every training result carries: samples/s, tokens/s, FLOPs per sample and MFU."""
+    return {
+        "samples_per_second": round(samples_per_s, 3),
+        "mean_tokens_per_sample": round(mean_tokens, 1),
+        "tokens_per_second": round(samples_per_s * mean_tokens, 1),
+        "model_flops_per_sample": cost,
+        "mfu": round(samples_per_s * cost["total"] / peak, 4) if peak else None,
+        "peak_bf16_flops": peak,
+    }
