@@ -46,3 +46,15 @@ def test_installed_versions_match_the_pins():
         if got is None or got.split("+")[0] != version:
             wrong[pkg] = (version, got)
     assert not wrong, f"installed versions differ from requirements/*.txt: {wrong}; run tools/install.sh"
+
+
+def test_the_gpu_training_wheels_have_the_cpu_environments_versions():
+    """requirements/gpu-train.txt (carried to the lent GPUs) pins what the CPU lock pins, with one stated exception."""
+    lock = {k.lower().replace("_", "-"): v for k, v in
+            (line.split("==") for line in (ROOT / "requirements" / "lock-cpu.txt").read_text().splitlines()
+             if "==" in line and not line.startswith("#"))}
+    gpu = {k.lower().replace("_", "-"): v for k, v in _pins("gpu-train.txt").items()}
+    exceptions = {"datasets", "dill", "multiprocess"}  # Python 3.12 wheels on the GPU machine
+    assert {"transformers", "peft", "xtuner", "mmengine", "bitsandbytes"} <= set(gpu)
+    wrong = {k: (v, lock[k]) for k, v in gpu.items() if k in lock and k not in exceptions and lock[k] != v}
+    assert not wrong, wrong
