@@ -8,12 +8,13 @@ length, ``synthetic.py``) with helpers.train, and reads XTuner's own log for
 time per iteration, peak GPU memory and loss. Writes a JSON result with
 samples/s, tokens/s and model FLOPs utilisation (formula in ``flops.py``).
 
-    # GPU, InternVL2-2B's real sizes with random weights (what the results files hold):
-    python benchmarks/bench_train.py --preset internvl2-2b --iters 40 \
+    # GPU, InternVL2-2B's real sizes with random weights, on synthetic samples of 1,985 tokens
+    # (benchmarks/gpu/train_single.sh runs every configuration of the results files):
+    python benchmarks/bench_train.py --preset internvl2-2b --data /tmp/synth --iters 24 \
         --out benchmarks/results/train-seed-recipe-h100.json
-    # the tuned recipe: bf16 mixed precision, fused attention, 8 samples per micro-batch
+    # XTuner with bf16 mixed precision and fused attention, 2 samples per micro-batch x 8
     python benchmarks/bench_train.py --preset internvl2-2b --data /tmp/synth --amp bfloat16 --attn sdpa \
-        --batch-size 8 --accumulation 2 --name tuned --out benchmarks/results/train-tuned-h100.json
+        --batch-size 2 --accumulation 8 --iters 32 --name tuned-16gb --out /tmp/tuned-16gb.json
     # CPU smoke run on the tiny model:
     python benchmarks/bench_train.py --preset tiny --iters 6 --batch-size 1 --accumulation 1 --out /tmp/t.json
 
@@ -22,7 +23,8 @@ the data's mean tokens per sample (text + image tokens under the model's
 tiling; every synthetic sample has the same count). Timing covers whole
 optimizer steps after ``--skip`` warm-up steps: the iteration that steps the
 optimizer takes longer than the accumulation iterations, so a median of
-iterations would flatter large accumulation counts. ``--attn sdpa`` sets
+iterations would flatter large accumulation counts (mmengine logs each
+iteration's time as a moving average over 10 iterations). ``--attn sdpa`` sets
 ``INTERNVL_ATTN_FALLBACK=sdpa``: where flash-attn is not installed, this
 book's model code then uses PyTorch's fused attention instead of eager
 (the official InternVL2 code knows eager and flash_attention_2 only).
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import re
 import shutil
@@ -78,8 +81,6 @@ def main() -> int:
     args = ap.parse_args()
 
     import torch
-
-    import os
 
     cuda = torch.cuda.is_available()
     if args.attn == "sdpa":
