@@ -11,6 +11,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
+import transformers
 from torch import nn
 from torch.nn import CrossEntropyLoss
 from transformers.activations import ACT2FN
@@ -291,7 +292,10 @@ class InternLM2Model(InternLM2PreTrainedModel):
 
 
 class InternLM2ForCausalLM(InternLM2PreTrainedModel, GenerationMixin):
-    _tied_weights_keys = ["output.weight"]
+    # the output layer may share the embeddings' weight (InternVL2 does not: tie_word_embeddings=False);
+    # transformers 4.x lists such weights, 5.x maps each to its source
+    _tied_weights_keys = (["output.weight"] if int(transformers.__version__.split(".")[0]) < 5
+                          else {"output.weight": "model.tok_embeddings.weight"})
 
     def __init__(self, config: InternLM2Config):
         super().__init__(config)
