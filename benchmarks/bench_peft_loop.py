@@ -187,11 +187,11 @@ def main() -> int:
     per_step = args.batch_size * args.accumulation
     mean_tokens = statistics.mean(tokens) / per_step
     samples_per_s = per_step / sec
+    mean_tiles = statistics.mean(len(s["pixel_values"]) for s in samples)
     cost = flops.training_flops_per_sample(json.loads((model_dir / "config.json").read_text()),
-                                           text_tokens=mean_tokens - samples[0]["pixel_values"].shape[0]
-                                           * settings["num_image_token"],
-                                           tiles=samples[0]["pixel_values"].shape[0],
-                                           lora_r=args.lora_r, checkpointing=not args.no_checkpointing)
+                                           text_tokens=mean_tokens - mean_tiles * settings["num_image_token"],
+                                           tiles=mean_tiles, lora_r=args.lora_r,
+                                           checkpointing=not args.no_checkpointing)
     name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
     peak = flops.peak_bf16_flops(name)
     out = {

@@ -87,11 +87,11 @@ def main() -> int:
         os.environ["INTERNVL_ATTN_FALLBACK"] = "sdpa"  # inherited by the training process
     work = Path(args.workdir)
     data_dir = Path(args.data).resolve()
-    train_file = data_dir / "train.json" if (data_dir / "train.json").exists() else data_dir / "ex_cn.json"
+    ds = data.load_dataset(data_dir, split="train" if (data_dir / "train.json").exists() else None)
     model_dir = Path(args.model).resolve() if args.model else tiny.build(args.preset, work / "model", overwrite=True,
                                                               device="cuda" if cuda else "cpu")
     recipe = config.Recipe(
-        str(model_dir), str(train_file), str(data_dir) + "/",
+        str(model_dir), str(ds.source), str(data_dir) + "/",
         max_length=args.max_length, batch_size=args.batch_size, accumulative_counts=args.accumulation,
         lora_r=args.lora_r, lora_alpha=2 * args.lora_r, max_iters=args.iters, save_steps=args.iters,
         log_interval=1, quantization_llm=not args.no_4bit, dataloader_num_workers=args.workers,
@@ -107,7 +107,8 @@ def main() -> int:
         shutil.rmtree(run_dir)  # a fresh run: a finished one would "resume" and train nothing
     result = train.train(cfg, run_dir, resume=False, progress=False)
 
-    rows = [train.parse_log_line(line) for line in result.log.read_text().splitlines()]
+    log_text = result.log.read_text()
+    rows = [train.parse_log_line(line) for line in log_text.splitlines()]
     rows = [r for r in rows if r]
     acc = args.accumulation
     last_full = (max(r["step"] for r in rows) // acc) * acc
@@ -123,16 +124,14 @@ def main() -> int:
 
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     settings = tiny.image_settings(model_dir)
-    ds = data.load_dataset(data_dir, split="train" if (data_dir / "train.json").exists() else None)
     counts = data.token_counts(ds, tok, **settings)
     mean_tokens = statistics.mean(min(c["total"], args.max_length) for c in counts)
     mean_tiles = statistics.mean(c["tiles"] for c in counts)
     cost = flops.training_flops_per_sample(json.loads((model_dir / "config.json").read_text()),
                                            text_tokens=mean_tokens - mean_tiles * settings["num_image_token"],
-                                           tiles=round(mean_tiles), lora_r=args.lora_r)
+                                           tiles=mean_tiles, lora_r=args.lora_r)
     name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
     peak = flops.peak_bf16_flops(name)
-    log_text = result.log.read_text()
     samples_per_s = len(timed) * args.batch_size / sum(timed)
     out = {
         "benchmark": "train", "name": args.name, "preset": args.preset if not args.model else None,

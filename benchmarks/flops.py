@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helpers import memory  # noqa: E402
+from helpers import memory, tiny  # noqa: E402
 
 #: Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, FLOP/s.
 PEAK_BF16 = {
@@ -47,12 +47,12 @@ def peak_bf16_flops(device_name: str) -> float | None:
     return None
 
 
-def training_flops_per_sample(cfg: dict[str, Any], *, text_tokens: float, tiles: int, lora_r: int,
+def training_flops_per_sample(cfg: dict[str, Any], *, text_tokens: float, tiles: float, lora_r: int,
                               lora_targets: list[str] | None = None, checkpointing: bool = True) -> dict[str, float]:
     """Model FLOPs of one training sample, by part (see the module docstring for the formula).
 
     ``cfg`` is an InternVL2 ``config.json`` as a dict; ``text_tokens`` the
-    sample's tokens other than ``<IMG_CONTEXT>``. ``checkpointing`` does not
+    sample's tokens other than ``<IMG_CONTEXT>``; ``tiles`` may be a mean over samples. ``checkpointing`` does not
     change model FLOPs; the recomputed forward pass is reported apart as
     ``recompute`` (hardware FLOPs = total + recompute).
 
@@ -63,10 +63,9 @@ def training_flops_per_sample(cfg: dict[str, Any], *, text_tokens: float, tiles:
     """
     groups = memory.parameter_groups(cfg)
     llm, vis = cfg["llm_config"], cfg["vision_config"]
-    size = cfg.get("force_image_size") or vis["image_size"]
-    patches = (size // vis["patch_size"]) ** 2 + 1
-    per_tile = int((size // vis["patch_size"]) ** 2 * cfg["downsample_ratio"] ** 2)
-    image_tokens = tiles * per_tile
+    settings = tiny.image_settings(cfg)
+    patches = (settings["image_size"] // vis["patch_size"]) ** 2 + 1
+    image_tokens = tiles * settings["num_image_token"]
     s = text_tokens + image_tokens
     n, n_lora = groups["llm_linear"], memory.lora_parameters(cfg, lora_r, lora_targets)
     layers, hidden = llm["num_hidden_layers"], llm["hidden_size"]

@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from helpers import SAMPLE_DATA_DIR, data, tiny  # noqa: E402
-from helpers.tiling import plan_tiles  # noqa: E402
 
 
 def make(model_dir: str | Path, out: str | Path, samples: int = 64, width: int = 1344, height: int = 896,
@@ -52,10 +51,9 @@ def make(model_dir: str | Path, out: str | Path, samples: int = 64, width: int =
     settings = tiny.image_settings(model_dir)
     counts = data.token_counts(data.load_dataset(out), tok, **settings)
     totals = sorted({c["total"] for c in counts})
-    plan = plan_tiles(width, height, max_num=settings["max_num"], image_size=settings["image_size"],
-                      use_thumbnail=settings["use_thumbnail"])
-    return {"folder": str(out), "samples": samples, "image_size": [width, height], "tiles": plan.num_tiles,
-            "image_tokens": plan.num_tiles * settings["num_image_token"], "caption_tokens": caption_tokens,
+    tiles = counts[0]["tiles"]  # one image size, so the same for every sample
+    return {"folder": str(out), "samples": samples, "image_size": [width, height], "tiles": tiles,
+            "image_tokens": tiles * settings["num_image_token"], "caption_tokens": caption_tokens,
             "tokens_per_sample": totals[-1], "tokens_per_sample_min": totals[0]}
 
 

@@ -318,14 +318,16 @@ def ensure_model(model_path: str | Path, profile: str = "tiny") -> Path:
     )
 
 
-def image_settings(model_path: str | Path) -> dict[str, Any]:
+def image_settings(model_path: str | Path | dict[str, Any]) -> dict[str, Any]:
     """The tiling settings an InternVL2 directory's ``config.json`` implies.
 
     Returns ``num_image_token`` (tokens per tile), ``max_num``, ``image_size``
     and ``use_thumbnail``, the arguments :mod:`helpers.tiling` and
-    :func:`helpers.data.token_counts` take.
+    :func:`helpers.data.token_counts` take. ``model_path`` may also be the
+    ``config.json`` already read, as a dict.
     """
-    cfg = json.loads((repo_path(model_path) / "config.json").read_text(encoding="utf-8"))
+    cfg = model_path if isinstance(model_path, dict) else json.loads(
+        (repo_path(model_path) / "config.json").read_text(encoding="utf-8"))
     size = cfg.get("force_image_size") or cfg["vision_config"]["image_size"]
     patch = cfg["vision_config"]["patch_size"]
     return {
