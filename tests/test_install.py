@@ -16,7 +16,7 @@ def _pins(name: str) -> dict[str, str]:
         line = line.split("#", 1)[0].strip()
         if line:
             pkg, version = line.split("==")
-            out[pkg.lower()] = version
+            out[pkg.lower().replace("_", "-")] = version
     return out
 
 
@@ -27,11 +27,7 @@ def test_environment_yml_is_generated_from_the_pins():
 
 
 def test_lock_agrees_with_the_pins():
-    lock = {}
-    for line in (ROOT / "requirements" / "lock-cpu.txt").read_text().splitlines():
-        if "==" in line:
-            pkg, version = line.strip().split("==")
-            lock[pkg.lower()] = version
+    lock = _pins("lock-cpu.txt")
     for pkg, version in {**_pins("base.txt"), **_pins("no-deps.txt")}.items():
         assert lock.get(pkg) == version, f"{pkg}: pinned {version}, locked {lock.get(pkg)}"
 
@@ -50,10 +46,7 @@ def test_installed_versions_match_the_pins():
 
 def test_the_gpu_training_wheels_have_the_cpu_environments_versions():
     """requirements/gpu-train.txt (carried to the lent GPUs) pins what the CPU lock pins, with one stated exception."""
-    lock = {k.lower().replace("_", "-"): v for k, v in
-            (line.split("==") for line in (ROOT / "requirements" / "lock-cpu.txt").read_text().splitlines()
-             if "==" in line and not line.startswith("#"))}
-    gpu = {k.lower().replace("_", "-"): v for k, v in _pins("gpu-train.txt").items()}
+    lock, gpu = _pins("lock-cpu.txt"), _pins("gpu-train.txt")
     exceptions = {"datasets", "dill", "multiprocess"}  # Python 3.12 wheels on the GPU machine
     assert {"transformers", "peft", "xtuner", "mmengine", "bitsandbytes"} <= set(gpu)
     wrong = {k: (v, lock[k]) for k, v in gpu.items() if k in lock and k not in exceptions and lock[k] != v}
