@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from helpers import SAMPLE_DATA_DIR, config, convert, env, infer, tiny, train  # noqa: E402
+from helpers import SAMPLE_DATA_DIR, config, convert, env, infer, internvl, tiny, train  # noqa: E402
 
 
 def main() -> int:
@@ -46,7 +46,7 @@ def main() -> int:
     t1 = time.perf_counter()
     pipe = infer.load(work / "merged", backend="transformers", device="cuda" if cuda else "cpu", dtype="bfloat16")
     load_s = time.perf_counter() - t1
-    answer = pipe.ask(SAMPLE_DATA_DIR / "ex_images" / "chelsea.jpg", "<image>\n请你根据这张图片，讲一个脑洞大开的梗",
+    answer = pipe.ask(SAMPLE_DATA_DIR / "ex_images" / "chelsea.jpg", internvl.COURSE_PROMPT,
                       infer.GenSettings(max_new_tokens=16))
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     out = {

@@ -42,11 +42,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from helpers import SAMPLE_DATA_DIR, infer  # noqa: E402
+from helpers import SAMPLE_DATA_DIR, infer, internvl  # noqa: E402
 from helpers.env import package_version  # noqa: E402
 
 IMAGE = SAMPLE_DATA_DIR / "ex_images" / "chelsea.jpg"
-PROMPT = "<image>\n请你根据这张图片，讲一个脑洞大开的梗"
+PROMPT = internvl.COURSE_PROMPT
 PACKAGES = ("torch", "transformers", "tokenizers", "lmdeploy", "triton", "pydantic", "huggingface-hub")
 
 

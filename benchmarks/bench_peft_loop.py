@@ -38,22 +38,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops  # noqa: E402
 from helpers import SAMPLE_DATA_DIR, data, tiny  # noqa: E402
 from helpers.env import package_version  # noqa: E402
-from helpers.tiling import image_to_pixel_values  # noqa: E402
+from helpers.internvl import IMG_CONTEXT, TilingSettings  # noqa: E402
 
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "tokenizers")
 
 
-def load_samples(folder: Path, tokenizer, settings: dict, max_length: int) -> list[dict]:
+def load_samples(folder: Path, tokenizer, settings: TilingSettings, max_length: int) -> list[dict]:
     """Every record as tensors: pixel values (tiles), input_ids, labels."""
     import torch
     from PIL import Image
 
-    ds = data.load_dataset(folder, split="train" if (folder / "train.json").exists() else None)
+    layout = data.resolve_layout(folder)
+    ds = data.load_dataset(folder, split="train" if layout.split_files else None)
     samples = []
     for record in ds:
-        pixels = image_to_pixel_values(Image.open(ds.image_path(record)), max_num=settings["max_num"],
-                                       image_size=settings["image_size"], use_thumbnail=settings["use_thumbnail"])
-        ids, labels = data.training_ids(record, tokenizer, len(pixels) * settings["num_image_token"])
+        pixels = settings.pixel_values(Image.open(ds.image_path(record)))
+        ids, labels = data.training_ids(record, tokenizer, len(pixels) * settings.num_image_token)
         samples.append({"pixel_values": pixels, "input_ids": torch.tensor(ids[:max_length]),
                         "labels": torch.tensor(labels[:max_length])})
     return samples
@@ -144,10 +144,10 @@ def main() -> int:
     model_dir = Path(args.model).resolve() if args.model else tiny.build(args.preset, work / "model", overwrite=True,
                                                               device=device)
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
-    settings = tiny.image_settings(model_dir)
+    settings = TilingSettings.from_config(model_dir)
     samples = load_samples(Path(args.data), tok, settings, args.max_length)
     model, targets = build(model_dir, device, not args.no_4bit, args.lora_r, args.attn, not args.no_checkpointing)
-    model.img_context_token_id = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
+    model.img_context_token_id = tok.convert_tokens_to_ids(IMG_CONTEXT)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.05)
@@ -189,7 +189,7 @@ def main() -> int:
     samples_per_s = per_step / sec
     mean_tiles = statistics.mean(len(s["pixel_values"]) for s in samples)
     cost = flops.training_flops_per_sample(json.loads((model_dir / "config.json").read_text()),
-                                           text_tokens=mean_tokens - mean_tiles * settings["num_image_token"],
+                                           text_tokens=mean_tokens - mean_tiles * settings.num_image_token,
                                            tiles=mean_tiles, lora_r=args.lora_r,
                                            checkpointing=not args.no_checkpointing)
     name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"

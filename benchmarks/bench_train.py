@@ -46,7 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from helpers import SAMPLE_DATA_DIR, config, data, tiny, train  # noqa: E402
+from helpers import SAMPLE_DATA_DIR, config, data, internvl, tiny, train  # noqa: E402
 from helpers.env import package_version  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -87,7 +87,7 @@ def main() -> int:
         os.environ["INTERNVL_ATTN_FALLBACK"] = "sdpa"  # inherited by the training process
     work = Path(args.workdir)
     data_dir = Path(args.data).resolve()
-    ds = data.load_dataset(data_dir, split="train" if (data_dir / "train.json").exists() else None)
+    ds = data.load_dataset(data_dir, split="train" if data.resolve_layout(data_dir).split_files else None)
     model_dir = Path(args.model).resolve() if args.model else tiny.build(args.preset, work / "model", overwrite=True,
                                                               device="cuda" if cuda else "cpu")
     recipe = config.Recipe(
@@ -123,12 +123,12 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
-    settings = tiny.image_settings(model_dir)
-    counts = data.token_counts(ds, tok, **settings)
+    settings = internvl.TilingSettings.from_config(model_dir)
+    counts = data.token_counts(ds, tok, settings)
     mean_tokens = statistics.mean(min(c["total"], args.max_length) for c in counts)
     mean_tiles = statistics.mean(c["tiles"] for c in counts)
     cost = flops.training_flops_per_sample(json.loads((model_dir / "config.json").read_text()),
-                                           text_tokens=mean_tokens - mean_tiles * settings["num_image_token"],
+                                           text_tokens=mean_tokens - mean_tiles * settings.num_image_token,
                                            tiles=mean_tiles, lora_r=args.lora_r)
     name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
     peak = flops.peak_bf16_flops(name)

@@ -29,7 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helpers import memory, tiny  # noqa: E402
+from helpers import memory  # noqa: E402
+from helpers.internvl import TilingSettings  # noqa: E402
 
 #: Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, FLOP/s.
 PEAK_BF16 = {
@@ -63,9 +64,9 @@ def training_flops_per_sample(cfg: dict[str, Any], *, text_tokens: float, tiles:
     """
     groups = memory.parameter_groups(cfg)
     llm, vis = cfg["llm_config"], cfg["vision_config"]
-    settings = tiny.image_settings(cfg)
-    patches = (settings["image_size"] // vis["patch_size"]) ** 2 + 1
-    image_tokens = tiles * settings["num_image_token"]
+    settings = TilingSettings.from_config(cfg)
+    patches = (settings.image_size // vis["patch_size"]) ** 2 + 1
+    image_tokens = tiles * settings.num_image_token
     s = text_tokens + image_tokens
     n, n_lora = groups["llm_linear"], memory.lora_parameters(cfg, lora_r, lora_targets)
     layers, hidden = llm["num_hidden_layers"], llm["hidden_size"]

@@ -22,7 +22,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from helpers import SAMPLE_DATA_DIR, data, tiny  # noqa: E402
+from helpers import SAMPLE_DATA_DIR, data, internvl  # noqa: E402
 
 
 def make(model_dir: str | Path, out: str | Path, samples: int = 64, width: int = 1344, height: int = 896,
@@ -46,14 +46,14 @@ def make(model_dir: str | Path, out: str | Path, samples: int = 64, width: int =
         start = (i * 37) % (len(ids) - caption_tokens)
         caption = tok.decode(ids[start:start + caption_tokens])
         records.append({"id": f"synth_{i:04d}", "image": name, "conversations": [
-            {"from": "human", "value": data.CLOT_PROMPT}, {"from": "gpt", "value": caption}]})
+            {"from": "human", "value": internvl.COURSE_PROMPT}, {"from": "gpt", "value": caption}]})
     (out / "ex_cn.json").write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
-    settings = tiny.image_settings(model_dir)
-    counts = data.token_counts(data.load_dataset(out), tok, **settings)
+    settings = internvl.TilingSettings.from_config(model_dir)
+    counts = data.token_counts(data.load_dataset(out), tok, settings)
     totals = sorted({c["total"] for c in counts})
     tiles = counts[0]["tiles"]  # one image size, so the same for every sample
     return {"folder": str(out), "samples": samples, "image_size": [width, height], "tiles": tiles,
-            "image_tokens": tiles * settings["num_image_token"], "caption_tokens": caption_tokens,
+            "image_tokens": tiles * settings.num_image_token, "caption_tokens": caption_tokens,
             "tokens_per_sample": totals[-1], "tokens_per_sample_min": totals[0]}
 
 

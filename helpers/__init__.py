@@ -4,8 +4,9 @@ One module per thing the learner does:
 
 =================  ======================================================
 ``env``            what this machine can run (GPU, 4-bit, LMDeploy) and the profile to use
-``data``           load, validate and describe CLoT-style image-caption datasets
-``tiling``         InternVL2's dynamic 448-px tiling and image-token arithmetic
+``internvl``       what a model folder says: special tokens, prompts, chat template, tiling settings
+``data``           load, split, validate and describe CLoT-style image-caption datasets
+``tiling``         InternVL2's dynamic 448-px tiling rule
 ``tiny``           build the tiny (or full-size, random) InternVL2 checkpoint
 ``infer``          ask a model about images: LMDeploy on GPU, ``chat()`` elsewhere
 ``config``         write XTuner's QLoRA config from parameters

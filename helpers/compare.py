@@ -30,6 +30,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from .errors import BookError
+from .internvl import IMAGE_TOKEN, IMG_CONTEXT, XTUNER_SYSTEM, build_prompt
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -50,7 +51,6 @@ METRICS = {
 }
 
 _WHITESPACE = re.compile(r"\s+")
-_IMG_START, _IMG_END, _IMG_CONTEXT, _IM_END = "<img>", "</img>", "<IMG_CONTEXT>", "<|im_end|>"
 
 
 def _chars(text: str) -> str:
@@ -232,29 +232,29 @@ def _core_model(model: Any) -> Any:
     return unwrap() if callable(unwrap) else model
 
 
-def _reference_ids(core: Any, tokenizer: Any, question: str, reference: str,
-                   num_patches: Sequence[int]) -> tuple[list[int], list[int]]:
-    """Token ids of the ``model.chat`` prompt and of ``reference + <|im_end|>``, tokenised apart."""
-    if "<image>" not in question:
-        question = "<image>\n" + question
-    query, _ = core._build_query(question, [], list(num_patches), _IMG_START, _IMG_END, _IMG_CONTEXT)
-    prompt_ids = list(tokenizer(query).input_ids)
-    answer_ids = list(tokenizer.encode(reference + _IM_END, add_special_tokens=False))
-    return prompt_ids, answer_ids
+def _reference_ids(tokenizer: Any, question: str, reference: str, num_patches: Sequence[int],
+                   num_image_token: int, system: str) -> tuple[list[int], list[int]]:
+    """``input_ids`` and ``labels`` of one question and its reference answer, as XTuner encodes them."""
+    if IMAGE_TOKEN not in question:
+        question = f"{IMAGE_TOKEN}\n{question}"
+    prompt = build_prompt([(question, reference)], tiles=list(num_patches), num_image_token=num_image_token,
+                          system=system)
+    return prompt.ids(tokenizer)
 
 
 def perplexity_on_references(model: Any, tokenizer: Any, pixel_values_list: Sequence["torch.Tensor"],
                              questions: Sequence[str], references: Sequence[str],
                              num_patches_list: Sequence[int | Sequence[int]] | None = None,
-                             device: str = "cpu") -> list[float]:
+                             device: str = "cpu", system: str = XTUNER_SYSTEM) -> list[float]:
     """Perplexity of each reference caption under an InternVL2 model, given its image and question.
 
-    For each sample the prompt is built exactly as ``model.chat`` builds it
-    (system turn, user turn with ``<img>`` + ``<IMG_CONTEXT>`` x
-    ``num_image_token`` x tiles + ``</img>`` and the question, then the
-    assistant header); the reference and ``<|im_end|>`` follow, tokenised
-    separately as XTuner does in training. Labels are -100 everywhere but on
-    those answer tokens, one forward pass runs under ``torch.no_grad`` (in eval
+    For each sample the conversation is rendered by
+    :func:`helpers.internvl.build_prompt` and encoded exactly as XTuner's
+    training encodes it (system turn with ``system``, by default XTuner's
+    training system message; user turn with ``<img>`` + ``<IMG_CONTEXT>`` x
+    ``num_image_token`` x tiles + ``</img>`` and the question; the assistant
+    header; then the reference and ``<|im_end|>``, tokenised apart). Labels
+    are -100 everywhere but on those answer tokens, one forward pass runs under ``torch.no_grad`` (in eval
     mode, restored afterwards), and the result is exp(mean negative
     log-likelihood of the answer tokens). ``num_patches_list`` gives each
     sample's tiles per image (an int, or a list for several ``<image>``
@@ -276,7 +276,7 @@ def perplexity_on_references(model: Any, tokenizer: Any, pixel_values_list: Sequ
     if n == 0:
         return []
     core = _core_model(model)
-    core.img_context_token_id = tokenizer.convert_tokens_to_ids(_IMG_CONTEXT)
+    core.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
     dtype = getattr(core, "dtype", torch.float32)
     was_training = core.training
     core.eval()
@@ -290,9 +290,9 @@ def perplexity_on_references(model: Any, tokenizer: Any, pixel_values_list: Sequ
                                 f"{patches}; pass the tile counts that image_to_pixel_values produced.")
             if not reference.strip():
                 raise BookError(f"sample {i}: the reference caption is empty; drop the sample or fix its caption.")
-            prompt_ids, answer_ids = _reference_ids(core, tokenizer, question, reference, patches)
-            input_ids = torch.tensor([prompt_ids + answer_ids], device=device)
-            labels = torch.tensor([[-100] * len(prompt_ids) + answer_ids], device=device)
+            ids, label_ids = _reference_ids(tokenizer, question, reference, patches, core.num_image_token, system)
+            input_ids = torch.tensor([ids], device=device)
+            labels = torch.tensor([label_ids], device=device)
             with torch.no_grad():
                 logits = core(pixel_values=pixels.to(device=device, dtype=dtype), input_ids=input_ids,
                               attention_mask=torch.ones_like(input_ids),

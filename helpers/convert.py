@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BookError
-
-PROBE_QUESTION = "<image>\n请你根据这张图片，讲一个脑洞大开的梗"
+from .internvl import COURSE_PROMPT, IMG_CONTEXT, build_prompt
 
 
 @dataclass
@@ -105,8 +104,8 @@ def _probe_inputs(model: Any, tokenizer: Any, seed: int = 0) -> dict[str, Any]:
     g = torch.Generator().manual_seed(seed)
     size = model.config.force_image_size or model.config.vision_config.image_size
     pixel_values = torch.randn(2, 3, size, size, generator=g)
-    model.img_context_token_id = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
-    query, _ = model._build_query(PROBE_QUESTION, [], [2], "<img>", "</img>", "<IMG_CONTEXT>")
+    model.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
+    query = build_prompt([(COURSE_PROMPT, None)], tiles=[2], num_image_token=model.num_image_token).text
     batch = tokenizer(query + "哈哈", return_tensors="pt")
     return {"pixel_values": pixel_values, "input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
 
@@ -122,7 +121,7 @@ def _logits(model: Any, probe: dict[str, Any]) -> Any:
 
 def _greedy(model: Any, tokenizer: Any, probe: dict[str, Any]) -> str:
     dtype = next(model.parameters()).dtype
-    return model.chat(tokenizer, probe["pixel_values"].to(dtype), PROBE_QUESTION,
+    return model.chat(tokenizer, probe["pixel_values"].to(dtype), COURSE_PROMPT,
                       dict(max_new_tokens=12, do_sample=False))
 
 

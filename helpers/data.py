@@ -23,30 +23,22 @@ import random
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Iterator, Sequence
 
-from . import SAMPLE_DATA_DIR
+from . import SAMPLE_DATA_DIR, repo_path
 from .errors import DatasetError
-from .tiling import image_token_count, plan_tiles
+from .internvl import COURSE_PROMPT, IMAGE_TOKEN, XTUNER_SYSTEM, TilingSettings
+from .internvl import Tokenizer as Tokenizer
+from .internvl import build_prompt
 
 __all__ = [
-    "IMAGE_TOKEN", "CLOT_PROMPT", "DEFAULT_SYSTEM", "LAYOUTS", "PROBLEM_KINDS",
+    "LAYOUTS", "PROBLEM_KINDS",
     "Conversation", "Record", "SampleSet", "Problem", "ValidationReport",
-    "load_dataset", "load_sample", "train_eval_split", "validate",
-    "chat_text", "training_ids", "caption_lengths", "token_counts", "dataset_stats",
+    "Layout", "Splits", "EVAL_FRACTION", "MIN_EVAL",
+    "resolve_layout", "prepare_splits", "load_dataset", "load_sample", "train_eval_split", "validate",
+    "xtuner_turns", "chat_text", "training_ids", "caption_lengths", "token_counts", "dataset_stats",
     "to_xtuner_json", "to_llava_json", "to_swift_jsonl",
 ]
-
-IMAGE_TOKEN = "<image>"
-CLOT_PROMPT = "<image>\n请你根据这张图片，讲一个脑洞大开的梗"
-#: The system prompt XTuner's ``InternVL_V1_5_Dataset`` uses for InternLM2-based InternVL2.
-DEFAULT_SYSTEM = "You are an AI assistant whose name is InternLM (书生·浦语)."
-#: XTuner's internlm2-chat template as its InternVL dataset rewrites it (no newlines between turns).
-SYSTEM_TEMPLATE = "<|im_start|>system\n{system}<|im_end|>"
-INSTRUCTION_TEMPLATE = "<|im_start|>user\n{input}<|im_end|><|im_start|>assistant\n"
-SUFFIX = "<|im_end|>"
-IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
-_IMAGE_SPOT = "\x00IMAGE\x00"  # where the image tokens go while we count text tokens
 
 #: The layouts :func:`load_dataset` accepts, as shown in error messages.
 LAYOUTS = (
@@ -76,13 +68,6 @@ PROBLEM_KINDS = {
 }
 
 
-class Tokenizer(Protocol):
-    """Anything with ``encode(text, add_special_tokens=False) -> list``: a HF tokenizer or a fake."""
-
-    def encode(self, text: str, add_special_tokens: bool = ...) -> list:  # pragma: no cover
-        ...
-
-
 # --------------------------------------------------------------------------------------------
 # records
 
@@ -110,7 +95,7 @@ class Record:
     ``index`` is the record's position in its source file and ``line`` the line
     where it starts there (``None`` when it was built in memory).
 
-    >>> r = Record("cat", "ex_images/cat.jpg", (Conversation("human", CLOT_PROMPT), Conversation("gpt", "喵")))
+    >>> r = Record("cat", "ex_images/cat.jpg", (Conversation("human", COURSE_PROMPT), Conversation("gpt", "喵")))
     >>> r.caption
     '喵'
     """
@@ -477,6 +462,96 @@ def _resolve(path: Path, split: str | None) -> tuple[str, Path, Path]:
     raise _layout_error(path, f"the folder holds {shown}, which matches no layout")
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Which accepted layout a path is (see :data:`LAYOUTS`): the records file, the image root, own splits.
+
+    ``format`` is one of ``clot_sample``, ``clot``, ``llava_json``, ``llava_jsonl``,
+    ``foodieqa``. Only the book's sample ships its own ``train.json``/``eval.json``
+    (``split_files``); every other layout is split by :func:`prepare_splits`.
+    """
+
+    format: str
+    file: Path
+    root: Path
+    split_files: tuple[tuple[str, Path], ...] = ()
+
+
+def resolve_layout(path: str | Path) -> Layout:
+    """Answer "which layout is this path?", or raise a :class:`DatasetError` listing the accepted ones.
+
+    >>> resolve_layout(SAMPLE_DATA_DIR).format, resolve_layout(SAMPLE_DATA_DIR / "ex_cn.json").format
+    ('clot_sample', 'llava_json')
+    """
+    fmt, file, root = _resolve(Path(path), None)
+    splits = (("train", root / "train.json"), ("eval", root / "eval.json")) if fmt == "clot_sample" else ()
+    return Layout(fmt, file.resolve(), root.resolve(), splits)
+
+
+#: The share of records :func:`prepare_splits` holds out (the CLoT paper's 95/5), and the least it holds out.
+EVAL_FRACTION, MIN_EVAL = 0.05, 8
+
+
+@dataclass(frozen=True)
+class Splits:
+    """A dataset's train and eval records and the XTuner JSON files written for them."""
+
+    train: SampleSet
+    eval: SampleSet
+    train_file: Path
+    eval_file: Path
+    info: dict[str, Any]
+
+    def __getitem__(self, split: str) -> SampleSet:
+        return {"train": self.train, "eval": self.eval}[split]
+
+    def items(self) -> list[tuple[str, SampleSet]]:
+        """``[("train", train), ("eval", eval)]``, as a dict's items."""
+        return [("train", self.train), ("eval", self.eval)]
+
+
+def prepare_splits(path: str | Path, out_dir: str | Path, *, seed: int = 0, eval_fraction: float = EVAL_FRACTION,
+                   min_eval: int = MIN_EVAL) -> Splits:
+    """One train/eval split for every layout, written where training and evaluation read it.
+
+    The book's sample keeps its own split (its eval photos appear nowhere in
+    train). Any other layout is split by :func:`train_eval_split`: seeded, so
+    the same ``seed`` always holds out the same records, ``eval_fraction`` of
+    them but at least ``min_eval``. Both splits are written to ``out_dir`` as
+    XTuner JSON with absolute image paths (``train.json``, ``eval.json``), with
+    ``split.json`` recording the source file, its SHA-256, the seed and the
+    counts. Training reads ``train_file`` only; notebooks 02 and 07 answer and
+    score ``eval`` only.
+
+    >>> import tempfile
+    >>> s = prepare_splits(SAMPLE_DATA_DIR, tempfile.mkdtemp())
+    >>> s.info["format"], len(s.train) + len(s.eval) == len(load_sample())
+    ('clot_sample', True)
+    """
+    import hashlib
+
+    layout = resolve_layout(path)
+    if layout.split_files:
+        train, evl = (load_dataset(path, split=name) for name in ("train", "eval"))
+        method = "the sample's own train.json/eval.json"
+    else:
+        everything = load_dataset(path)
+        n_eval = max(min_eval, round(len(everything) * eval_fraction))
+        if n_eval >= len(everything):
+            raise DatasetError(f"{layout.file} has {len(everything)} records: too few to hold out {n_eval} for "
+                               "evaluation and train on the rest. Fix: use a larger dataset or lower min_eval.")
+        train, evl = train_eval_split(everything, n_eval / len(everything), seed)
+        method = f"train_eval_split(seed={seed}, eval_fraction={n_eval / len(everything):.4f})"
+    out = repo_path(out_dir)
+    files = {name: to_xtuner_json(ds, out / f"{name}.json", absolute_images=True)
+             for name, ds in (("train", train), ("eval", evl))}
+    info = {"source": str(layout.file), "format": layout.format,
+            "sha256": hashlib.sha256(layout.file.read_bytes()).hexdigest(), "seed": seed, "method": method,
+            "train": len(train), "eval": len(evl), "eval_ids": [r.id for r in evl]}
+    _write_json(info, out / "split.json")
+    return Splits(train, evl, files["train"], files["eval"], info)
+
+
 def load_dataset(path: str | Path = SAMPLE_DATA_DIR, split: str | None = None) -> SampleSet:
     """Read a dataset in any of the layouts the book meets and return a :class:`SampleSet`.
 
@@ -572,26 +647,6 @@ def train_eval_split(ds: SampleSet, eval_fraction: float = 0.2, seed: int = 0) -
 # validation
 
 
-@dataclass
-class _Tiling:
-    """The tiling settings a validation or a token count uses."""
-
-    num_image_token: int = 256
-    max_num: int = 12
-    image_size: int = 448
-    use_thumbnail: bool = True
-
-    def image_tokens(self, width: int, height: int) -> int:
-        """``<img>`` + tiles x ``<IMG_CONTEXT>`` + ``</img>`` for an image of this size."""
-        return image_token_count(width, height, self.num_image_token, self.max_num,
-                                 self.image_size, self.use_thumbnail)
-
-    def tiles(self, width: int, height: int) -> int:
-        """Tiles (thumbnail included) for an image of this size."""
-        return plan_tiles(width, height, max_num=self.max_num, image_size=self.image_size,
-                          use_thumbnail=self.use_thumbnail).num_tiles
-
-
 def _check_image(path: Path) -> tuple[tuple[int, int] | None, str | None]:
     """``(size, None)`` for a readable image, ``(None, why)`` otherwise (open, verify, then decode)."""
     from PIL import Image
@@ -664,7 +719,7 @@ def _check_item(obj: Any, index: int, line: int, file: Path, root: Path, *,
             out.append(problem("missing_image_token", f"conversations[{first_human}].value",
                                "the first human turn has no <image> placeholder",
                                'start it with "<image>\\n" so the image tokens go there '
-                               '(CLoT: "<image>\\n请你根据这张图片，讲一个脑洞大开的梗")'))
+                               f'(CLoT: {COURSE_PROMPT!r})'))
         seen = 0
         for i, text in enumerate(texts):
             seen += text.count(IMAGE_TOKEN) if isinstance(text, str) else 0
@@ -679,8 +734,7 @@ def _check_item(obj: Any, index: int, line: int, file: Path, root: Path, *,
 
 def validate(path_or_dataset: str | Path | SampleSet, *, split: str | None = None,
              tokenizer: Tokenizer | None = None, max_length: int | None = None,
-             num_image_token: int = 256, max_num: int = 12, image_size: int = 448,
-             use_thumbnail: bool = True, system: str = DEFAULT_SYSTEM) -> ValidationReport:
+             tiling: TilingSettings | None = None, system: str = XTUNER_SYSTEM) -> ValidationReport:
     """Check a dataset the way a training run would use it and report *every* problem.
 
     Takes a path in any layout of :func:`load_dataset` (with the same ``split``)
@@ -702,7 +756,7 @@ def validate(path_or_dataset: str | Path | SampleSet, *, split: str | None = Non
     """
     if max_length is not None and tokenizer is None:
         raise DatasetError("max_length needs a tokenizer to count tokens: pass tokenizer=... as well")
-    tiling = _Tiling(num_image_token, max_num, image_size, use_thumbnail)
+    tiling = tiling or TilingSettings()
     report = ValidationReport()
     cache: dict[Path, Any] = {}
     if isinstance(path_or_dataset, SampleSet):
@@ -750,15 +804,18 @@ def validate(path_or_dataset: str | Path | SampleSet, *, split: str | None = Non
 # tokens and statistics
 
 
-def _segments(record: Record, system: str) -> list[str]:
-    """The strings XTuner's InternVL dataset encodes one by one, the image spot marked.
+def xtuner_turns(record: Record) -> list[tuple[str, str]]:
+    """The ``(question, answer)`` pairs XTuner's InternVL dataset makes of a record.
 
-    Mirrors ``InternVL_V1_5_Dataset.get_inputid_labels``: ``<image>`` is removed
-    from a human turn, which then starts with the image tokens and a newline;
-    the first input carries the system prompt; each answer ends with ``<|im_end|>``.
+    Mirrors ``InternVL_V1_5_Dataset.get_inputid_labels``: leading gpt turns are
+    dropped, consecutive human turns are joined, both sides are stripped, and a
+    human turn holding ``<image>`` is rewritten to start with it and a newline.
+
+    >>> r = Record("a", "a.jpg", (Conversation("human", "讲个梗 <image>"), Conversation("gpt", " 好 ")))
+    >>> xtuner_turns(r)
+    [('<image>\\n讲个梗', '好')]
     """
-    segments, pending = [], ""
-    first = True
+    pairs, pending = [], ""
     turns = list(record.conversations)
     while turns and turns[0].role == "gpt":
         turns = turns[1:]
@@ -766,20 +823,16 @@ def _segments(record: Record, system: str) -> list[str]:
         if turn.role == "human":
             value = turn.value
             if IMAGE_TOKEN in value:
-                value = (_IMAGE_SPOT + "\n" + value.replace(IMAGE_TOKEN, "").strip()).strip()
+                value = (IMAGE_TOKEN + "\n" + value.replace(IMAGE_TOKEN, "").strip()).strip()
             pending += value.strip()
         else:
-            text = INSTRUCTION_TEMPLATE.format(input=pending)
-            if first:
-                text = SYSTEM_TEMPLATE.format(system=system) + text
-                first = False
-            segments += [text, turn.value.strip() + SUFFIX]
+            pairs.append((pending, turn.value.strip()))
             pending = ""
-    return segments
+    return pairs
 
 
-def chat_text(record: Record, *, system: str = DEFAULT_SYSTEM, image_context_tokens: int = 0) -> str:
-    """The full training text of a record in InternVL2's internlm2-chat template.
+def chat_text(record: Record, *, system: str = XTUNER_SYSTEM, image_context_tokens: int = 0) -> str:
+    """The full training text of a record in InternVL2's internlm2-chat template, as XTuner builds it.
 
     ``<image>`` becomes ``<img>`` + ``<IMG_CONTEXT>`` x ``image_context_tokens`` + ``</img>``
     (the real count is tiles x 256, far too long to print; 0 keeps it readable).
@@ -788,27 +841,26 @@ def chat_text(record: Record, *, system: str = DEFAULT_SYSTEM, image_context_tok
     >>> chat_text(r, system="S", image_context_tokens=1)
     '<|im_start|>system\\nS<|im_end|><|im_start|>user\\n<img><IMG_CONTEXT></img>\\n讲个梗<|im_end|><|im_start|>assistant\\n好<|im_end|>'
     """
-    image = IMG_START + IMG_CONTEXT * image_context_tokens + IMG_END
-    return "".join(_segments(record, system)).replace(_IMAGE_SPOT, image)
+    return _training_prompt(record, system, image_context_tokens).text
+
+
+def _training_prompt(record: Record, system: str, image_context_tokens: int | None) -> Any:
+    """:func:`helpers.internvl.build_prompt` of a record's XTuner turns (``None`` keeps ``<image>``)."""
+    tiles = None if image_context_tokens is None else [image_context_tokens]
+    return build_prompt(xtuner_turns(record), tiles=tiles, num_image_token=1, system=system)
 
 
 def training_ids(record: Record, tokenizer: Tokenizer, image_context_tokens: int, *,
-                 system: str = DEFAULT_SYSTEM, ignore_index: int = -100) -> tuple[list[int], list[int]]:
+                 system: str = XTUNER_SYSTEM, ignore_index: int = -100) -> tuple[list[int], list[int]]:
     """``input_ids`` and ``labels`` of a record, encoded as XTuner's InternVL dataset encodes them.
 
-    Each segment of :func:`chat_text` is encoded on its own (the first with
-    BOS); the inputs are masked with ``ignore_index`` in the labels, so the
-    loss covers the answers and their ``<|im_end|>`` only. For a training loop
-    of your own that learns exactly what ``xtuner train`` learns.
+    The prompt comes from :func:`helpers.internvl.build_prompt`; its segments
+    are encoded one by one (the first with BOS), and the inputs are masked with
+    ``ignore_index`` in the labels, so the loss covers the answers and their
+    ``<|im_end|>`` only. For a training loop of your own that learns exactly
+    what ``xtuner train`` learns.
     """
-    image = IMG_START + IMG_CONTEXT * image_context_tokens + IMG_END
-    input_ids: list[int] = []
-    labels: list[int] = []
-    for i, segment in enumerate(_segments(record, system)):
-        ids = tokenizer.encode(segment.replace(_IMAGE_SPOT, image), add_special_tokens=(i == 0))
-        input_ids += ids
-        labels += list(ids) if i % 2 else [ignore_index] * len(ids)
-    return input_ids, labels
+    return _training_prompt(record, system, image_context_tokens).ids(tokenizer, ignore_index)
 
 
 def _text_tokens(record: Record, tokenizer: Tokenizer, system: str) -> int:
@@ -817,12 +869,13 @@ def _text_tokens(record: Record, tokenizer: Tokenizer, system: str) -> int:
     One more for the BOS token when the tokenizer has one (XTuner encodes the
     first input with ``add_special_tokens=True``).
     """
+    segments = _training_prompt(record, system, None).segments
     total = sum(len(tokenizer.encode(part, add_special_tokens=False))
-                for segment in _segments(record, system) for part in segment.split(_IMAGE_SPOT) if part)
+                for segment in segments for part in segment.split(IMAGE_TOKEN) if part)
     return total + (1 if getattr(tokenizer, "bos_token_id", None) is not None else 0)
 
 
-def _count(record: Record, tokenizer: Tokenizer | None, size: tuple[int, int], tiling: _Tiling,
+def _count(record: Record, tokenizer: Tokenizer | None, size: tuple[int, int], tiling: TilingSettings,
            system: str) -> dict[str, Any]:
     """The token-count row of one record whose image is ``size`` pixels."""
     text = _text_tokens(record, tokenizer, system) if tokenizer is not None else None
@@ -851,9 +904,8 @@ def caption_lengths(ds: SampleSet) -> list[int]:
     return [len(r.caption) for r in ds]
 
 
-def token_counts(ds: SampleSet, tokenizer: Tokenizer | None = None, num_image_token: int = 256,
-                 max_num: int = 12, image_size: int = 448, use_thumbnail: bool = True,
-                 system: str = DEFAULT_SYSTEM) -> list[dict[str, Any]]:
+def token_counts(ds: SampleSet, tokenizer: Tokenizer | None = None, tiling: TilingSettings | None = None,
+                 system: str = XTUNER_SYSTEM) -> list[dict[str, Any]]:
     """Per record: image size, tiles, text tokens, image tokens and their total.
 
     Text tokens are what ``tokenizer`` gives for the training text in XTuner's
@@ -861,20 +913,20 @@ def token_counts(ds: SampleSet, tokenizer: Tokenizer | None = None, num_image_to
     <|im_start|>user\\n{human}<|im_end|><|im_start|>assistant\\n{gpt}<|im_end|>``)
     without the image, plus BOS when the tokenizer has one; image tokens are
     computed, not tokenised: ``tiles x num_image_token + 2`` for ``<img>``/``</img>``,
-    with the tiles InternVL2 picks for the image's real size. Without a
+    with the tiles InternVL2 picks for the image's real size under ``tiling``
+    (default: InternVL2-2B's settings; pass ``TilingSettings.from_config(model_dir)``). Without a
     tokenizer ``text_tokens`` is ``None`` and ``total`` counts the image only.
 
     >>> row = token_counts(load_sample("eval"))[0]
     >>> row["image_tokens"] == row["tiles"] * 256 + 2
     True
     """
-    tiling = _Tiling(num_image_token, max_num, image_size, use_thumbnail)
+    tiling = tiling or TilingSettings()
     return [_count(r, tokenizer, _image_size(ds.image_path(r)), tiling, system) for r in ds]
 
 
-def dataset_stats(ds: SampleSet, tokenizer: Tokenizer | None = None, num_image_token: int = 256,
-                  max_num: int = 12, image_size: int = 448, use_thumbnail: bool = True,
-                  system: str = DEFAULT_SYSTEM) -> dict[str, list]:
+def dataset_stats(ds: SampleSet, tokenizer: Tokenizer | None = None, tiling: TilingSettings | None = None,
+                  system: str = XTUNER_SYSTEM) -> dict[str, list]:
     """Columns for the book's histograms: ids, caption chars, tiles, text/image/total tokens, sizes.
 
     The dict of equal-length lists that :func:`helpers.plots.length_histograms` draws
@@ -883,7 +935,7 @@ def dataset_stats(ds: SampleSet, tokenizer: Tokenizer | None = None, num_image_t
     >>> sorted(dataset_stats(load_sample("eval")))[:3]
     ['caption_chars', 'height', 'id']
     """
-    rows = token_counts(ds, tokenizer, num_image_token, max_num, image_size, use_thumbnail, system)
+    rows = token_counts(ds, tokenizer, tiling, system)
     stats: dict[str, list] = {key: [row[key] for row in rows] for key in
                               ("id", "width", "height", "tiles", "text_tokens", "image_tokens", "total")}
     stats["caption_chars"] = caption_lengths(ds)
@@ -975,10 +1027,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         from transformers import AutoTokenizer
 
-        from .tiny import image_settings
-
         tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
-        kwargs = image_settings(args.model)
+        kwargs = {"tiling": TilingSettings.from_config(args.model)}
     try:
         report = validate(args.path, split=args.split, tokenizer=tokenizer, max_length=args.max_length, **kwargs)
     except DatasetError as exc:

@@ -14,12 +14,12 @@ to compare the fine-tuned model with the baseline.
   transformers, with one line saying why.
 
 The same :class:`GenSettings` (greedy by default) mean the same on both
-backends, and the same prompt is rendered for both (:func:`build_prompt`)::
+backends, and the same prompt is rendered for both
+(:func:`helpers.internvl.build_prompt`)::
 
-    from helpers import infer
+    from helpers import infer, internvl
     pipe = infer.load("_build/outputs/models/tiny-internvl2")
-    answer = pipe.ask("helpers/sample_data/clot_sample/ex_images/chelsea.jpg",
-                      "请你根据这张图片，讲一个脑洞大开的梗")
+    answer = pipe.ask("helpers/sample_data/clot_sample/ex_images/chelsea.jpg", internvl.COURSE_PROMPT)
     print(answer.text, answer.tokens, f"{answer.seconds:.2f} s")
 
 Command line::
@@ -34,19 +34,27 @@ import dataclasses
 import datetime as _dt
 import inspect
 import json
-import re
 import sys
 import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from . import repo_path, tiling
+from . import repo_path
 from .env import package_version
 from .errors import BookError, ModelDirError, ProfileError
-from .remote_code.conversation import INTERNVL_SYSTEM_MESSAGE
+from .internvl import (
+    COURSE_QUESTION,
+    IMAGE_TOKEN,
+    LMDEPLOY_IMAGE_TOKEN,
+    TilingSettings,
+    abbreviate,
+    build_prompt,
+    chat_template_fields,
+    read_config,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -54,44 +62,21 @@ if TYPE_CHECKING:  # pragma: no cover
     from .data import SampleSet
 
 __all__ = [
-    "BACKENDS", "ENGINES", "IMAGE_TOKEN", "IMAGE_SUFFIXES", "DEFAULT_SESSION_LEN", "CHAT_TEMPLATES",
+    "BACKENDS", "ENGINES", "IMAGE_SUFFIXES", "DEFAULT_SESSION_LEN",
     "InferenceError", "ImageError", "PromptError", "SessionLengthError", "BackendError", "PromptWarning",
     "GenSettings", "Answer", "TokenStream", "Choice", "Pipeline", "TransformersPipeline", "LMDeployPipeline",
-    "Chat", "read_config", "chat_template_fields", "chat_template_config", "render_chat", "build_prompt",
-    "abbreviate", "load_image", "normalize_prompt", "choose_backend", "load", "answer_dataset",
+    "Chat", "chat_template_config",
+    "load_image", "normalize_prompt", "choose_backend", "load", "answer_dataset",
     "save_answers", "load_answers", "main",
 ]
 
 BACKENDS = ("auto", "lmdeploy", "transformers")
 #: LMDeploy's two engines: PyTorch (Python + Triton kernels) and TurboMind (C++/CUDA extension).
 ENGINES = ("pytorch", "turbomind")
-IMAGE_TOKEN = "<image>"
-IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
-#: LMDeploy's placeholder for "put image i here" inside a text prompt.
-LMDEPLOY_IMAGE_TOKEN = "<IMAGE_TOKEN>"
 #: File types the pipeline reads (what PIL decodes and photos come as).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 #: The course's ``TurbomindEngineConfig(session_len=8192)``.
 DEFAULT_SESSION_LEN = 8192
-
-#: Chat templates by the ``template`` name in an InternVL2 ``config.json``, as LMDeploy
-#: ``ChatTemplateConfig`` fields. ``model_name`` is LMDeploy's name for it up to 0.6
-#: (later versions register no InternVL names and use the explicit fields).
-CHAT_TEMPLATES: dict[str, dict[str, Any]] = {
-    "internlm2-chat": {
-        "model_name": "internvl2-internlm2",
-        "system": "<|im_start|>system\n",
-        "meta_instruction": INTERNVL_SYSTEM_MESSAGE,
-        "eosys": "<|im_end|>",
-        "user": "<|im_start|>user\n",
-        "eoh": "<|im_end|>",
-        "assistant": "<|im_start|>assistant\n",
-        "eoa": "<|im_end|>",
-        "separator": "",
-        "stop_words": ["<|im_end|>", "<|im_start|>"],
-    },
-}
-
 
 # --------------------------------------------------------------------------- errors
 
@@ -228,66 +213,6 @@ class GenSettings:
 # --------------------------------------------------------------------------- model folder and chat template
 
 
-def read_config(model_path: str | Path) -> dict[str, Any]:
-    """Read and check an InternVL2 folder's ``config.json``; a :class:`ModelDirError` says what is wrong.
-
-    >>> read_config("/nonexistent/InternVL2-2B")   # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    helpers.errors.ModelDirError: /nonexistent/InternVL2-2B does not exist...
-    """
-    path = repo_path(model_path)
-    if not path.exists():
-        raise ModelDirError(
-            f"{path} does not exist. Fix: build the tiny model there (python -m helpers.tiny --out {path}) "
-            "or set model_path to the folder that holds InternVL2 (config.json, weights, tokenizer).")
-    if not path.is_dir():
-        raise ModelDirError(f"{path} is a file; model_path must be the folder that holds config.json, "
-                            "the weights and the tokenizer files.")
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise ModelDirError(f"{path} has no config.json, so it is not a model folder. Fix: point model_path at "
-                            "an InternVL2 folder (e.g. a download of OpenGVLab/InternVL2-2B).")
-    try:
-        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelDirError(f"{cfg_file} is not valid JSON ({_one_line(exc)}). Fix: restore the file from "
-                            "the model's original download.") from exc
-    archs = cfg.get("architectures") or []
-    model_type = cfg.get("model_type")
-    if model_type != "internvl_chat" and "InternVLChatModel" not in archs:
-        raise ModelDirError(
-            f"{path} holds a {model_type or 'model of unknown type'} model "
-            f"({', '.join(archs) or 'no architectures listed'}), not InternVL2. This pipeline needs a "
-            "config.json with model_type 'internvl_chat' (InternVLChatModel). Fix: point model_path at an "
-            "InternVL2 folder, such as OpenGVLab/InternVL2-2B or the merged model of notebook 06.")
-    template = cfg.get("template", "internlm2-chat")
-    if template not in CHAT_TEMPLATES:
-        raise ModelDirError(
-            f"{path} uses the chat template {template!r}; helpers.infer knows {sorted(CHAT_TEMPLATES)} "
-            "(InternVL2-2B/8B/26B). Fix: add the template's fields to helpers.infer.CHAT_TEMPLATES.")
-    return cfg
-
-
-def chat_template_fields(model_path: str | Path | None = None, template: str | None = None) -> dict[str, Any]:
-    """The explicit ``ChatTemplateConfig`` fields for a model's chat template (a plain dict).
-
-    Reads ``template`` from the model's ``config.json`` (``internlm2-chat`` for
-    InternVL2-2B). This dict, not the name matching LMDeploy does on the folder
-    name, is what makes a converted model load (seed 004's error).
-
-    >>> f = chat_template_fields(template="internlm2-chat")
-    >>> f["user"], f["eoh"], f["assistant"]
-    ('<|im_start|>user\\n', '<|im_end|>', '<|im_start|>assistant\\n')
-    """
-    if template is None:
-        template = read_config(model_path).get("template", "internlm2-chat") if model_path else "internlm2-chat"
-    if template not in CHAT_TEMPLATES:
-        raise ModelDirError(f"unknown chat template {template!r}; known: {sorted(CHAT_TEMPLATES)}")
-    fields = dict(CHAT_TEMPLATES[template])
-    fields["stop_words"] = list(fields["stop_words"])
-    return fields
-
-
 def chat_template_config(model_path: str | Path | None = None, template: str | None = None) -> Any:
     """``lmdeploy.ChatTemplateConfig(**chat_template_fields(...))``: pass it to ``lmdeploy.pipeline``.
 
@@ -299,52 +224,6 @@ def chat_template_config(model_path: str | Path | None = None, template: str | N
         raise BackendError("lmdeploy is not installed here, so there is no ChatTemplateConfig to build; "
                            "chat_template_fields() returns the same values as a dict.") from exc
     return ChatTemplateConfig(**chat_template_fields(model_path, template))
-
-
-def render_chat(question: str, history: Sequence[tuple[str, str]] = (), fields: dict[str, Any] | None = None,
-                system: str | None = None) -> str:
-    """Render a conversation the way LMDeploy's template renders it (``<image>`` left in place).
-
-    Identical to the remote code's ``conversation.get_prompt()``: the system
-    turn, every ``(question, answer)`` of ``history``, then ``question`` and the
-    assistant's opening tag.
-
-    >>> render_chat("hi", system="S")
-    '<|im_start|>system\\nS<|im_end|><|im_start|>user\\nhi<|im_end|><|im_start|>assistant\\n'
-    """
-    f = fields or CHAT_TEMPLATES["internlm2-chat"]
-    meta = f["meta_instruction"] if system is None else system
-    out = f"{f['system']}{meta}{f['eosys']}"
-    for old_q, old_a in history:
-        out += f"{f['user']}{old_q}{f['eoh']}{f['assistant']}{old_a}{f['eoa']}{f['separator']}"
-    return out + f"{f['user']}{question}{f['eoh']}{f['assistant']}"
-
-
-def build_prompt(question: str, history: Sequence[tuple[str, str]] = (), num_patches_list: Sequence[int] = (),
-                 num_image_token: int = 256, fields: dict[str, Any] | None = None, system: str | None = None) -> str:
-    """The full prompt the language model reads: :func:`render_chat` with each ``<image>`` expanded.
-
-    The i-th ``<image>`` (history first) becomes ``<img>``, ``num_patches_list[i]
-    * num_image_token`` ``<IMG_CONTEXT>`` tokens and ``</img>``; the vision
-    features replace the ``<IMG_CONTEXT>`` embeddings inside the model.
-
-    >>> abbreviate(build_prompt("<image>\\n讲个梗", num_patches_list=[3], num_image_token=64, system=""))
-    '<|im_start|>system\\n<|im_end|><|im_start|>user\\n<img><IMG_CONTEXT>×192</img>\\n讲个梗<|im_end|><|im_start|>assistant\\n'
-    """
-    prompt = render_chat(question, history, fields, system)
-    for tiles in num_patches_list:
-        prompt = prompt.replace(IMAGE_TOKEN, IMG_START + IMG_CONTEXT * (num_image_token * tiles) + IMG_END, 1)
-    return prompt
-
-
-def abbreviate(prompt: str) -> str:
-    """Shorten every run of ``<IMG_CONTEXT>`` to ``<IMG_CONTEXT>×N`` for display.
-
-    >>> abbreviate("<img>" + "<IMG_CONTEXT>" * 256 + "</img>")
-    '<img><IMG_CONTEXT>×256</img>'
-    """
-    return re.sub(f"(?:{re.escape(IMG_CONTEXT)})+",
-                  lambda m: f"{IMG_CONTEXT}×{len(m.group(0)) // len(IMG_CONTEXT)}", prompt)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -404,7 +283,7 @@ def normalize_prompt(prompt: str, n_images: int, history: Sequence[tuple[str, st
     '<image>\\n讲个梗'
     """
     if not isinstance(prompt, str) or not prompt.strip():
-        raise PromptError("the prompt is empty. Fix: ask a question, e.g. '请你根据这张图片，讲一个脑洞大开的梗'.")
+        raise PromptError(f"the prompt is empty. Fix: ask a question, e.g. {COURSE_QUESTION!r}.")
     earlier = sum(q.count(IMAGE_TOKEN) for q, _ in history)
     tags = earlier + prompt.count(IMAGE_TOKEN)
     if tags == n_images:
@@ -557,15 +436,11 @@ class Pipeline:
 
     def __init__(self, model_path: str | Path, *, session_len: int = DEFAULT_SESSION_LEN,
                  max_num: int | None = None, device: str = "cpu") -> None:
-        from .tiny import image_settings
-
         self.model_path = repo_path(model_path)
         self.config = read_config(self.model_path)
         self.template = chat_template_fields(template=self.config.get("template", "internlm2-chat"))
-        self.settings = image_settings(self.model_path)
-        if max_num is not None:
-            self.settings["max_num"] = int(max_num)
-        self.min_num = int(self.config.get("min_dynamic_patch", 1))
+        #: how this pipeline tiles images: the model's settings, with ``max_num`` overridden if asked
+        self.tiling = TilingSettings.from_config(self.config).with_max_num(max_num)
         if not isinstance(session_len, int) or session_len < 16:
             raise InferenceError(f"session_len={session_len!r}: use a token count such as 8192.")
         self.session_len = session_len
@@ -585,10 +460,14 @@ class Pipeline:
                                 f"{_one_line(exc)}. Fix: the folder needs tokenizer.json or tokenizer.model "
                                 "with tokenizer_config.json, as in the model's download.") from exc
 
-    def _tiles(self, image: "Image.Image") -> int:
-        s = self.settings
-        return tiling.plan_tiles(*image.size, min_num=self.min_num, max_num=s["max_num"],
-                                 image_size=s["image_size"], use_thumbnail=s["use_thumbnail"]).num_tiles
+    def pixel_values(self, image: "str | Path | Image.Image") -> Any:
+        """The ``(tiles, 3, size, size)`` float tensor this pipeline feeds the vision encoder for ``image``.
+
+        The pipeline's own preprocessing: use it (rather than tiling by hand)
+        wherever a tensor must match what the model is asked with, e.g. for
+        :func:`helpers.compare.perplexity_on_references`.
+        """
+        return self.tiling.pixel_values(load_image(image))
 
     def _request(self, images: Any, prompt: str, history: Sequence[tuple[str, str]] | None,
                  gen: GenSettings) -> _Request:
@@ -602,14 +481,15 @@ class Pipeline:
             if len(turn) != 2 or not all(isinstance(t, str) for t in turn):
                 raise PromptError("history must be a list of (question, answer) string pairs, as Answer.history is.")
         prompt = normalize_prompt(prompt, len(pil), history)
-        patches = [self._tiles(im) for im in pil]
-        full = build_prompt(prompt, history, patches, self.settings["num_image_token"], self.template)
+        patches = [self.tiling.tiles(*im.size) for im in pil]
+        full = build_prompt([*history, (prompt, None)], tiles=patches, num_image_token=self.tiling.num_image_token,
+                            template=self.template).text
         n_prompt = len(self.tokenizer(full, verbose=False).input_ids)  # no "longer than max length" warning
         total = n_prompt + gen.max_new_tokens
         if total > self.session_len:
             raise SessionLengthError(
                 f"the conversation needs {n_prompt} prompt tokens ({sum(patches)} image tiles x "
-                f"{self.settings['num_image_token']} tokens, {len(history)} earlier turn(s)) + "
+                f"{self.tiling.num_image_token} tokens, {len(history)} earlier turn(s)) + "
                 f"max_new_tokens={gen.max_new_tokens} = {total} tokens, more than session_len={self.session_len}. "
                 "Fix: start a new chat or drop old turns from the history, use fewer tiles per image "
                 "(max_num), lower max_new_tokens, or raise session_len (InternVL2-2B was trained on 8192 "
@@ -698,7 +578,7 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(model={str(self.model_path)!r}, device={self.device!r}, "
-                f"session_len={self.session_len}, max_num={self.settings['max_num']})")
+                f"session_len={self.session_len}, max_num={self.tiling.max_num})")
 
     # -- what a backend implements
     def _stream(self, req: _Request, gen: GenSettings) -> Iterator[str]:  # pragma: no cover - abstract
@@ -818,10 +698,7 @@ class TransformersPipeline(Pipeline):
             return None
         import torch
 
-        s = self.settings
-        tiles = [tiling.image_to_pixel_values(im, max_num=s["max_num"], image_size=s["image_size"],
-                                              use_thumbnail=s["use_thumbnail"], min_num=self.min_num)
-                 for im in images]
+        tiles = [self.tiling.pixel_values(im) for im in images]
         return torch.cat(tiles).to(device=self.device, dtype=self.dtype)
 
     def _seed(self, gen: GenSettings) -> None:
@@ -957,7 +834,7 @@ class LMDeployPipeline(Pipeline):
 
     def _messages(self, req: _Request) -> list[dict[str, Any]]:
         """OpenAI-style messages: images go with the first user turn, placed by ``<IMAGE_TOKEN>``."""
-        params = {"max_dynamic_patch": self.settings["max_num"]}
+        params = {"max_dynamic_patch": self.tiling.max_num}
         image_items = [{"type": "image_data", "image_data": {"data": im, **params}} for im in req.images]
         turns = [*req.history, (req.prompt, None)]
         messages: list[dict[str, Any]] = []
@@ -1085,7 +962,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m helpers.infer", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="InternVL2 model folder")
     p.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
-    p.add_argument("--prompt", default="请你根据这张图片，讲一个脑洞大开的梗", help="question (default: the course's)")
+    p.add_argument("--prompt", default=COURSE_QUESTION, help="question (default: the course's)")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--engine", default="pytorch", choices=ENGINES, help="LMDeploy engine")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")

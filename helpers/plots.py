@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 
 from .data import SampleSet
 from .errors import DatasetError
+from .internvl import TilingSettings
 
 __all__ = ["cjk_font", "figure", "gallery", "length_histograms", "loss_curves", "smooth", "tile_grid", "before_after"]
 
@@ -180,21 +181,24 @@ def length_histograms(stats: Mapping[str, Sequence], max_length: int | None = No
     return fig
 
 
-def tile_grid(image: Any, max_num: int = 12, image_size: int = 448, use_thumbnail: bool = True,
-              num_image_token: int = 256) -> Any:
+def tile_grid(image: Any, tiling: TilingSettings | None = None) -> Any:
     """Show how InternVL2 cuts one PIL image: the original with the tile grid drawn on it, then each tile.
 
-    The title of the first panel gives the grid, the number of tiles and the
-    ``<IMG_CONTEXT>`` tokens they cost (``tiles * num_image_token``).
+    ``tiling`` is the model's :class:`~helpers.internvl.TilingSettings`
+    (default: InternVL2-2B's). The title of the first panel gives the grid, the
+    number of tiles and the ``<IMG_CONTEXT>`` tokens they cost
+    (``tiles * num_image_token``).
 
     >>> from PIL import Image
     >>> len(tile_grid(Image.new("RGB", (900, 450))).axes)   # original + 2 tiles + thumbnail
     4
     """
-    from .tiling import dynamic_tiles, plan_tiles
+    from .tiling import dynamic_tiles
 
-    plan = plan_tiles(*image.size, max_num=max_num, image_size=image_size, use_thumbnail=use_thumbnail)
-    tiles = dynamic_tiles(image, max_num=max_num, image_size=image_size, use_thumbnail=use_thumbnail)
+    s = tiling or TilingSettings()
+    plan = s.plan(*image.size)
+    tiles = dynamic_tiles(image, min_num=s.min_num, max_num=s.max_num, image_size=s.image_size,
+                          use_thumbnail=s.use_thumbnail)
     n = len(tiles) + 1
     cols = min(n, 8)
     rows = (n + cols - 1) // cols
@@ -207,7 +211,7 @@ def tile_grid(image: Any, max_num: int = 12, image_size: int = 448, use_thumbnai
     for r in range(1, plan.rows):
         axes[0].axhline(r * h / plan.rows, color="yellow", lw=1.5)
     axes[0].set_title(f"{w}x{h} -> {plan.cols}x{plan.rows} grid\n{plan.num_tiles} tiles = "
-                      f"{plan.num_tiles * num_image_token} tokens", fontsize=8)
+                      f"{plan.num_tiles * s.num_image_token} tokens", fontsize=8)
     for i, (ax, tile) in enumerate(zip(axes[1:], tiles)):
         ax.imshow(tile)
         is_thumb = plan.thumbnail and i == len(tiles) - 1

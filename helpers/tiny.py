@@ -30,24 +30,18 @@ from typing import Any, Iterable
 
 from . import PACKAGE_DIR, SAMPLE_DATA_DIR, repo_path
 from .errors import BookError, ModelDirError
+from .internvl import (
+    ADDITIONAL_SPECIAL_TOKENS,
+    COURSE_QUESTION,
+    HF_CHAT_TEMPLATE,
+    IM_END,
+    IM_START,
+    INTERNVL_SYSTEM,
+    SPECIAL_TOKENS,
+    XTUNER_SYSTEM,
+)
 
 REMOTE_CODE_DIR = PACKAGE_DIR / "remote_code"
-
-#: Special tokens of InternVL2-2B in the official order (ids 92538-92552 there).
-SPECIAL_TOKENS = [
-    "<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>", "<|im_end|>", "<|im_start|>",
-    "<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>",
-]
-#: The additional_special_tokens list as tokenizer_config.json writes it.
-ADDITIONAL_SPECIAL_TOKENS = [
-    "<|im_start|>", "<|im_end|>", "<|action_start|>", "<|action_end|>", "<|interpreter|>", "<|plugin|>",
-    "<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>",
-]
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
-    "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 
 _TOP_LEVEL = {
     "architectures": ["InternVLChatModel"],
@@ -166,12 +160,10 @@ def model_config(preset: str | Preset, vocab_size: int) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 def default_corpus() -> list[str]:
     """Text the tiny tokenizer is trained on: the bundled captions, prompts and templates."""
-    from .remote_code.conversation import INTERNVL_SYSTEM_MESSAGE
-
     texts = [
-        INTERNVL_SYSTEM_MESSAGE,
-        "You are an AI assistant whose name is InternLM (书生·浦语).",
-        "请你根据这张图片，讲一个脑洞大开的梗",
+        INTERNVL_SYSTEM,
+        XTUNER_SYSTEM,
+        COURSE_QUESTION,
         "请描述这张图片。Please describe this image. What is in the picture?",
         "这张图片展示了一个有趣的场景。This image shows an interesting scene.",
     ]
@@ -217,15 +209,15 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     tok.pre_tokenizer = pre
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
-    tok.add_special_tokens(SPECIAL_TOKENS)
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                        special_tokens=[("<s>", 1)])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>",
-        additional_special_tokens=ADDITIONAL_SPECIAL_TOKENS, clean_up_tokenization_spaces=False,
+        additional_special_tokens=list(ADDITIONAL_SPECIAL_TOKENS), clean_up_tokenization_spaces=False,
         model_max_length=4096,
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = HF_CHAT_TEMPLATE
     return fast
 
 
@@ -277,7 +269,7 @@ def build(preset: str = "tiny", out: str | Path = "_build/models/tiny-internvl2"
     saved["vision_config"]["use_flash_attn"] = True
     (out / "config.json").write_text(json.dumps(saved, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
-    im_end, im_start = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|im_start|>"])
+    im_end, im_start = tokenizer.convert_tokens_to_ids([IM_END, IM_START])
     (out / "generation_config.json").write_text(json.dumps(
         {"_from_model_config": True, "eos_token_id": [im_end, im_start]}, indent=2) + "\n")
     tokenizer.save_pretrained(out)
@@ -316,26 +308,6 @@ def ensure_model(model_path: str | Path, profile: str = "tiny") -> Path:
         f"`huggingface-cli download OpenGVLab/InternVL2-2B --local-dir {path}` on a machine with internet "
         "access) or set the model_path parameter to the folder that holds it."
     )
-
-
-def image_settings(model_path: str | Path | dict[str, Any]) -> dict[str, Any]:
-    """The tiling settings an InternVL2 directory's ``config.json`` implies.
-
-    Returns ``num_image_token`` (tokens per tile), ``max_num``, ``image_size``
-    and ``use_thumbnail``, the arguments :mod:`helpers.tiling` and
-    :func:`helpers.data.token_counts` take. ``model_path`` may also be the
-    ``config.json`` already read, as a dict.
-    """
-    cfg = model_path if isinstance(model_path, dict) else json.loads(
-        (repo_path(model_path) / "config.json").read_text(encoding="utf-8"))
-    size = cfg.get("force_image_size") or cfg["vision_config"]["image_size"]
-    patch = cfg["vision_config"]["patch_size"]
-    return {
-        "num_image_token": int((size // patch) ** 2 * cfg["downsample_ratio"] ** 2),
-        "max_num": cfg.get("max_dynamic_patch", 12),
-        "image_size": size,
-        "use_thumbnail": bool(cfg.get("use_thumbnail", True)),
-    }
 
 
 def _dir_size(path: Path) -> int:

@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import flops  # noqa: E402
 
-from helpers import memory, tiny  # noqa: E402
+from helpers import internvl, memory, tiny  # noqa: E402
 
 
 def test_peak_flops_come_from_the_device_name():
@@ -46,7 +46,7 @@ def test_synthetic_samples_all_have_one_length(tiny_model_dir, tmp_path):
     import synthetic
 
     info = synthetic.make(tiny_model_dir, tmp_path / "synth", samples=6, width=1344, height=896, caption_tokens=12)
-    assert info["tiles"] == 7 and info["image_tokens"] == 7 * tiny.image_settings(tiny_model_dir)["num_image_token"]
+    assert info["tiles"] == 7 and info["image_tokens"] == 7 * internvl.TilingSettings.from_config(tiny_model_dir).num_image_token
     assert info["tokens_per_sample"] == info["tokens_per_sample_min"] > info["image_tokens"]
     records = json.loads((tmp_path / "synth" / "ex_cn.json").read_text(encoding="utf-8"))
     assert len(records) == 6 and all((tmp_path / "synth" / r["image"]).exists() for r in records)
@@ -59,14 +59,14 @@ def test_the_plain_loop_masks_everything_but_the_answers(tiny_model_dir):
     from helpers import SAMPLE_DATA_DIR
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir, trust_remote_code=True)
-    settings = tiny.image_settings(tiny_model_dir)
+    settings = internvl.TilingSettings.from_config(tiny_model_dir)
     samples = bench_peft_loop.load_samples(SAMPLE_DATA_DIR, tok, settings, max_length=6656)
     assert len(samples) == 32  # the training split
     s = samples[0]
     trained = s["labels"][s["labels"] != -100].tolist()
     assert tok.decode(trained).replace(" ", "").endswith("<|im_end|>")
     n_ctx = int((s["input_ids"] == tok.convert_tokens_to_ids("<IMG_CONTEXT>")).sum())
-    assert n_ctx == len(s["pixel_values"]) * settings["num_image_token"]
+    assert n_ctx == len(s["pixel_values"]) * settings.num_image_token
     batch = bench_peft_loop.collate(samples[:2], tok.pad_token_id)
     n = max(len(samples[0]["input_ids"]), len(samples[1]["input_ids"]))
     assert batch["input_ids"].shape == (2, n) and batch["tokens"] == int(batch["attention_mask"].sum())

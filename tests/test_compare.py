@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from helpers import compare
+from helpers import compare, internvl
 from helpers.errors import BookError
 
 # ------------------------------------------------------------------------------------------- chrF
@@ -198,7 +198,8 @@ def test_perplexity_on_references(tiny_model):
               image_to_pixel_values(Image.new("RGB", (300, 600), (10, 90, 200)), max_num=2)]
     questions = ["请你根据这张图片，讲一个脑洞大开的梗", "<image>\n这是什么？"]
     refs = ["住手！你们不要再打了", "我太难了"]
-    ppl = compare.perplexity_on_references(model, tok, pixels, questions, refs)
+    # the hand-built prompt is the remote code's chat() prompt, so score with its system message
+    ppl = compare.perplexity_on_references(model, tok, pixels, questions, refs, system=internvl.INTERNVL_SYSTEM)
     assert len(ppl) == 2
     assert all(math.isfinite(p) and p > 1 for p in ppl)
     assert ppl[0] == pytest.approx(_hand_loss(model, tok, pixels[0], questions[0], refs[0]), rel=1e-4)
@@ -207,7 +208,7 @@ def test_perplexity_on_references(tiny_model):
     assert not model.training
     # explicit tile counts give the same result
     again = compare.perplexity_on_references(model, tok, pixels[:1], questions[:1], refs[:1],
-                                             num_patches_list=[pixels[0].shape[0]])
+                                             num_patches_list=[pixels[0].shape[0]], system=internvl.INTERNVL_SYSTEM)
     assert again[0] == pytest.approx(ppl[0], rel=1e-6)
     with pytest.raises(BookError, match="tiles"):
         compare.perplexity_on_references(model, tok, pixels[:1], questions[:1], refs[:1], num_patches_list=[5])

@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 from helpers import REPO_DIR, SAMPLE_DATA_DIR
-from helpers import data
+from helpers import data, internvl
 from helpers.errors import DatasetError
 from helpers.tiling import image_token_count
 
-PROMPT = data.CLOT_PROMPT
+PROMPT = internvl.COURSE_PROMPT
 
 
 class CharTokenizer:
@@ -470,7 +470,7 @@ def test_token_counts_follow_the_template():
     assert row["text_tokens"] == len(text) + 1  # + BOS
     assert row["image_tokens"] == image_token_count(row["width"], row["height"])
     assert row["total"] == row["text_tokens"] + row["image_tokens"]
-    small = data.token_counts(ds, tok, num_image_token=64, max_num=6)[0]
+    small = data.token_counts(ds, tok, internvl.TilingSettings(num_image_token=64, max_num=6))[0]
     assert small["image_tokens"] == image_token_count(row["width"], row["height"], 64, 6)
 
 

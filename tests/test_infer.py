@@ -15,14 +15,14 @@ import warnings
 import pytest
 import torch
 
-from helpers import SAMPLE_DATA_DIR, data, infer, tiling
+from helpers import SAMPLE_DATA_DIR, data, infer, internvl, tiling
 from helpers.errors import BookError, ModelDirError, ProfileError
 
 HAS_LMDEPLOY = importlib.util.find_spec("lmdeploy") is not None
 needs_lmdeploy = pytest.mark.skipif(not HAS_LMDEPLOY, reason="lmdeploy is not installed (GPU environment only)")
 
 IMAGE = SAMPLE_DATA_DIR / "ex_images" / "chelsea.jpg"  # 451x300: a 3x2 grid + thumbnail = 7 tiles
-PROMPT = "<image>\n请你根据这张图片，讲一个脑洞大开的梗"
+PROMPT = internvl.COURSE_PROMPT
 FAST = infer.GenSettings(max_new_tokens=6)
 
 
@@ -49,7 +49,7 @@ def test_pixels_come_from_helpers_tiling(pipe, monkeypatch):
     assert calls == [{"max_num": 12, "image_size": 448, "use_thumbnail": True, "min_num": 1}]
     assert answer.prompt_tokens == len(pipe.tokenizer(pipe.render(PROMPT, IMAGE, abbreviated=False)).input_ids)
     with infer.load_image(IMAGE) as im:
-        assert pipe._tiles(im) == tiling.plan_tiles(*im.size).num_tiles == 7
+        assert pipe.tiling.tiles(*im.size) == tiling.plan_tiles(*im.size).num_tiles == 7
     # infer has no tiling code of its own
     assert not any(hasattr(infer, name) for name in ("dynamic_preprocess", "dynamic_tiles", "closest_grid"))
 
@@ -122,7 +122,7 @@ def test_lmdeploy_generation_config_fields():
 
 def test_chat_template_fields_match_our_models_template(tiny_model, tiny_model_dir):
     model, _ = tiny_model
-    fields = infer.chat_template_fields(tiny_model_dir)
+    fields = internvl.chat_template_fields(tiny_model_dir)
     conv = model.conv_template
     assert fields["meta_instruction"] == conv.system_message == model.system_message
     assert fields["system"] == conv.system_template.replace("{system_message}", "")
@@ -143,7 +143,8 @@ def test_chat_template_fields_match_our_models_template(tiny_model, tiny_model_d
 def test_build_prompt_is_the_remote_codes_query(tiny_model, history, question, patches):
     model, _ = tiny_model
     query, _ = model._build_query(question, history, patches, "<img>", "</img>", "<IMG_CONTEXT>")
-    assert infer.build_prompt(question, history, patches, model.num_image_token) == query
+    prompt = internvl.build_prompt([*history, (question, None)], tiles=patches, num_image_token=model.num_image_token)
+    assert prompt.text == query
 
 
 def test_rendered_prompt_is_abbreviated(pipe):
@@ -157,11 +158,11 @@ def test_lmdeploy_chat_template_config_renders_the_same_prompt(tiny_model_dir):
     from lmdeploy.model import get_chat_template
 
     cfg = infer.chat_template_config(tiny_model_dir)
-    assert {k: v for k, v in vars(cfg).items() if v is not None} == infer.chat_template_fields(tiny_model_dir)
+    assert {k: v for k, v in vars(cfg).items() if v is not None} == internvl.chat_template_fields(tiny_model_dir)
     template = get_chat_template(str(tiny_model_dir), cfg)
     messages = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": "a1"},
                 {"role": "user", "content": "q2"}]
-    assert template.messages2prompt(messages) == infer.render_chat("q2", [(PROMPT, "a1")])
+    assert template.messages2prompt(messages) == internvl.build_prompt([(PROMPT, "a1"), ("q2", None)]).text
 
 
 @needs_lmdeploy
@@ -329,7 +330,7 @@ def test_not_an_internvl_folder(tmp_path):
         infer.load(tmp_path, backend="transformers", verbose=False)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ModelDirError, match="not valid JSON"):
-        infer.read_config(tmp_path)
+        internvl.read_config(tmp_path)
 
 
 def test_internvl_config_without_tokenizer_or_weights(tmp_path, tiny_model_dir):

@@ -15,7 +15,7 @@ import json
 import pytest
 import torch
 
-from helpers import tiny
+from helpers import internvl, tiny
 
 OFFICIAL_TOP_LEVEL = {
     "architectures": ["InternVLChatModel"],
@@ -143,8 +143,8 @@ def test_special_tokens_template_and_generation_config(tiny_model_dir, tiny_mode
     gen = json.loads((tiny_model_dir / "generation_config.json").read_text())
     assert gen["eos_token_id"] == tok.convert_tokens_to_ids(["<|im_end|>", "<|im_start|>"])
     tcfg = json.loads((tiny_model_dir / "tokenizer_config.json").read_text())
-    assert tcfg["chat_template"] == tiny.CHAT_TEMPLATE
-    assert tcfg["additional_special_tokens"] == tiny.ADDITIONAL_SPECIAL_TOKENS
+    assert tcfg["chat_template"] == internvl.HF_CHAT_TEMPLATE
+    assert tcfg["additional_special_tokens"] == list(internvl.ADDITIONAL_SPECIAL_TOKENS)
 
 
 def test_chinese_is_tokenized_into_multi_character_pieces(tiny_model):
@@ -281,8 +281,8 @@ def test_xtuner_builds_the_model_and_its_dataset(tiny_model_dir, tmp_path):
 
     record = book_data.load_dataset(tmp_path)[0]
     tiles = len(ds[0]["pixel_values"])
-    ids, labels = book_data.training_ids(record, ds.tokenizer, tiles * tiny.image_settings(tiny_model_dir)
-                                         ["num_image_token"])
+    per_tile = internvl.TilingSettings.from_config(tiny_model_dir).num_image_token
+    ids, labels = book_data.training_ids(record, ds.tokenizer, tiles * per_tile)
     def as_list(x):
         return x.tolist() if hasattr(x, "tolist") else list(x)
 
