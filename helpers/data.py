@@ -972,7 +972,7 @@ def to_llava_json(ds: SampleSet, path: str | Path, *, absolute_images: bool = Fa
 
     >>> import tempfile; out = Path(tempfile.mkdtemp()) / "llava.json"
     >>> json.loads(to_llava_json(load_sample("eval"), out).read_text())[0]["id"]
-    'chelsea_nose'
+    'dogs_window'
     """
     return _write_json([_export(ds, r, with_id=True, absolute=absolute_images) for r in ds], Path(path))
 

@@ -3,13 +3,17 @@ and the bundled sample dataset."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import io
 import json
+import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 from helpers import REPO_DIR, SAMPLE_DATA_DIR
 from helpers import data, internvl
@@ -76,7 +80,7 @@ def test_sample_validates_clean_in_every_split():
 
 def test_sample_sizes_and_disjoint_splits():
     train, evl, everything = data.load_sample("train"), data.load_sample("eval"), data.load_sample()
-    assert (len(train), len(evl), len(everything)) == (32, 8, 40)
+    assert (len(train), len(evl), len(everything)) == (32, 14, 46)
     assert {r.id for r in train}.isdisjoint({r.id for r in evl})
     assert {r.image for r in train}.isdisjoint({r.image for r in evl})
     assert [r.to_dict() for r in everything] == [r.to_dict() for r in train] + [r.to_dict() for r in evl]
@@ -108,6 +112,91 @@ def test_sample_aspect_ratios_vary():
     ratios = [row["width"] / row["height"] for row in data.token_counts(data.load_sample())]
     assert min(ratios) < 0.4 and max(ratios) > 5  # very tall and very wide crops
     assert {row["tiles"] for row in data.token_counts(data.load_sample())} >= {1, 5, 7, 13}
+
+
+# The eval split is held out: other photos than the training ones, not crops or sources of them.
+# Besides names, sources and file hashes, two perceptual checks compare every eval image with every
+# training image through a 16x16 grayscale thumbnail (the whole image squeezed to 16x16, so aspect
+# ratio and resolution do not matter):
+# - an average hash (256 bits: pixel above the thumbnail's mean), compared by Hamming distance;
+# - the correlation of the two thumbnails (each made zero-mean, unit-norm).
+# Measured on this sample: a re-encoded (JPEG q40), 3x smaller, brighter, lower-contrast or gray copy
+# of any sample image stays within 20 bits and above 0.95 correlation of the original (the test below
+# checks that these copies are caught), while the closest two *different* sample images are 34 bits
+# apart (kite vs toy_bird) and correlate at most 0.78 (toy_bird vs dandelions). The thresholds sit in
+# those gaps. Neither catches a small crop of a training photo (a crop changes the thumbnail
+# completely): that relation is ruled out through SOURCES.md, where no eval image's source is a
+# training image's source.
+AHASH_MIN_BITS = 26
+THUMB_MAX_CORR = 0.9
+
+
+def _thumb(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("L").resize((16, 16), Image.BILINEAR), dtype=float).ravel()
+
+
+def _near_duplicate(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two 16x16 thumbnails look like the same picture, by either perceptual check."""
+    bits = int(((a > a.mean()) != (b > b.mean())).sum())
+    za, zb = a - a.mean(), b - b.mean()
+    corr = float(za @ zb / ((np.linalg.norm(za) * np.linalg.norm(zb)) or 1.0))
+    return bits < AHASH_MIN_BITS or corr > THUMB_MAX_CORR
+
+
+def _split_paths(split: str) -> list[Path]:
+    return [SAMPLE_DATA_DIR / r.image for r in data.load_sample(split)]
+
+
+def _sources_rows() -> dict[str, tuple[str, str, str]]:
+    """SOURCES.md table rows: image -> (split, source path in its package, crop-box cell)."""
+    rows = {}
+    for line in (SAMPLE_DATA_DIR / "SOURCES.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith("| `ex_images/"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            image = cells[0].strip("`")
+            rows[image] = (cells[1], re.search(r"`([^`]+)`", cells[2]).group(1), cells[3])
+    return rows
+
+
+def test_eval_split_is_held_out_by_name_source_and_hash():
+    train, evl = _split_paths("train"), _split_paths("eval")
+    assert len(evl) >= 12
+    assert {p.name for p in train}.isdisjoint({p.name for p in evl})
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    assert {digest(p) for p in train}.isdisjoint({digest(p) for p in evl})
+    rows = _sources_rows()
+    assert set(rows) == {f"ex_images/{p.name}" for p in train + evl}
+    train_sources = {rows[f"ex_images/{p.name}"][1] for p in train}
+    eval_rows = [rows[f"ex_images/{p.name}"] for p in evl]
+    assert all(split == "eval" for split, _, _ in eval_rows)
+    eval_sources = [source for _, source, _ in eval_rows]
+    assert len(set(eval_sources)) == len(eval_sources)  # distinct photos, not crops of one another
+    train_names = {Path(s).name for s in train_sources}
+    for source, (_, _, box) in zip(eval_sources, eval_rows):
+        assert source not in train_sources and Path(source).name not in train_names, source
+        assert box == "full photo" or box.startswith(f"crop of `{Path(source).name}`"), box
+
+
+def test_eval_split_is_held_out_perceptually():
+    train = {p.name: _thumb(Image.open(p)) for p in _split_paths("train")}
+    for path in _split_paths("eval"):
+        thumb = _thumb(Image.open(path))
+        near = [name for name, other in train.items() if _near_duplicate(thumb, other)]
+        assert not near, f"{path.name} looks like training image(s) {near}"
+
+
+def test_perceptual_check_catches_altered_copies():
+    """The thresholds are not vacuous: altered copies of sample images are flagged."""
+    for path in _split_paths("eval")[:4] + _split_paths("train")[:4]:
+        with Image.open(path) as raw:
+            image = raw.convert("RGB")
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=40)
+        copies = [Image.open(buffer), image.resize((max(1, image.width // 3), max(1, image.height // 3))),
+                  ImageEnhance.Brightness(image).enhance(1.3), ImageEnhance.Contrast(image).enhance(0.7),
+                  image.convert("L")]
+        for copy in copies:
+            assert _near_duplicate(_thumb(copy), _thumb(image)), path.name
 
 
 def _generator():
@@ -245,7 +334,7 @@ def test_train_eval_split_is_disjoint_and_deterministic():
     ds = data.load_sample()
     a_train, a_eval = data.train_eval_split(ds, 0.25, seed=3)
     b_train, b_eval = data.train_eval_split(ds, 0.25, seed=3)
-    assert [r.id for r in a_eval] == [r.id for r in b_eval] and len(a_eval) == 10
+    assert [r.id for r in a_eval] == [r.id for r in b_eval] and len(a_eval) == 12  # round(46 * 0.25)
     assert {r.id for r in a_train}.isdisjoint({r.id for r in a_eval})
     assert len(a_train) + len(a_eval) == len(ds)
     with pytest.raises(DatasetError):
@@ -447,7 +536,7 @@ def test_all_problems_reported_together_and_files_untouched(root: Path):
 def test_report_views_when_ok():
     report = data.validate(SAMPLE_DATA_DIR, split="eval")
     assert report.raise_if_errors() is report
-    assert str(report).startswith("OK: 8 records and 8 images")
+    assert str(report).startswith("OK: 14 records and 14 images")
     assert "<table>" not in report._repr_html_() and report.counts == {}
 
 

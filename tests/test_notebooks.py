@@ -38,7 +38,7 @@ def test_the_whole_book_runs_on_the_tiny_profile(executed_book):
     # what the notebooks promise to leave for the next ones
     assert (out / "env.json").exists()
     stats = json.loads((out / "dataset_stats.json").read_text())
-    assert stats["validation_ok"] and stats["records"] == 40
+    assert stats["validation_ok"] and stats["records"] == 46
     trained = json.loads((out / "qlora" / "train_summary.json").read_text())
     assert trained["loss_last_fifth"] < trained["loss_first_fifth"] - 0.5, "the tiny QLoRA run clearly learned"
     assert trained["interrupted_at"] and trained["resumed_from"], "notebook 04 demonstrated the resume"

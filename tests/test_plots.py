@@ -36,7 +36,7 @@ def test_gallery_drops_unused_cells_and_clips_to_the_dataset():
     ds = data.load_sample("eval")
     assert len(plots.gallery(ds, n=5, cols=4).axes) == 5
     assert len(plots.gallery(ds, n=100, cols=4).axes) == len(ds)
-    assert len(plots.gallery(ds, n=3, cols=4, start=6).axes) == 2
+    assert len(plots.gallery(ds, n=3, cols=4, start=len(ds) - 2).axes) == 2
     with pytest.raises(DatasetError):
         plots.gallery(ds, start=len(ds))
 
