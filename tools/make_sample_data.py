@@ -48,7 +48,8 @@ from pathlib import Path
 
 from PIL import Image
 
-PROMPT = "<image>\n请你根据这张图片，讲一个脑洞大开的梗"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from helpers.internvl import COURSE_PROMPT as PROMPT  # noqa: E402  (the course's prompt, defined once)
 MAX_SIDE = 640
 JPEG_QUALITY = 85
 MIN_CAPTION, MAX_CAPTION = 8, 40
