@@ -17,7 +17,7 @@ book: notebooks sweep site
 notebooks: install
 	$(PY) -m helpers.book run --profile $(PROFILE) $(ARGS)
 
-# the course's optimizer experiment (seed 004), overlaid by notebook 05 on the site
+# the course's optimizer experiment (the cold-joke notes), overlaid by notebook 05 on the site
 SWEEP ?= params/sweep-lr-optimizer.yaml
 sweep: install
 	$(PY) -m helpers.book sweep $(SWEEP) --profile $(PROFILE)

@@ -86,11 +86,14 @@ XTUNER_SYSTEM = "You are an AI assistant whose name is InternLM (书生·浦语)
 INTERNVL_SYSTEM = INTERNVL_SYSTEM_MESSAGE
 
 #: Chat templates by the ``template`` name in an InternVL2 ``config.json``, as LMDeploy
-#: ``ChatTemplateConfig`` fields. ``model_name`` is LMDeploy's name for it up to 0.6
-#: (later versions register no InternVL names and use the explicit fields).
+#: ``ChatTemplateConfig`` fields. LMDeploy 0.18 registers no InternVL2 template (0.5 called it
+#: ``internvl2-internlm2``): ``ChatTemplateConfig.chat_template()`` builds its registered ``base``
+#: template from the fields given, so every field must be passed. ``model_name="base"`` is that
+#: template's registered name (an unknown name works too, after a "Could not find" warning; a
+#: name alone, without the fields, silently gives an empty template).
 CHAT_TEMPLATES: dict[str, dict[str, Any]] = {
     "internlm2-chat": {
-        "model_name": "internvl2-internlm2",
+        "model_name": "base",
         "system": f"{IM_START}system\n",
         "meta_instruction": INTERNVL_SYSTEM,
         "eosys": IM_END,

@@ -241,10 +241,11 @@ def smooth(values: Sequence[float], window: int) -> list[float]:
 
 def loss_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], window: int = 1,
                 title: str = "QLoRA training") -> Any:
-    """Loss (raw, faint, and smoothed) and learning rate against step, one colour per run.
+    """Loss (as logged, faint, and smoothed) and learning rate against step, one colour per run.
 
     ``runs`` maps a run's name to its logged rows (``helpers.train.read_scalars``:
-    dicts with ``step``, ``loss``, ``lr``).
+    dicts with ``step``, ``loss``, ``lr``). mmengine logs ``loss`` as the mean
+    of the last 10 iterations (its ``LogProcessor`` window), and the axis says so.
 
     >>> rows = [{"step": s, "loss": 5 - s / 10, "lr": 1e-3} for s in range(1, 11)]
     >>> len(loss_curves({"a": rows, "b": rows}, window=3).axes)
@@ -265,7 +266,7 @@ def loss_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], window: int = 1
         ax_loss.plot(steps, smooth(losses, window), color=c, lw=2, label=name)
         if any("lr" in r for r in rows):
             ax_lr.plot(steps, [r.get("lr", float("nan")) for r in rows], color=c, lw=2, label=name)
-    ax_loss.set(xlabel="iteration", ylabel="training loss",
+    ax_loss.set(xlabel="iteration", ylabel="logged loss (mean of the last 10 iterations)",
                 title=f"{title}: loss" + (f" (moving average of {window})" if window > 1 else ""))
     ax_lr.set(xlabel="iteration", ylabel="learning rate", title="learning-rate schedule")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
