@@ -59,6 +59,7 @@ __all__ = [
     "parse_value",
     "resolve_params",
     "ensure_kernel",
+    "execute",
     "run_book",
     "strip_notebook",
     "strip",
@@ -387,8 +388,7 @@ def _table(results: list[NotebookResult]) -> str:
     return "\n".join(lines)
 
 
-def _failure_message(nb_path: Path, out_path: Path, exc: Exception, shift: int, param_index: int | None,
-                     not_run: list[str]) -> str:
+def _failure_message(nb_path: Path, out_path: Path, exc: Exception, shift: int, param_index: int | None) -> str:
     from papermill.exceptions import PapermillExecutionError
 
     lines = [f"Notebook {nb_path.stem} failed."]
@@ -409,9 +409,85 @@ def _failure_message(nb_path: Path, out_path: Path, exc: Exception, shift: int, 
         lines.append(f"  executed notebook (with the error): {out_path}")
     else:
         lines.append(f"  no executed notebook was written ({out_path})")
-    if not_run:
-        lines.append(f"  not run: {', '.join(not_run)}")
     return "\n".join(lines)
+
+
+def execute(notebook: str | Path, out: str | Path, params: dict[str, Any] | None = None,
+            kernel: str = "python3", *, log_output: bool = False, cell_timeout: int | None = None) -> Path:
+    """Run one notebook with papermill into ``out``; the one way the book executes a notebook.
+
+    The notebook runs in a fresh ``kernel`` (over local sockets, stopped
+    afterwards) with its own folder as working directory and the repository
+    first on ``PYTHONPATH``, so ``import helpers`` works wherever it lives.
+    ``params`` are injected after its ``parameters`` cell. Notebooks without
+    ``kernelspec``/``language_info`` metadata run too (kernel and language are
+    given). A failure raises :class:`RunError` naming the cell (numbered as in
+    the source notebook), its error and its first lines, and where the
+    executed notebook with the error is. Returns ``out``.
+
+    >>> execute("notebooks/00_environment.ipynb", "_build/nb/00.ipynb", {"seed": 1})  # doctest: +SKIP
+    PosixPath('_build/nb/00.ipynb')
+    """
+    import papermill as pm
+
+    notebook, out, params = Path(notebook), Path(out), dict(params or {})
+    found = _parameters_cell(_read(notebook))
+    with _pythonpath(REPO_DIR), tempfile.TemporaryDirectory(prefix="book-kernel-") as sockets:
+        km = _kernel_manager(kernel, Path(sockets))
+        try:
+            pm.execute_notebook(
+                str(notebook), str(out), parameters=params, kernel_name=kernel, language="python",
+                progress_bar=False, log_output=log_output, cwd=str(notebook.parent), km=km,
+                **({"execution_timeout": cell_timeout} if cell_timeout else {}),
+            )
+        except Exception as exc:  # noqa: BLE001 - every failure is reported the same way
+            message = _failure_message(notebook, out, exc, shift=1 if params else 0,
+                                       param_index=found[0] if found else None)
+            raise RunError(message) from exc
+        finally:
+            _shutdown(km)
+    return out
+
+
+@dataclass
+class _Plan:
+    """What a run will do: the notebooks, the parameters each receives, the user's keys no notebook uses."""
+
+    profile: str
+    notebooks: list[Path]
+    inject: dict[Path, dict[str, Any]]
+    unused: list[str]
+
+
+def _plan(profile: str, overrides: Iterable[tuple[str, str]], params_file: str | Path | None, only: str | None,
+          start: str | None, notebooks_dir: str | Path, params_dir: str | Path) -> _Plan:
+    """Select the notebooks and give each the merged, resolved parameters its ``parameters`` cell assigns."""
+    all_notebooks = discover(notebooks_dir)
+    notebooks = select(all_notebooks, only, start)
+    if not notebooks:
+        raise RunError(f"No notebooks to run in {notebooks_dir}.")
+    params, user_keys = _merge_params(profile, params_file, overrides, Path(params_dir))
+    profile = params["profile"]
+    params = resolve_params(params)
+    names = {path: parameter_names(path) for path in all_notebooks}
+    known = {name for path_names in names.values() for name in path_names}
+    inject = {path: {k: params[k] for k in names[path] if k in params} for path in notebooks}
+    return _Plan(profile, notebooks, inject, sorted(user_keys - known))
+
+
+def _stream_cell_output() -> None:
+    """Let papermill's logger, which carries the cells' output, print to stdout."""
+    logger = logging.getLogger("papermill")
+    if not logger.handlers:
+        logger.addHandler(logging.StreamHandler(sys.stdout))
+    logger.setLevel(logging.INFO)
+
+
+def _error_line(exc: BaseException) -> str:
+    """``Name: message`` of the error a notebook raised (``ename``/``evalue`` when raised in a cell)."""
+    if hasattr(exc, "ename"):
+        return f"{exc.ename}: {exc.evalue}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def run_book(
@@ -435,72 +511,39 @@ def run_book(
     >>> run_book(only="00")  # doctest: +SKIP
     [NotebookResult(notebook='00_environment', status='ok', seconds=14.2, ...)]
     """
-    import papermill as pm
-
-    all_notebooks = discover(notebooks_dir)
-    notebooks = select(all_notebooks, only, start)
-    if not notebooks:
-        raise RunError(f"No notebooks to run in {notebooks_dir}.")
-    params, user_keys = _merge_params(profile, params_file, overrides, Path(params_dir))
-    profile = params["profile"]
-    params = resolve_params(params)
-
-    read = {path: _read(path) for path in all_notebooks}
-    names = {path: parameter_names(nb) for path, nb in read.items()}
-    known = {name for path_names in names.values() for name in path_names}
-    unused = sorted(user_keys - known)
-    if unused:
-        print(f"warning: no notebook defines {', '.join(unused)} in its parameters cell; "
+    plan = _plan(profile, overrides, params_file, only, start, notebooks_dir, params_dir)
+    if plan.unused:
+        print(f"warning: no notebook defines {', '.join(plan.unused)} in its parameters cell; "
               "these values are ignored (check the spelling).", file=sys.stderr)
-    if profile == "gpu":
+    if plan.profile == "gpu":
         _require_cuda()
     ensure_kernel(kernel)
-    if log_output:  # papermill streams cell output through its logger
-        logger = logging.getLogger("papermill")
-        if not logger.handlers:
-            logger.addHandler(logging.StreamHandler(sys.stdout))
-        logger.setLevel(logging.INFO)
+    if log_output:
+        _stream_cell_output()
 
     build = Path(build_dir)
     build.mkdir(parents=True, exist_ok=True)
-    results = [NotebookResult(nb.stem, "not run") for nb in notebooks]
-    print(f"profile {profile}: running {len(notebooks)} notebook(s) into {build}")
-    with _pythonpath(REPO_DIR), tempfile.TemporaryDirectory(prefix="book-kernel-") as sockets:
-        for i, (nb_path, result) in enumerate(zip(notebooks, results), start=1):
-            found = _parameters_cell(read[nb_path])
-            inject = {k: params[k] for k in names[nb_path] if k in params}
-            result.params, result.output = inject, str(build / nb_path.name)
-            print(f"[{i}/{len(notebooks)}] {nb_path.stem} ...", end="\n" if log_output else " ", flush=True)
-            t0 = time.perf_counter()
-            km = _kernel_manager(kernel, Path(sockets))
-            try:
-                pm.execute_notebook(
-                    str(nb_path), result.output, parameters=inject, kernel_name=kernel, language="python",
-                    progress_bar=False, log_output=log_output, cwd=str(nb_path.parent),
-                    km=km,
-                    **({"execution_timeout": cell_timeout} if cell_timeout else {}),
-                )
-            except Exception as exc:  # noqa: BLE001 - every failure stops the run the same way
-                result.seconds = round(time.perf_counter() - t0, 2)
-                result.status = "failed"
-                result.error = (f"{exc.ename}: {exc.evalue}" if hasattr(exc, "ename")  # raised in a cell
-                                else f"{type(exc).__name__}: {exc}")
-                print(f"FAILED {result.seconds:.1f} s", flush=True)
-                print("\n" + _table(results))
-                summary = _write_summary(build, profile, results, unused)
-                message = _failure_message(
-                    nb_path, Path(result.output), exc, shift=1 if inject else 0,
-                    param_index=found[0] if found else None,
-                    not_run=[r.notebook for r in results if r.status == "not run"],
-                )
-                raise RunError(f"{message}\n  run summary: {summary}") from exc
-            else:
-                result.seconds = round(time.perf_counter() - t0, 2)
-                result.status = "ok"
-            finally:
-                _shutdown(km)
-            print(f"ok {result.seconds:.1f} s", flush=True)
-            _write_summary(build, profile, results, unused)
+    results = [NotebookResult(nb.stem, "not run") for nb in plan.notebooks]
+    print(f"profile {plan.profile}: running {len(results)} notebook(s) into {build}")
+    for i, (nb_path, result) in enumerate(zip(plan.notebooks, results), start=1):
+        print(f"[{i}/{len(results)}] {nb_path.stem} ...", end="\n" if log_output else " ", flush=True)
+        result.params, result.output = plan.inject[nb_path], str(build / nb_path.name)
+        t0 = time.perf_counter()
+        try:
+            execute(nb_path, result.output, result.params, kernel, log_output=log_output,
+                    cell_timeout=cell_timeout)
+        except RunError as exc:
+            result.seconds, result.status = round(time.perf_counter() - t0, 2), "failed"
+            result.error = _error_line(exc.__cause__ or exc)
+            print(f"FAILED {result.seconds:.1f} s", flush=True)
+            print("\n" + _table(results))
+            summary = _write_summary(build, plan.profile, results, plan.unused)
+            not_run = [r.notebook for r in results if r.status == "not run"]
+            raise RunError(f"{exc}" + (f"\n  not run: {', '.join(not_run)}" if not_run else "")
+                           + f"\n  run summary: {summary}") from exc.__cause__
+        result.seconds, result.status = round(time.perf_counter() - t0, 2), "ok"
+        print(f"ok {result.seconds:.1f} s", flush=True)
+        _write_summary(build, plan.profile, results, plan.unused)
     print("\n" + _table(results))
     print(f"executed notebooks and {SUMMARY_NAME} are in {build}")
     return results

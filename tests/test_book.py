@@ -146,6 +146,31 @@ def test_failure_stops_run_with_clear_message(tmp_path: Path) -> None:
     assert any(o.get("ename") == "ValueError" for c in saved.cells for o in c.get("outputs", []))
 
 
+def test_execute_runs_one_notebook_and_names_the_failing_cell(tmp_path: Path) -> None:
+    """book.execute: parameters injected, helpers importable from the notebook's folder, clear failures."""
+    nb = make_notebook(tmp_path / "nbs" / "00_one.ipynb", "x = 1",
+                       "import helpers, os\nassert os.getcwd() == " + repr(str(tmp_path / "nbs")) + "\ny = x * 3",
+                       "assert y == 6, f'y is {y}'")
+    out = book.execute(nb, tmp_path / "out.ipynb", {"x": 2})
+    assert out == tmp_path / "out.ipynb" and out.is_file()
+    with pytest.raises(RunError) as info:
+        book.execute(nb, tmp_path / "bad.ipynb", {"x": 5})
+    message = str(info.value)
+    assert "cell 4 of 00_one.ipynb" in message and "AssertionError: y is 15" in message
+    assert str(tmp_path / "bad.ipynb") in message and "not run" not in message
+    assert type(info.value.__cause__).__name__ == "PapermillExecutionError"
+
+
+def test_site_uses_only_public_names_of_book() -> None:
+    """helpers.site runs notebooks through book's public functions, not its internals."""
+    import ast
+
+    tree = ast.parse((REPO_DIR / "helpers" / "site.py").read_text(encoding="utf-8"))
+    private = sorted({node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                      and isinstance(node.value, ast.Name) and node.value.id == "book" and node.attr.startswith("_")})
+    assert private == []
+
+
 # --------------------------------------------------------------------------- selection, parameters
 
 
