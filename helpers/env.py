@@ -54,7 +54,6 @@ __all__ = [
     "save",
     "load",
     "package_version",
-    "resolve_path",
     "resolve_device",
     "setup",
     "main",
@@ -530,7 +529,7 @@ def pins(rep: EnvReport) -> Table:
 
 def save(output_dir: str | Path, rep: EnvReport, verd: Verdict) -> Path:
     """Write ``<output_dir>/env.json`` (report + verdict) for the later notebooks; return its path."""
-    path = resolve_path(output_dir) / "env.json"
+    path = repo_path(output_dir) / "env.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -548,7 +547,7 @@ def load(output_dir: str | Path) -> dict[str, Any]:
     Traceback (most recent call last):
     helpers.errors.BookError: ...run notebooks/00_environment.ipynb first...
     """
-    path = resolve_path(output_dir) / "env.json"
+    path = repo_path(output_dir) / "env.json"
     if not path.is_file():
         raise BookError(
             f"{path} does not exist: run notebooks/00_environment.ipynb first "
@@ -558,10 +557,6 @@ def load(output_dir: str | Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- common parameters
-
-
-#: Relative paths are resolved against the repository root (notebooks run in their own folder).
-resolve_path = repo_path
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -612,7 +607,7 @@ def setup(profile: str, device: str = "auto", seed: int = 0, output_dir: str | P
     import torch
 
     torch.manual_seed(seed)
-    out = resolve_path(output_dir)
+    out = repo_path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     session = Session(profile=profile, device=dev, seed=seed, output_dir=out)
     if verbose:

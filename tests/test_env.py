@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO_DIR, env
+from helpers import REPO_DIR, env, repo_path
 from helpers.errors import BookError, ProfileError
 
 
@@ -118,9 +118,10 @@ def test_save_and_load(tmp_path: Path) -> None:
         env.load(tmp_path / "missing")
 
 
-def test_resolve_and_setup(tmp_path: Path) -> None:
-    assert env.resolve_path("_build/x") == REPO_DIR / "_build" / "x"
-    assert env.resolve_path(tmp_path) == tmp_path
+def test_repo_path_and_setup(tmp_path: Path) -> None:
+    assert repo_path("_build/x") == REPO_DIR / "_build" / "x"
+    assert repo_path(tmp_path) == tmp_path
+    assert not hasattr(env, "resolve_path"), "one name for one fact: helpers.repo_path"
     session = env.setup("tiny", device="auto", seed=1, output_dir=tmp_path / "out", verbose=False)
     assert session.device in ("cpu", "cuda") and session.output_dir.is_dir()
     with pytest.raises(ProfileError):
