@@ -54,6 +54,7 @@ __all__ = [
     "NotebookResult",
     "discover",
     "select",
+    "title",
     "parameter_names",
     "load_params",
     "parse_value",
@@ -136,6 +137,20 @@ def _parameters_cell(nb: Any) -> tuple[int, Any] | None:
         if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
             return i, cell
     return None
+
+
+def title(notebook: str | Path) -> str:
+    """The notebook's title: its first ``# heading``, up to a colon (the file's stem if it has none).
+
+    >>> title(NOTEBOOKS_DIR / "03_qlora_config.ipynb")
+    'QLoRA config'
+    """
+    for cell in _read(Path(notebook)).cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("# "):
+                    return line[2:].split(":")[0].strip()
+    return Path(notebook).stem
 
 
 def parameter_names(notebook: str | Path | Any) -> list[str]:

@@ -82,6 +82,43 @@ class Recipe:
         """A copy with some fields changed (validated when written)."""
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def load(cls, path: str | Path) -> "Recipe":
+        """Read back the ``recipe.json`` that :func:`write` saves beside the config (or the folder holding it).
+
+        Later notebooks use it to know how the run was configured (``max_iters``,
+        ``save_steps``, ``lora_r`` ...) as a :class:`Recipe`, not a loose dict.
+        A missing file or a field this version does not know is a
+        :class:`BookError`.
+
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = write(Recipe("/m", "/d.json", "/d", lora_r=8, lora_alpha=16), folder / "config.py")
+        >>> Recipe.load(folder).lora_r, Recipe.load(folder / "recipe.json").betas
+        (8, (0.9, 0.999))
+        """
+        path = Path(path)
+        if path.is_dir():
+            path = path / "recipe.json"
+        if not path.is_file():
+            raise BookError(f"{path} does not exist: helpers.config.write(recipe, config_path) writes it beside "
+                            "the XTuner config (notebook 03).")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise BookError(f"{path} is not valid JSON ({exc}); write it again with helpers.config.write.") from exc
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names) if isinstance(data, dict) else []
+        if not isinstance(data, dict) or unknown:
+            raise BookError(f"{path} is not a recipe written by helpers.config.write"
+                            + (f": unknown fields {unknown}." if unknown else "."))
+        if isinstance(data.get("betas"), list):
+            data["betas"] = tuple(data["betas"])  # JSON has no tuples
+        try:
+            return cls(**data)
+        except TypeError as exc:  # a required field is missing
+            raise BookError(f"{path} is not a complete recipe ({exc}).") from exc
+
 
 #: The course's own values where they differ from Recipe's defaults (seed 000 used these).
 COURSE_DIFFERENCES = {

@@ -27,3 +27,7 @@ class RunError(BookError):
 
 class ProfileError(BookError):
     """An option was asked for that this machine cannot run (e.g. GPU-only on CPU)."""
+
+
+class MissingOutputError(BookError):
+    """A notebook needs a file an earlier notebook writes, and it is not there (:func:`helpers.env.require`)."""

@@ -88,3 +88,19 @@ def test_4bit_where_it_cannot_run_is_refused():
         config.fit_to_hardware(recipe(), cuda=False, bnb_4bit=False)
     new, _ = config.fit_to_hardware(recipe(quantization_llm=False), cuda=False, bnb_4bit=False)
     assert new.quantization_llm is False
+
+
+def test_recipe_json_reads_back_as_the_recipe_written(tmp_path):
+    written = recipe(lora_r=16, lora_targets=["wqkv", "wo"], betas=(0.8, 0.95), max_iters=12,
+                     extra={"note": "x"}, amp_dtype=None)
+    config.write(written, tmp_path / "qlora" / "config.py")
+    assert config.Recipe.load(tmp_path / "qlora" / "recipe.json") == written
+    assert config.Recipe.load(tmp_path / "qlora") == written
+    with pytest.raises(BookError, match="does not exist"):
+        config.Recipe.load(tmp_path / "elsewhere")
+    (tmp_path / "bad.json").write_text('{"lora_r": 8, "colour": "red"}')
+    with pytest.raises(BookError, match="unknown fields \\['colour'\\]"):
+        config.Recipe.load(tmp_path / "bad.json")
+    (tmp_path / "short.json").write_text('{"lora_r": 8}')
+    with pytest.raises(BookError, match="not a complete recipe"):
+        config.Recipe.load(tmp_path / "short.json")

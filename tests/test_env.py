@@ -132,3 +132,18 @@ def test_cli_prints_report_and_verdict(capsys: pytest.CaptureFixture) -> None:
     assert env.main(["--no-probes"]) == 0
     out = capsys.readouterr().out
     assert "Packages:" in out and "Verdict:" in out
+
+
+def test_require_names_the_missing_path_and_the_notebook_to_run(tmp_path: Path) -> None:
+    from helpers.errors import MissingOutputError
+
+    there = tmp_path / "config.py"
+    there.write_text("")
+    assert env.require(there, "03") == there
+    with pytest.raises(MissingOutputError) as info:
+        env.require(tmp_path / "merged" / "config.json", "06")
+    message = str(info.value)
+    assert str(tmp_path / "merged" / "config.json") in message
+    assert "notebook 06 (Conversion, notebooks/06_conversion.ipynb)" in message
+    assert "python -m helpers.book run --only 06" in message
+    assert isinstance(info.value, BookError)
