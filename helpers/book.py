@@ -22,6 +22,8 @@ parameters as ``${name}``; relative values of keys ending in ``_path``,
 Executed notebooks go to ``_build/notebooks/`` (same file names) with
 ``run-summary.json``. The first failing notebook stops the run with its cell,
 the error and where the executed notebook is; the exit status is then 1.
+Input that cannot be used (an unknown notebook, a missing parameters file,
+a profile this machine cannot run) is reported on stderr with exit status 2.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from helpers import REPO_DIR
-from helpers.errors import BookError, ProfileError, RunError
+from helpers.errors import BookError, ProfileError, RunError, UsageError, report
 
 __all__ = [
     "NOTEBOOKS_DIR",
@@ -95,8 +97,8 @@ def discover(notebooks_dir: str | Path = NOTEBOOKS_DIR) -> list[Path]:
     """
     folder = Path(notebooks_dir)
     if not folder.is_dir():
-        raise RunError(f"Notebook folder {folder} does not exist: pass --notebooks-dir with the folder "
-                       "that holds the NN_name.ipynb notebooks.")
+        raise UsageError(f"Notebook folder {folder} does not exist: pass --notebooks-dir with the folder "
+                         "that holds the NN_name.ipynb notebooks.")
     return sorted(p for p in folder.iterdir() if _NOTEBOOK_RE.match(p.name))
 
 
@@ -112,7 +114,7 @@ def select(notebooks: Sequence[Path], only: str | None = None, start: str | None
             if nb.stem == key or nb.stem.startswith(key + "_"):
                 return i
         names = ", ".join(nb.stem for nb in notebooks) or "none"
-        raise RunError(f"No notebook matches {key!r}; the notebooks are: {names}.")
+        raise UsageError(f"No notebook matches {key!r}; the notebooks are: {names}.")
 
     chosen = list(notebooks)
     if start:
@@ -129,7 +131,7 @@ def _read(path: Path) -> Any:
     try:
         return nbformat.read(str(path), as_version=4)
     except Exception as exc:  # noqa: BLE001 - nbformat raises several kinds
-        raise RunError(f"{path} is not a readable notebook ({type(exc).__name__}: {exc}).") from exc
+        raise UsageError(f"{path} is not a readable notebook ({type(exc).__name__}: {exc}).") from exc
 
 
 def _parameters_cell(nb: Any) -> tuple[int, Any] | None:
@@ -169,8 +171,8 @@ def parameter_names(notebook: str | Path | Any) -> list[str]:
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
-        raise RunError(f"The parameters cell of {getattr(notebook, 'name', 'the notebook')} is not valid "
-                       f"Python (line {exc.lineno}: {exc.msg}); fix it in Jupyter.") from exc
+        raise UsageError(f"The parameters cell of {getattr(notebook, 'name', 'the notebook')} is not valid "
+                         f"Python (line {exc.lineno}: {exc.msg}); fix it in Jupyter.") from exc
 
     names: list[str] = []
 
@@ -224,13 +226,13 @@ def load_params(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise RunError(f"Parameters file {path} does not exist.")
+        raise UsageError(f"Parameters file {path} does not exist.")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise RunError(f"Parameters file {path} is not valid YAML: {exc}") from exc
+        raise UsageError(f"Parameters file {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
-        raise RunError(f"Parameters file {path} must be a mapping of names to values (key: value lines).")
+        raise UsageError(f"Parameters file {path} must be a mapping of names to values (key: value lines).")
     return data
 
 
@@ -299,7 +301,7 @@ def ensure_kernel(name: str = "python3") -> None:
         spec = KernelSpecManager().get_kernel_spec(name)
     except NoSuchKernel:
         if name != "python3":
-            raise RunError(f"There is no Jupyter kernel named {name!r}: see `jupyter kernelspec list`, "
+            raise UsageError(f"There is no Jupyter kernel named {name!r}: see `jupyter kernelspec list`, "
                            "or leave out --kernel to use python3.") from None
         try:
             from ipykernel.kernelspec import install
@@ -480,7 +482,7 @@ def _plan(profile: str, overrides: Iterable[tuple[str, str]], params_file: str |
     all_notebooks = discover(notebooks_dir)
     notebooks = select(all_notebooks, only, start)
     if not notebooks:
-        raise RunError(f"No notebooks to run in {notebooks_dir}.")
+        raise UsageError(f"No notebooks to run in {notebooks_dir}.")
     params, user_keys = _merge_params(profile, params_file, overrides, Path(params_dir))
     profile = params["profile"]
     params = resolve_params(params)
@@ -580,12 +582,12 @@ def load_sweep(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     spec = load_params(path)
     base, runs = spec.get("base") or {}, spec.get("runs")
     if not isinstance(runs, list) or len(runs) < 1 or not all(isinstance(r, dict) for r in runs):
-        raise RunError(f"{path}: a sweep needs `runs:`, a list of parameter sets, each with a `name`.")
+        raise UsageError(f"{path}: a sweep needs `runs:`, a list of parameter sets, each with a `name`.")
     names = [str(r.get("name", "")) for r in runs]
     bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9_.-]+", n)]
     if bad or len(set(names)) != len(names):
-        raise RunError(f"{path}: every run needs a unique `name` of letters, digits, '.', '_' or '-' "
-                       f"(got {names}).")
+        raise UsageError(f"{path}: every run needs a unique `name` of letters, digits, '.', '_' or '-' "
+                         f"(got {names}).")
     return dict(base), [dict(r) for r in runs]
 
 
@@ -686,7 +688,7 @@ def _notebook_paths(paths: Sequence[str | Path], default_dir: Path) -> list[Path
         elif p.is_file():
             out.append(p)
         else:
-            raise BookError(f"{p} does not exist.")
+            raise UsageError(f"{p} does not exist.")
     return out
 
 
@@ -790,8 +792,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       file=sys.stderr)
                 return 1
     except BookError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return report(exc)  # 1 when a notebook failed, 2 when the input cannot be used
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

@@ -39,6 +39,7 @@ from urllib.parse import unquote, urlsplit
 
 from . import REPO_DIR
 from .errors import BookError, RunError
+from .errors import report as report_error
 
 STAGE_ITEMS = ("_config.yml", "_toc.yml", "book", "params")  # params/: literalincluded by the reference pages
 #: Where executed concept notebooks are kept between builds (keyed by their inputs' hash).
@@ -227,7 +228,7 @@ def build(executed: Path | None = None, out: Path | None = None, strict: bool = 
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
-        raise BookError(f"jupyter-book build failed (warnings count as errors):\n{tail}")
+        raise RunError(f"jupyter-book build failed (warnings count as errors):\n{tail}")
     html = out / "_build" / "html"
     print(f"site built in {time.perf_counter() - t_start:.1f} s (jupyter-book {time.perf_counter() - t0:.1f} s): "
           f"{html / 'index.html'}")
@@ -452,7 +453,7 @@ def _wait_loaded(driver, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while driver.execute_script("return document.readyState") != "complete":
         if time.monotonic() > deadline:
-            raise BookError(f"{driver.current_url} did not finish loading in {timeout:.0f} s")
+            raise RunError(f"{driver.current_url} did not finish loading in {timeout:.0f} s")
         time.sleep(0.05)
 
 
@@ -578,6 +579,7 @@ def check(html_dir: Path | None = None, screenshots_dir: Path | None = None, bro
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m helpers.site build|check``; exit status 0 when clean, 1 when a build or check failed, 2 on bad input."""
     parser = argparse.ArgumentParser(prog="python -m helpers.site")
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build the site from executed notebooks")
@@ -596,8 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             return 0 if check(args.html, args.screenshots, browser=not args.no_browser) else 1
     except BookError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return report_error(exc)  # 1 when the build or a page failed, 2 when the input cannot be used
     return 0
 
 
