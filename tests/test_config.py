@@ -104,3 +104,25 @@ def test_recipe_json_reads_back_as_the_recipe_written(tmp_path):
     (tmp_path / "short.json").write_text('{"lora_r": 8}')
     with pytest.raises(BookError, match="not a complete recipe"):
         config.Recipe.load(tmp_path / "short.json")
+
+
+#: Recipes whose rendered config is kept in tests/data/xtuner_configs/NAME.txt, byte for byte: a change
+#: to the generated file shows up there (regenerate a file only when the change is meant).
+GOLDEN = {
+    "course": lambda: config.course_recipe("/models/InternVL2-2B", "/data/CLoT_cn_2000/ex_cn.json",
+                                           "/data/CLoT_cn_2000/"),
+    "iters_dadapt_targets": lambda: config.Recipe("/m/tiny", "/d/train.json", "/d", max_iters=40, warmup_ratio=0.1,
+                                                  optimizer="DAdaptAdam", lr=1.0, lora_r=8, lora_alpha=16,
+                                                  lora_targets=["wqkv", "wo"], persistent_workers=True, seed=3),
+    "cpu_short_warmup": lambda: config.Recipe("/m/tiny", "/d/train.json", "/d", max_iters=10, warmup_ratio=0.1,
+                                              amp_dtype=None, dist_backend="gloo", dataloader_num_workers=0,
+                                              persistent_workers=True, quantization_llm=False, betas=(0.8, 0.95)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_rendered_config_is_byte_identical_to_the_reference(name):
+    from pathlib import Path
+
+    expected = (Path(__file__).parent / "data" / "xtuner_configs" / f"{name}.txt").read_text(encoding="utf-8")
+    assert config.render(GOLDEN[name]()) == expected
