@@ -126,3 +126,14 @@ def test_rendered_config_is_byte_identical_to_the_reference(name):
 
     expected = (Path(__file__).parent / "data" / "xtuner_configs" / f"{name}.txt").read_text(encoding="utf-8")
     assert config.render(GOLDEN[name]()) == expected
+
+
+def test_the_config_template_is_package_data():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(config.__file__).resolve().parent
+    patterns = tomllib.loads((root.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert config.TEMPLATE.is_file()
+    assert any(config.TEMPLATE.relative_to(root).match(p) for p in patterns["helpers"]), \
+        "pyproject.toml must ship helpers/templates/*.tmpl, or an installed helpers cannot render configs"
