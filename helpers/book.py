@@ -22,6 +22,8 @@ parameters as ``${name}``; relative values of keys ending in ``_path``,
 Executed notebooks go to ``_build/notebooks/`` (same file names) with
 ``run-summary.json``. The first failing notebook stops the run with its cell,
 the error and where the executed notebook is; the exit status is then 1.
+Input that cannot be used (an unknown notebook, a missing parameters file,
+a profile this machine cannot run) is reported on stderr with exit status 2.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from helpers import REPO_DIR
-from helpers.errors import BookError, ProfileError, RunError
+from helpers.errors import BookError, ProfileError, RunError, UsageError, report
 
 __all__ = [
     "NOTEBOOKS_DIR",
@@ -54,11 +56,13 @@ __all__ = [
     "NotebookResult",
     "discover",
     "select",
+    "title",
     "parameter_names",
     "load_params",
     "parse_value",
     "resolve_params",
     "ensure_kernel",
+    "execute",
     "run_book",
     "strip_notebook",
     "strip",
@@ -93,8 +97,8 @@ def discover(notebooks_dir: str | Path = NOTEBOOKS_DIR) -> list[Path]:
     """
     folder = Path(notebooks_dir)
     if not folder.is_dir():
-        raise RunError(f"Notebook folder {folder} does not exist: pass --notebooks-dir with the folder "
-                       "that holds the NN_name.ipynb notebooks.")
+        raise UsageError(f"Notebook folder {folder} does not exist: pass --notebooks-dir with the folder "
+                         "that holds the NN_name.ipynb notebooks.")
     return sorted(p for p in folder.iterdir() if _NOTEBOOK_RE.match(p.name))
 
 
@@ -110,7 +114,7 @@ def select(notebooks: Sequence[Path], only: str | None = None, start: str | None
             if nb.stem == key or nb.stem.startswith(key + "_"):
                 return i
         names = ", ".join(nb.stem for nb in notebooks) or "none"
-        raise RunError(f"No notebook matches {key!r}; the notebooks are: {names}.")
+        raise UsageError(f"No notebook matches {key!r}; the notebooks are: {names}.")
 
     chosen = list(notebooks)
     if start:
@@ -127,7 +131,7 @@ def _read(path: Path) -> Any:
     try:
         return nbformat.read(str(path), as_version=4)
     except Exception as exc:  # noqa: BLE001 - nbformat raises several kinds
-        raise RunError(f"{path} is not a readable notebook ({type(exc).__name__}: {exc}).") from exc
+        raise UsageError(f"{path} is not a readable notebook ({type(exc).__name__}: {exc}).") from exc
 
 
 def _parameters_cell(nb: Any) -> tuple[int, Any] | None:
@@ -135,6 +139,20 @@ def _parameters_cell(nb: Any) -> tuple[int, Any] | None:
         if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
             return i, cell
     return None
+
+
+def title(notebook: str | Path) -> str:
+    """The notebook's title: its first ``# heading``, up to a colon (the file's stem if it has none).
+
+    >>> title(NOTEBOOKS_DIR / "03_qlora_config.ipynb")
+    'QLoRA config'
+    """
+    for cell in _read(Path(notebook)).cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("# "):
+                    return line[2:].split(":")[0].strip()
+    return Path(notebook).stem
 
 
 def parameter_names(notebook: str | Path | Any) -> list[str]:
@@ -153,8 +171,8 @@ def parameter_names(notebook: str | Path | Any) -> list[str]:
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
-        raise RunError(f"The parameters cell of {getattr(notebook, 'name', 'the notebook')} is not valid "
-                       f"Python (line {exc.lineno}: {exc.msg}); fix it in Jupyter.") from exc
+        raise UsageError(f"The parameters cell of {getattr(notebook, 'name', 'the notebook')} is not valid "
+                         f"Python (line {exc.lineno}: {exc.msg}); fix it in Jupyter.") from exc
 
     names: list[str] = []
 
@@ -208,13 +226,13 @@ def load_params(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise RunError(f"Parameters file {path} does not exist.")
+        raise UsageError(f"Parameters file {path} does not exist.")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise RunError(f"Parameters file {path} is not valid YAML: {exc}") from exc
+        raise UsageError(f"Parameters file {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
-        raise RunError(f"Parameters file {path} must be a mapping of names to values (key: value lines).")
+        raise UsageError(f"Parameters file {path} must be a mapping of names to values (key: value lines).")
     return data
 
 
@@ -283,7 +301,7 @@ def ensure_kernel(name: str = "python3") -> None:
         spec = KernelSpecManager().get_kernel_spec(name)
     except NoSuchKernel:
         if name != "python3":
-            raise RunError(f"There is no Jupyter kernel named {name!r}: see `jupyter kernelspec list`, "
+            raise UsageError(f"There is no Jupyter kernel named {name!r}: see `jupyter kernelspec list`, "
                            "or leave out --kernel to use python3.") from None
         try:
             from ipykernel.kernelspec import install
@@ -387,8 +405,7 @@ def _table(results: list[NotebookResult]) -> str:
     return "\n".join(lines)
 
 
-def _failure_message(nb_path: Path, out_path: Path, exc: Exception, shift: int, param_index: int | None,
-                     not_run: list[str]) -> str:
+def _failure_message(nb_path: Path, out_path: Path, exc: Exception, shift: int, param_index: int | None) -> str:
     from papermill.exceptions import PapermillExecutionError
 
     lines = [f"Notebook {nb_path.stem} failed."]
@@ -409,9 +426,85 @@ def _failure_message(nb_path: Path, out_path: Path, exc: Exception, shift: int, 
         lines.append(f"  executed notebook (with the error): {out_path}")
     else:
         lines.append(f"  no executed notebook was written ({out_path})")
-    if not_run:
-        lines.append(f"  not run: {', '.join(not_run)}")
     return "\n".join(lines)
+
+
+def execute(notebook: str | Path, out: str | Path, params: dict[str, Any] | None = None,
+            kernel: str = "python3", *, log_output: bool = False, cell_timeout: int | None = None) -> Path:
+    """Run one notebook with papermill into ``out``; the one way the book executes a notebook.
+
+    The notebook runs in a fresh ``kernel`` (over local sockets, stopped
+    afterwards) with its own folder as working directory and the repository
+    first on ``PYTHONPATH``, so ``import helpers`` works wherever it lives.
+    ``params`` are injected after its ``parameters`` cell. Notebooks without
+    ``kernelspec``/``language_info`` metadata run too (kernel and language are
+    given). A failure raises :class:`RunError` naming the cell (numbered as in
+    the source notebook), its error and its first lines, and where the
+    executed notebook with the error is. Returns ``out``.
+
+    >>> execute("notebooks/00_environment.ipynb", "_build/nb/00.ipynb", {"seed": 1})  # doctest: +SKIP
+    PosixPath('_build/nb/00.ipynb')
+    """
+    import papermill as pm
+
+    notebook, out, params = Path(notebook), Path(out), dict(params or {})
+    found = _parameters_cell(_read(notebook))
+    with _pythonpath(REPO_DIR), tempfile.TemporaryDirectory(prefix="book-kernel-") as sockets:
+        km = _kernel_manager(kernel, Path(sockets))
+        try:
+            pm.execute_notebook(
+                str(notebook), str(out), parameters=params, kernel_name=kernel, language="python",
+                progress_bar=False, log_output=log_output, cwd=str(notebook.parent), km=km,
+                **({"execution_timeout": cell_timeout} if cell_timeout else {}),
+            )
+        except Exception as exc:  # noqa: BLE001 - every failure is reported the same way
+            message = _failure_message(notebook, out, exc, shift=1 if params else 0,
+                                       param_index=found[0] if found else None)
+            raise RunError(message) from exc
+        finally:
+            _shutdown(km)
+    return out
+
+
+@dataclass
+class _Plan:
+    """What a run will do: the notebooks, the parameters each receives, the user's keys no notebook uses."""
+
+    profile: str
+    notebooks: list[Path]
+    inject: dict[Path, dict[str, Any]]
+    unused: list[str]
+
+
+def _plan(profile: str, overrides: Iterable[tuple[str, str]], params_file: str | Path | None, only: str | None,
+          start: str | None, notebooks_dir: str | Path, params_dir: str | Path) -> _Plan:
+    """Select the notebooks and give each the merged, resolved parameters its ``parameters`` cell assigns."""
+    all_notebooks = discover(notebooks_dir)
+    notebooks = select(all_notebooks, only, start)
+    if not notebooks:
+        raise UsageError(f"No notebooks to run in {notebooks_dir}.")
+    params, user_keys = _merge_params(profile, params_file, overrides, Path(params_dir))
+    profile = params["profile"]
+    params = resolve_params(params)
+    names = {path: parameter_names(path) for path in all_notebooks}
+    known = {name for path_names in names.values() for name in path_names}
+    inject = {path: {k: params[k] for k in names[path] if k in params} for path in notebooks}
+    return _Plan(profile, notebooks, inject, sorted(user_keys - known))
+
+
+def _stream_cell_output() -> None:
+    """Let papermill's logger, which carries the cells' output, print to stdout."""
+    logger = logging.getLogger("papermill")
+    if not logger.handlers:
+        logger.addHandler(logging.StreamHandler(sys.stdout))
+    logger.setLevel(logging.INFO)
+
+
+def _error_line(exc: BaseException) -> str:
+    """``Name: message`` of the error a notebook raised (``ename``/``evalue`` when raised in a cell)."""
+    if hasattr(exc, "ename"):
+        return f"{exc.ename}: {exc.evalue}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def run_book(
@@ -435,72 +528,39 @@ def run_book(
     >>> run_book(only="00")  # doctest: +SKIP
     [NotebookResult(notebook='00_environment', status='ok', seconds=14.2, ...)]
     """
-    import papermill as pm
-
-    all_notebooks = discover(notebooks_dir)
-    notebooks = select(all_notebooks, only, start)
-    if not notebooks:
-        raise RunError(f"No notebooks to run in {notebooks_dir}.")
-    params, user_keys = _merge_params(profile, params_file, overrides, Path(params_dir))
-    profile = params["profile"]
-    params = resolve_params(params)
-
-    read = {path: _read(path) for path in all_notebooks}
-    names = {path: parameter_names(nb) for path, nb in read.items()}
-    known = {name for path_names in names.values() for name in path_names}
-    unused = sorted(user_keys - known)
-    if unused:
-        print(f"warning: no notebook defines {', '.join(unused)} in its parameters cell; "
+    plan = _plan(profile, overrides, params_file, only, start, notebooks_dir, params_dir)
+    if plan.unused:
+        print(f"warning: no notebook defines {', '.join(plan.unused)} in its parameters cell; "
               "these values are ignored (check the spelling).", file=sys.stderr)
-    if profile == "gpu":
+    if plan.profile == "gpu":
         _require_cuda()
     ensure_kernel(kernel)
-    if log_output:  # papermill streams cell output through its logger
-        logger = logging.getLogger("papermill")
-        if not logger.handlers:
-            logger.addHandler(logging.StreamHandler(sys.stdout))
-        logger.setLevel(logging.INFO)
+    if log_output:
+        _stream_cell_output()
 
     build = Path(build_dir)
     build.mkdir(parents=True, exist_ok=True)
-    results = [NotebookResult(nb.stem, "not run") for nb in notebooks]
-    print(f"profile {profile}: running {len(notebooks)} notebook(s) into {build}")
-    with _pythonpath(REPO_DIR), tempfile.TemporaryDirectory(prefix="book-kernel-") as sockets:
-        for i, (nb_path, result) in enumerate(zip(notebooks, results), start=1):
-            found = _parameters_cell(read[nb_path])
-            inject = {k: params[k] for k in names[nb_path] if k in params}
-            result.params, result.output = inject, str(build / nb_path.name)
-            print(f"[{i}/{len(notebooks)}] {nb_path.stem} ...", end="\n" if log_output else " ", flush=True)
-            t0 = time.perf_counter()
-            km = _kernel_manager(kernel, Path(sockets))
-            try:
-                pm.execute_notebook(
-                    str(nb_path), result.output, parameters=inject, kernel_name=kernel, language="python",
-                    progress_bar=False, log_output=log_output, cwd=str(nb_path.parent),
-                    km=km,
-                    **({"execution_timeout": cell_timeout} if cell_timeout else {}),
-                )
-            except Exception as exc:  # noqa: BLE001 - every failure stops the run the same way
-                result.seconds = round(time.perf_counter() - t0, 2)
-                result.status = "failed"
-                result.error = (f"{exc.ename}: {exc.evalue}" if hasattr(exc, "ename")  # raised in a cell
-                                else f"{type(exc).__name__}: {exc}")
-                print(f"FAILED {result.seconds:.1f} s", flush=True)
-                print("\n" + _table(results))
-                summary = _write_summary(build, profile, results, unused)
-                message = _failure_message(
-                    nb_path, Path(result.output), exc, shift=1 if inject else 0,
-                    param_index=found[0] if found else None,
-                    not_run=[r.notebook for r in results if r.status == "not run"],
-                )
-                raise RunError(f"{message}\n  run summary: {summary}") from exc
-            else:
-                result.seconds = round(time.perf_counter() - t0, 2)
-                result.status = "ok"
-            finally:
-                _shutdown(km)
-            print(f"ok {result.seconds:.1f} s", flush=True)
-            _write_summary(build, profile, results, unused)
+    results = [NotebookResult(nb.stem, "not run") for nb in plan.notebooks]
+    print(f"profile {plan.profile}: running {len(results)} notebook(s) into {build}")
+    for i, (nb_path, result) in enumerate(zip(plan.notebooks, results), start=1):
+        print(f"[{i}/{len(results)}] {nb_path.stem} ...", end="\n" if log_output else " ", flush=True)
+        result.params, result.output = plan.inject[nb_path], str(build / nb_path.name)
+        t0 = time.perf_counter()
+        try:
+            execute(nb_path, result.output, result.params, kernel, log_output=log_output,
+                    cell_timeout=cell_timeout)
+        except RunError as exc:
+            result.seconds, result.status = round(time.perf_counter() - t0, 2), "failed"
+            result.error = _error_line(exc.__cause__ or exc)
+            print(f"FAILED {result.seconds:.1f} s", flush=True)
+            print("\n" + _table(results))
+            summary = _write_summary(build, plan.profile, results, plan.unused)
+            not_run = [r.notebook for r in results if r.status == "not run"]
+            raise RunError(f"{exc}" + (f"\n  not run: {', '.join(not_run)}" if not_run else "")
+                           + f"\n  run summary: {summary}") from exc.__cause__
+        result.seconds, result.status = round(time.perf_counter() - t0, 2), "ok"
+        print(f"ok {result.seconds:.1f} s", flush=True)
+        _write_summary(build, plan.profile, results, plan.unused)
     print("\n" + _table(results))
     print(f"executed notebooks and {SUMMARY_NAME} are in {build}")
     return results
@@ -522,12 +582,12 @@ def load_sweep(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     spec = load_params(path)
     base, runs = spec.get("base") or {}, spec.get("runs")
     if not isinstance(runs, list) or len(runs) < 1 or not all(isinstance(r, dict) for r in runs):
-        raise RunError(f"{path}: a sweep needs `runs:`, a list of parameter sets, each with a `name`.")
+        raise UsageError(f"{path}: a sweep needs `runs:`, a list of parameter sets, each with a `name`.")
     names = [str(r.get("name", "")) for r in runs]
     bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9_.-]+", n)]
     if bad or len(set(names)) != len(names):
-        raise RunError(f"{path}: every run needs a unique `name` of letters, digits, '.', '_' or '-' "
-                       f"(got {names}).")
+        raise UsageError(f"{path}: every run needs a unique `name` of letters, digits, '.', '_' or '-' "
+                         f"(got {names}).")
     return dict(base), [dict(r) for r in runs]
 
 
@@ -628,7 +688,7 @@ def _notebook_paths(paths: Sequence[str | Path], default_dir: Path) -> list[Path
         elif p.is_file():
             out.append(p)
         else:
-            raise BookError(f"{p} does not exist.")
+            raise UsageError(f"{p} does not exist.")
     return out
 
 
@@ -732,8 +792,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       file=sys.stderr)
                 return 1
     except BookError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return report(exc)  # 1 when a notebook failed, 2 when the input cannot be used
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

@@ -82,6 +82,43 @@ class Recipe:
         """A copy with some fields changed (validated when written)."""
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def load(cls, path: str | Path) -> "Recipe":
+        """Read back the ``recipe.json`` that :func:`write` saves beside the config (or the folder holding it).
+
+        Later notebooks use it to know how the run was configured (``max_iters``,
+        ``save_steps``, ``lora_r`` ...) as a :class:`Recipe`, not a loose dict.
+        A missing file or a field this version does not know is a
+        :class:`BookError`.
+
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = write(Recipe("/m", "/d.json", "/d", lora_r=8, lora_alpha=16), folder / "config.py")
+        >>> Recipe.load(folder).lora_r, Recipe.load(folder / "recipe.json").betas
+        (8, (0.9, 0.999))
+        """
+        path = Path(path)
+        if path.is_dir():
+            path = path / "recipe.json"
+        if not path.is_file():
+            raise BookError(f"{path} does not exist: helpers.config.write(recipe, config_path) writes it beside "
+                            "the XTuner config (notebook 03).")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise BookError(f"{path} is not valid JSON ({exc}); write it again with helpers.config.write.") from exc
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names) if isinstance(data, dict) else []
+        if not isinstance(data, dict) or unknown:
+            raise BookError(f"{path} is not a recipe written by helpers.config.write"
+                            + (f": unknown fields {unknown}." if unknown else "."))
+        if isinstance(data.get("betas"), list):
+            data["betas"] = tuple(data["betas"])  # JSON has no tuples
+        try:
+            return cls(**data)
+        except TypeError as exc:  # a required field is missing
+            raise BookError(f"{path} is not a complete recipe ({exc}).") from exc
+
 
 #: The course's own values where they differ from Recipe's defaults (seed 000 used these).
 COURSE_DIFFERENCES = {
@@ -187,182 +224,79 @@ def _optimizer_block(recipe: Recipe) -> tuple[str, str]:
     return import_line, (f"dict(\n        type={cls}, lr=lr, betas=betas, weight_decay=weight_decay{kwargs})")
 
 
+#: The XTuner config as a :class:`string.Template`: the file as it is written, with ``${name}`` holes.
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "xtuner_qlora.py.tmpl"
+
+#: Recipe fields written with ``str()``; every other field the template names is written with ``repr()``.
+_PLAIN_FIELDS = ("max_length", "batch_size", "accumulative_counts", "dataloader_num_workers", "save_steps",
+                 "save_total_limit", "lora_r", "lora_alpha", "log_interval")
+
+
+def _wrapper_parts(recipe: Recipe) -> dict[str, str]:
+    """fp16/bf16 mixed precision (``AmpOptimWrapper``) or full precision (``OptimWrapper``)."""
+    if not recipe.amp_dtype:
+        return {"wrapper": "OptimWrapper", "wrapper_extra": ""}
+    return {"wrapper": "AmpOptimWrapper",
+            "wrapper_extra": f"\n    loss_scale='dynamic',\n    dtype={recipe.amp_dtype!r},"}
+
+
+def _schedule_parts(recipe: Recipe) -> dict[str, str]:
+    """Training length, loop and learning-rate schedule: by iterations (``max_iters``) or by epochs."""
+    if not recipe.max_iters:
+        return {
+            "length": f"max_epochs = {recipe.max_epochs!r}",
+            "train_cfg": "dict(type=TrainLoop, max_epochs=max_epochs)",
+            "schedule": """[
+    dict(type=LinearLR, start_factor=1e-5, by_epoch=True, begin=0, end=warmup_ratio * max_epochs,
+         convert_to_iter_based=True),
+    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=True, begin=warmup_ratio * max_epochs, end=max_epochs,
+         convert_to_iter_based=True),
+]""",
+        }
+    warm = int(recipe.warmup_ratio * recipe.max_iters)
+    # mmengine chains schedulers: a 1-step LinearLR would leave the lr at start_factor * lr for
+    # the whole run, so warm-up needs at least 2 iterations or is left out.
+    warmup = (f"\n    dict(type=LinearLR, start_factor=1e-5, by_epoch=False, begin=0, end={warm}),"
+              if warm >= 2 else "")
+    begin = warm if warm >= 2 else 0
+    return {
+        "length": f"max_iters = {recipe.max_iters}",
+        "train_cfg": "dict(type=TrainLoop, max_iters=max_iters)",
+        "schedule": f"""[{warmup}
+    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=False, begin={begin}, end=max_iters),
+]""",
+    }
+
+
 def render(recipe: Recipe) -> str:
     """The text of the XTuner config file for ``recipe`` (laid out like the course's).
+
+    The file itself is :data:`TEMPLATE`; this fills its holes: the recipe's
+    values, and the parts that depend on them (optimizer, precision wrapper,
+    schedule by iterations or by epochs).
 
     >>> text = render(Recipe("/m", "/d/ex_cn.json", "/d"))
     >>> "quantization_llm=True" in text and "r=128" in text and "AmpOptimWrapper" in text
     True
     """
+    import string
+
     validate(recipe)
+    values = {f.name: (str if f.name in _PLAIN_FIELDS else repr)(getattr(recipe, f.name))
+              for f in dataclasses.fields(recipe)}
     opt_import, opt_dict = _optimizer_block(recipe)
-    persistent = "\n    persistent_workers=True," if recipe.persistent_workers and recipe.dataloader_num_workers else ""
-    if recipe.amp_dtype:
-        wrapper = "AmpOptimWrapper"
-        wrapper_extra = f"\n    loss_scale='dynamic',\n    dtype={recipe.amp_dtype!r},"
-    else:
-        wrapper = "OptimWrapper"
-        wrapper_extra = ""
-    if recipe.max_iters:
-        length = f"max_iters = {recipe.max_iters}"
-        train_cfg = "dict(type=TrainLoop, max_iters=max_iters)"
-        warm = int(recipe.warmup_ratio * recipe.max_iters)
-        # mmengine chains schedulers: a 1-step LinearLR would leave the lr at start_factor * lr for
-        # the whole run, so warm-up needs at least 2 iterations or is left out.
-        warmup = (f"\n    dict(type=LinearLR, start_factor=1e-5, by_epoch=False, begin=0, end={warm}),"
-                  if warm >= 2 else "")
-        begin = warm if warm >= 2 else 0
-        schedule = f"""[{warmup}
-    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=False, begin={begin}, end=max_iters),
-]"""
-    else:
-        length = f"max_epochs = {recipe.max_epochs!r}"
-        train_cfg = "dict(type=TrainLoop, max_epochs=max_epochs)"
-        schedule = """[
-    dict(type=LinearLR, start_factor=1e-5, by_epoch=True, begin=0, end=warmup_ratio * max_epochs,
-         convert_to_iter_based=True),
-    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=True, begin=warmup_ratio * max_epochs, end=max_epochs,
-         convert_to_iter_based=True),
-]"""
-    targets = "None" if recipe.lora_targets is None else repr(list(recipe.lora_targets))
-    return f'''# XTuner config for InternVL2 QLoRA, generated by helpers.config from a Recipe.
-# Laid out like the course's internvl_v2_internlm2_2b_qlora_finetune.py; run it with
-#   xtuner train THIS_FILE --work-dir WORK_DIR [--deepspeed deepspeed_zero1]
-# or from Python with helpers.train.train(THIS_FILE, WORK_DIR).
-from mmengine.hooks import (CheckpointHook, DistSamplerSeedHook, IterTimerHook,
-                            LoggerHook, ParamSchedulerHook)
-from mmengine.optim import {wrapper}, CosineAnnealingLR, LinearLR
-from peft import LoraConfig
-{opt_import}
-from transformers import AutoTokenizer
-
-from xtuner.dataset import InternVL_V1_5_Dataset
-from xtuner.dataset.collate_fns import default_collate_fn
-from xtuner.dataset.samplers import LengthGroupedSampler
-from xtuner.engine.hooks import DatasetInfoHook
-from xtuner.engine.runner import TrainLoop
-from xtuner.model import InternVL_V1_5
-from xtuner.utils import PROMPT_TEMPLATE
-
-#######################################################################
-#                          PART 1  Settings                           #
-#######################################################################
-# Model
-path = {recipe.model_path!r}
-
-# Data
-data_path = {recipe.data_path!r}
-image_folder = {recipe.image_folder!r}
-prompt_template = PROMPT_TEMPLATE.internlm2_chat
-max_length = {recipe.max_length}
-
-# Scheduler & Optimizer
-batch_size = {recipe.batch_size}  # per_device
-accumulative_counts = {recipe.accumulative_counts}
-dataloader_num_workers = {recipe.dataloader_num_workers}
-{length}
-optim_type = {OPTIMIZERS[recipe.optimizer][1]}
-lr = {recipe.lr!r}
-betas = {tuple(recipe.betas)!r}
-weight_decay = {recipe.weight_decay!r}
-max_norm = {recipe.max_norm!r}  # grad clip
-warmup_ratio = {recipe.warmup_ratio!r}
-
-# Save
-save_steps = {recipe.save_steps}
-save_total_limit = {recipe.save_total_limit}  # Maximum checkpoints to keep (-1 means unlimited)
-
-#######################################################################
-#            PART 2  Model & Tokenizer & Image Processor              #
-#######################################################################
-model = dict(
-    type=InternVL_V1_5,
-    model_path=path,
-    freeze_llm={recipe.freeze_llm!r},
-    freeze_visual_encoder={recipe.freeze_visual_encoder!r},
-    quantization_llm={recipe.quantization_llm!r},
-    quantization_vit={recipe.quantization_vit!r},
-    llm_lora=dict(
-        type=LoraConfig,
-        r={recipe.lora_r},
-        lora_alpha={recipe.lora_alpha},
-        lora_dropout={recipe.lora_dropout!r},
-        target_modules={targets},
-        task_type='CAUSAL_LM'))
-
-#######################################################################
-#                      PART 3  Dataset & Dataloader                   #
-#######################################################################
-llava_dataset = dict(
-    type=InternVL_V1_5_Dataset,
-    model_path=path,
-    data_paths=data_path,
-    image_folders=image_folder,
-    template=prompt_template,
-    max_length=max_length)
-
-train_dataloader = dict(
-    batch_size=batch_size,
-    num_workers=dataloader_num_workers,{persistent}
-    dataset=llava_dataset,
-    sampler=dict(
-        type=LengthGroupedSampler,
-        length_property='modality_length',
-        per_device_batch_size=batch_size * accumulative_counts),
-    collate_fn=dict(type=default_collate_fn))
-
-#######################################################################
-#                    PART 4  Scheduler & Optimizer                    #
-#######################################################################
-optim_wrapper = dict(
-    type={wrapper},
-    optimizer={opt_dict},
-    clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
-    accumulative_counts=accumulative_counts,{wrapper_extra}
-)
-
-param_scheduler = {schedule}
-
-train_cfg = {train_cfg}
-
-#######################################################################
-#                           PART 5  Runtime                           #
-#######################################################################
-tokenizer = dict(
-    type=AutoTokenizer.from_pretrained,
-    pretrained_model_name_or_path=path,
-    trust_remote_code=True)
-
-custom_hooks = [
-    dict(type=DatasetInfoHook, tokenizer=tokenizer),
-]
-
-default_hooks = dict(
-    timer=dict(type=IterTimerHook),
-    logger=dict(type=LoggerHook, log_metric_by_epoch=False, interval={recipe.log_interval}),
-    param_scheduler=dict(type=ParamSchedulerHook),
-    checkpoint=dict(
-        type=CheckpointHook,
-        save_optimizer={recipe.save_optimizer!r},
-        by_epoch=False,
-        interval=save_steps,
-        max_keep_ckpts=save_total_limit),
-    sampler_seed=dict(type=DistSamplerSeedHook),
-)
-
-env_cfg = dict(
-    cudnn_benchmark=False,
-    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-    dist_cfg=dict(backend={recipe.dist_backend!r}),
-)
-
-visualizer = None
-log_level = 'INFO'
-load_from = None
-resume = False
-randomness = dict(seed={recipe.seed!r}, deterministic=False)
-log_processor = dict(by_epoch=False)
-'''
+    values.update(
+        opt_import=opt_import,
+        opt_dict=opt_dict,
+        optim_type=OPTIMIZERS[recipe.optimizer][1],
+        betas=repr(tuple(recipe.betas)),
+        targets="None" if recipe.lora_targets is None else repr(list(recipe.lora_targets)),
+        persistent="\n    persistent_workers=True," if recipe.persistent_workers and recipe.dataloader_num_workers
+        else "",
+        **_wrapper_parts(recipe),
+        **_schedule_parts(recipe),
+    )
+    return string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values)
 
 
 def write(recipe: Recipe, path: str | Path) -> Path:

@@ -125,29 +125,8 @@ def _greedy(model: Any, tokenizer: Any, probe: dict[str, Any]) -> str:
                       dict(max_new_tokens=12, do_sample=False))
 
 
-def convert(checkpoint: str | Path, out_dir: str | Path, *, config: str | Path | None = None,
-            overwrite: bool = False, adapter_dir: str | Path | None = None, tolerance: float = 0.1) -> ConvertResult:
-    """Merge an XTuner QLoRA checkpoint into its base model and save an official InternVL2 directory.
-
-    ``config`` is the XTuner config the run used (default: ``config.py`` next
-    to the checkpoint, where XTuner leaves a copy). Refuses to write into a
-    non-empty ``out_dir`` unless ``overwrite``. Two checks, both stated:
-    merging in float32 may move no logit by more than 1e-3; the saved bf16
-    model may differ from the float32 base + adapter by at most ``tolerance``
-    times the largest logit and must give the same greedy answer; the share of
-    probe positions whose top token agrees is reported (near-ties in a random
-    model make it a poor pass/fail test). (bf16 keeps 8 bits of
-    mantissa: storing the merged weights in it moves the logits of the tiny
-    model by about 1% of the largest logit and those of InternVL2-2B's 24
-    layers by about 6%, measured.)
-    """
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModel, AutoTokenizer
-
-    t0 = time.perf_counter()
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    config = Path(config) if config else checkpoint.parent / "config.py"
+def _check_paths(checkpoint: Path, out_dir: Path, config: Path, overwrite: bool) -> None:
+    """Refuse before any work: no config, a non-empty ``out_dir`` (unless ``overwrite``), or a folder inside the run."""
     if not config.exists():
         raise BookError(f"XTuner config {config} not found; pass config= the file the run was trained with.")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
@@ -155,13 +134,19 @@ def convert(checkpoint: str | Path, out_dir: str | Path, *, config: str | Path |
                         "(its contents will be replaced).")
     if out_dir.resolve() == checkpoint.resolve() or out_dir.resolve() in checkpoint.resolve().parents:
         raise BookError(f"write the converted model outside the training folder, not into {out_dir}.")
-    state = load_checkpoint(checkpoint)
-    recipe = _recipe_from_config(config)
-    base_dir = Path(recipe["model_path"])
-    if not (base_dir / "config.json").exists():
-        raise BookError(f"the base model {base_dir} named in {config} is missing; the merge needs it.")
 
-    tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=True)
+
+def _base_with_adapter(state: dict[str, Any], recipe: dict[str, Any], base_dir: Path,
+                       checkpoint: Path) -> tuple[Any, list[str]]:
+    """The base model in float32 with the run's LoRA adapters, the trained tensors loaded; and the target modules.
+
+    Every tensor of the checkpoint must find a parameter of the same shape, or the checkpoint belongs to
+    another model or LoRA rank (a :class:`BookError` says so).
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
     model = AutoModel.from_pretrained(base_dir, trust_remote_code=True, torch_dtype=torch.float32).eval()
     targets = recipe["target_modules"] or sorted(
         {n.rsplit(".", 1)[-1] for n, m in model.language_model.named_modules() if isinstance(m, torch.nn.Linear)}
@@ -186,25 +171,21 @@ def convert(checkpoint: str | Path, out_dir: str | Path, *, config: str | Path |
                         "config of that run.")
     model.load_state_dict(mapped, strict=False)
     model.eval()  # LoRA dropout off: the modules PEFT just added start in training mode
-    probe = _probe_inputs(model, tokenizer)
-    reference = _logits(model, probe)
-    answer_ref = _greedy(model, tokenizer, probe)
+    return model, targets
 
-    notes = []
-    if adapter_dir is not None and hasattr(model.language_model, "peft_config"):
-        adapter_dir = Path(adapter_dir)
-        model.language_model.save_pretrained(adapter_dir)
-        from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in model.mlp1.state_dict().items()}, adapter_dir / "mlp1.safetensors")
-        notes.append("the PEFT adapter does not include the trained projector; it is in mlp1.safetensors")
+def _save_adapter(model: Any, adapter_dir: Path) -> list[str]:
+    """Write the LoRA adapter in PEFT format, plus the trained projector beside it; return notes for the result."""
+    from safetensors.torch import save_file
 
-    if hasattr(model.language_model, "merge_and_unload"):
-        model.language_model = model.language_model.merge_and_unload()
-    merged = _logits(model, probe)
-    merged_diff = float((merged - reference).abs().max())
-    if merged_diff > 1e-3:
-        raise BookError(f"merging changed the logits by {merged_diff:.2e} (> 1e-3 in float32); the merge is wrong.")
+    model.language_model.save_pretrained(adapter_dir)
+    save_file({k: v.contiguous() for k, v in model.mlp1.state_dict().items()}, adapter_dir / "mlp1.safetensors")
+    return ["the PEFT adapter does not include the trained projector; it is in mlp1.safetensors"]
+
+
+def _save_merged(model: Any, tokenizer: Any, out_dir: Path, base_dir: Path, provenance: dict[str, Any]) -> None:
+    """Save the merged model in bf16 with the base's config, remote code, tokenizer and generation config."""
+    import torch
 
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -214,11 +195,64 @@ def convert(checkpoint: str | Path, out_dir: str | Path, *, config: str | Path |
         if extra.exists():
             shutil.copy2(extra, out_dir / extra.name)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / "conversion.json").write_text(json.dumps({
+    (out_dir / "conversion.json").write_text(json.dumps(provenance, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def convert(checkpoint: str | Path, out_dir: str | Path, *, config: str | Path | None = None,
+            overwrite: bool = False, adapter_dir: str | Path | None = None, tolerance: float = 0.1) -> ConvertResult:
+    """Merge an XTuner QLoRA checkpoint into its base model and save an official InternVL2 directory.
+
+    ``config`` is the XTuner config the run used (default: ``config.py`` next
+    to the checkpoint, where XTuner leaves a copy). Refuses to write into a
+    non-empty ``out_dir`` unless ``overwrite``. Two checks, both stated:
+    merging in float32 may move no logit by more than 1e-3; the saved bf16
+    model may differ from the float32 base + adapter by at most ``tolerance``
+    times the largest logit and must give the same greedy answer; the share of
+    probe positions whose top token agrees is reported (near-ties in a random
+    model make it a poor pass/fail test). (bf16 keeps 8 bits of
+    mantissa: storing the merged weights in it moves the logits of the tiny
+    model by about 1% of the largest logit and those of InternVL2-2B's 24
+    layers by about 6%, measured.)
+    """
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    t0 = time.perf_counter()
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    config = Path(config) if config else checkpoint.parent / "config.py"
+    _check_paths(checkpoint, out_dir, config, overwrite)
+    # 1. the checkpoint, and the base model its config names
+    state = load_checkpoint(checkpoint)
+    recipe = _recipe_from_config(config)
+    base_dir = Path(recipe["model_path"])
+    if not (base_dir / "config.json").exists():
+        raise BookError(f"the base model {base_dir} named in {config} is missing; the merge needs it.")
+
+    # 2. base + adapter in float32, and its logits and answer for a fixed probe
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=True)
+    model, targets = _base_with_adapter(state, recipe, base_dir, checkpoint)
+    probe = _probe_inputs(model, tokenizer)
+    reference = _logits(model, probe)
+    answer_ref = _greedy(model, tokenizer, probe)
+    notes = []
+    if adapter_dir is not None and hasattr(model.language_model, "peft_config"):
+        notes += _save_adapter(model, Path(adapter_dir))
+
+    # 3. fold the adapters in: W' = W + (alpha / r) B A
+    if hasattr(model.language_model, "merge_and_unload"):
+        model.language_model = model.language_model.merge_and_unload()
+    merged = _logits(model, probe)
+    merged_diff = float((merged - reference).abs().max())
+    if merged_diff > 1e-3:
+        raise BookError(f"merging changed the logits by {merged_diff:.2e} (> 1e-3 in float32); the merge is wrong.")
+
+    # 4. save it like the base model
+    _save_merged(model, tokenizer, out_dir, base_dir, {
         "checkpoint": str(checkpoint), "config": str(config), "base_model": str(base_dir),
         "lora": {k: recipe[k] for k in ("r", "lora_alpha", "lora_dropout")}, "target_modules": targets,
-    }, indent=2, ensure_ascii=False), encoding="utf-8")
+    })
 
+    # 5. load what was saved and compare it with base + adapter
     saved = AutoModel.from_pretrained(out_dir, trust_remote_code=True, torch_dtype=torch.float32).eval()
     saved.img_context_token_id = model.img_context_token_id
     saved_logits = _logits(saved, probe)

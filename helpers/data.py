@@ -1012,7 +1012,11 @@ def to_swift_jsonl(ds: SampleSet, path: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m helpers.data validate PATH [--split S] [--model DIR --max-length N]``."""
+    """``python -m helpers.data validate PATH [--split S] [--model DIR --max-length N]``.
+
+    Exit status 0 when the dataset is valid, 1 when it has problems (listed),
+    2 when it cannot be read at all or ``--model`` is not a model folder.
+    """
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m helpers.data")
@@ -1023,17 +1027,20 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--model", default=None, help="model directory whose tokenizer counts tokens")
     v.add_argument("--max-length", type=int, default=None)
     args = parser.parse_args(argv)
-    tokenizer, kwargs = None, {}
-    if args.model:
-        from transformers import AutoTokenizer
+    from .errors import BookError
+    from .errors import report as report_error
 
-        tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
-        kwargs = {"tiling": TilingSettings.from_config(args.model)}
+    tokenizer, kwargs = None, {}
     try:
+        if args.model:
+            # read_config raises a ModelDirError that says what is wrong, before transformers tries
+            kwargs = {"tiling": TilingSettings.from_config(args.model)}
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
         report = validate(args.path, split=args.split, tokenizer=tokenizer, max_length=args.max_length, **kwargs)
-    except DatasetError as exc:
-        print(f"error: {exc}")
-        return 2
+    except BookError as exc:
+        return report_error(exc)
     print(report)
     return 0 if report.ok else 1
 

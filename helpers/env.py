@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from helpers import REPO_DIR, repo_path
-from helpers.errors import BookError, ProfileError
+from helpers.errors import MissingOutputError, ProfileError
 
 __all__ = [
     "PACKAGES",
@@ -54,7 +54,7 @@ __all__ = [
     "save",
     "load",
     "package_version",
-    "resolve_path",
+    "require",
     "resolve_device",
     "setup",
     "main",
@@ -530,7 +530,7 @@ def pins(rep: EnvReport) -> Table:
 
 def save(output_dir: str | Path, rep: EnvReport, verd: Verdict) -> Path:
     """Write ``<output_dir>/env.json`` (report + verdict) for the later notebooks; return its path."""
-    path = resolve_path(output_dir) / "env.json"
+    path = repo_path(output_dir) / "env.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -546,22 +546,37 @@ def load(output_dir: str | Path) -> dict[str, Any]:
 
     >>> load("/nonexistent")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    helpers.errors.BookError: ...run notebooks/00_environment.ipynb first...
+    helpers.errors.MissingOutputError: /nonexistent/env.json is missing: run notebook 00 ...
     """
-    path = resolve_path(output_dir) / "env.json"
-    if not path.is_file():
-        raise BookError(
-            f"{path} does not exist: run notebooks/00_environment.ipynb first "
-            f"(python -m helpers.book run --only 00) with the same output_dir."
-        )
+    path = require(repo_path(output_dir) / "env.json", "00")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def require(previous_output: str | Path, notebook: str) -> Path:
+    """Return ``previous_output`` if it exists; else say which notebook writes it.
+
+    The notebooks build on each other: 04 trains with the config 03 wrote,
+    06 converts 04's checkpoint, and so on. Each checks what it reads with
+    this one call, which raises :class:`~helpers.errors.MissingOutputError`
+    naming the missing path and the notebook (``notebook``: its number, e.g.
+    ``"03"``) to run first, with the runner's command for it.
+
+    >>> require("/nonexistent/qlora/config.py", "03")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    helpers.errors.MissingOutputError: /nonexistent/qlora/config.py is missing: run notebook 03 (QLoRA config, ...) first...
+    """
+    path = repo_path(previous_output)
+    if path.exists():
+        return path
+    from helpers import book
+
+    writer = book.select(book.discover(), only=notebook)[0]
+    raise MissingOutputError(
+        f"{path} is missing: run notebook {notebook} ({book.title(writer)}, notebooks/{writer.name}) first, "
+        f"e.g. `python -m helpers.book run --only {notebook}` with the same output_dir.")
+
+
 # --------------------------------------------------------------------------- common parameters
-
-
-#: Relative paths are resolved against the repository root (notebooks run in their own folder).
-resolve_path = repo_path
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -612,7 +627,7 @@ def setup(profile: str, device: str = "auto", seed: int = 0, output_dir: str | P
     import torch
 
     torch.manual_seed(seed)
-    out = resolve_path(output_dir)
+    out = repo_path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     session = Session(profile=profile, device=dev, seed=seed, output_dir=out)
     if verbose:

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from . import repo_path
 from .env import package_version
-from .errors import BookError, ModelDirError, ProfileError
+from .errors import BookError, ModelDirError
 from .internvl import (
     COURSE_QUESTION,
     IMAGE_TOKEN,
@@ -81,24 +81,8 @@ DEFAULT_SESSION_LEN = 8192
 # --------------------------------------------------------------------------- errors
 
 
-class InferenceError(BookError):
-    """A request the pipeline cannot answer as it is given; the message says how to fix it."""
-
-
-class ImageError(InferenceError):
-    """An image is missing, unreadable or of a type the pipeline does not read."""
-
-
-class PromptError(InferenceError):
-    """The prompt and the images do not fit together (``<image>`` placeholders vs images)."""
-
-
-class SessionLengthError(InferenceError):
-    """The conversation (prompt, image tokens and new tokens) is longer than ``session_len``."""
-
-
-class BackendError(ProfileError):
-    """The backend that was asked for cannot run on this machine."""
+# defined in helpers.errors with the book's other exceptions; infer.ImageError etc. are the same classes
+from .errors import BackendError, ImageError, InferenceError, PromptError, SessionLengthError
 
 
 class PromptWarning(UserWarning):
@@ -244,7 +228,7 @@ def load_image(image: "str | Path | Image.Image") -> "Image.Image":
 
     >>> load_image("no/such/picture.jpg")   # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    helpers.infer.ImageError: image not found: ...picture.jpg...
+    helpers.errors.ImageError: image not found: ...picture.jpg...
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -948,10 +932,9 @@ def save_answers(path: str | Path, rows: Sequence[dict[str, Any]], **meta: Any) 
 
 def load_answers(path: str | Path) -> dict[str, Any]:
     """Read a file written by :func:`save_answers`; a clear error if notebook 02 has not written it."""
-    path = repo_path(path)
-    if not path.is_file():
-        raise BookError(f"{path} does not exist: run notebooks/02_baseline_inference.ipynb first "
-                        "(python -m helpers.book run --only 02) with the same output_dir.")
+    from .env import require
+
+    path = require(path, "02")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -981,6 +964,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m helpers.infer``: answer one prompt; exit status 2 with one line on a :class:`BookError`."""
+    from .errors import report
+
     args = _parser().parse_args(argv)
     try:
         gen = GenSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
@@ -1002,8 +987,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for w in caught:
             print(f"note: {w.message}", file=sys.stderr)
     except BookError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report(exc)
     assert answer is not None
     if args.json:
         print(json.dumps(answer.to_dict(), ensure_ascii=False, indent=2))

@@ -38,7 +38,8 @@ from typing import Iterator, Sequence
 from urllib.parse import unquote, urlsplit
 
 from . import REPO_DIR
-from .errors import BookError
+from .errors import BookError, RunError
+from .errors import report as report_error
 
 STAGE_ITEMS = ("_config.yml", "_toc.yml", "book", "params")  # params/: literalincluded by the reference pages
 #: Where executed concept notebooks are kept between builds (keyed by their inputs' hash).
@@ -156,19 +157,17 @@ def _inputs_hash(notebook: Path, repo: Path = REPO_DIR) -> str:
 
 def execute_book_notebooks(stage_dir: Path, repo: Path = REPO_DIR, kernel: str = "python3",
                            cache_dir: Path | None = CACHE_DIR) -> list[tuple[str, str, float]]:
-    """Execute every ``book/**/*.ipynb`` of the staging copy in place with papermill.
+    """Execute every ``book/**/*.ipynb`` of the staging copy in place with :func:`helpers.book.execute`.
 
     Each runs in a fresh ``kernel`` whose working directory is the notebook's
     own folder (in the staging copy, so nothing is written into the
-    repository) and whose ``PYTHONPATH`` starts with the repository, so
-    ``import helpers`` works. An executed notebook is kept in ``cache_dir``
-    under the hash of its source and of ``helpers/``; an unchanged notebook is
-    copied from there instead of run again (``cache_dir=None`` always runs).
-    Returns ``(notebook, "ran" | "cached", seconds)`` per notebook and raises
-    :class:`BookError` naming the cell when one fails.
+    repository) and which imports ``helpers`` from the repository. An executed
+    notebook is kept in ``cache_dir`` under the hash of its source and of
+    ``helpers/``; an unchanged notebook is copied from there instead of run
+    again (``cache_dir=None`` always runs). Returns ``(notebook, "ran" |
+    "cached", seconds)`` per notebook and raises :class:`RunError` naming the
+    cell when one fails.
     """
-    import papermill as pm
-
     from . import book
 
     results = []
@@ -176,38 +175,27 @@ def execute_book_notebooks(stage_dir: Path, repo: Path = REPO_DIR, kernel: str =
     if not notebooks:
         return results
     book.ensure_kernel(kernel)
-    with book._pythonpath(repo), tempfile.TemporaryDirectory(prefix="site-kernel-") as sockets:
-        for nb_path in notebooks:
-            rel = nb_path.relative_to(stage_dir)
-            src = repo / rel
-            key = _inputs_hash(src if src.exists() else nb_path, repo)
-            cached = cache_dir / rel.parent / f"{nb_path.stem}.{key}.ipynb" if cache_dir else None
-            t0 = time.perf_counter()
-            if cached is not None and cached.is_file():
-                shutil.copy2(cached, nb_path)
-                results.append((str(rel), "cached", 0.0))
-                continue
-            nb = book._read(nb_path)
-            if book._ensure_metadata(nb):  # papermill: 'No language found in notebook' without them
-                import nbformat
-
-                nbformat.write(nb, str(nb_path))
-            km = book._kernel_manager(kernel, Path(sockets))
-            try:
-                pm.execute_notebook(str(nb_path), str(nb_path), parameters={}, kernel_name=kernel,
-                                    language="python", progress_bar=False, cwd=str(nb_path.parent), km=km)
-            except Exception as exc:  # noqa: BLE001 - every failure stops the build the same way
-                message = book._failure_message(src, nb_path, exc, shift=0, param_index=None, not_run=[])
-                raise BookError(f"concept chapter {rel} failed while building the site.\n{message}") from exc
-            finally:
-                book._shutdown(km)
-            seconds = time.perf_counter() - t0
-            results.append((str(rel), "ran", round(seconds, 1)))
-            if cached is not None:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                for old in cached.parent.glob(f"{nb_path.stem}.*.ipynb"):
-                    old.unlink()
-                shutil.copy2(nb_path, cached)
+    for nb_path in notebooks:
+        rel = nb_path.relative_to(stage_dir)
+        src = repo / rel
+        key = _inputs_hash(src if src.exists() else nb_path, repo)
+        cached = cache_dir / rel.parent / f"{nb_path.stem}.{key}.ipynb" if cache_dir else None
+        t0 = time.perf_counter()
+        if cached is not None and cached.is_file():
+            shutil.copy2(cached, nb_path)
+            results.append((str(rel), "cached", 0.0))
+            continue
+        try:
+            book.execute(nb_path, nb_path, kernel=kernel)
+        except RunError as exc:
+            raise RunError(f"concept chapter {rel} failed while building the site.\n{exc}") from exc.__cause__
+        seconds = time.perf_counter() - t0
+        results.append((str(rel), "ran", round(seconds, 1)))
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            for old in cached.parent.glob(f"{nb_path.stem}.*.ipynb"):
+                old.unlink()
+            shutil.copy2(nb_path, cached)
     return results
 
 
@@ -240,7 +228,7 @@ def build(executed: Path | None = None, out: Path | None = None, strict: bool = 
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
-        raise BookError(f"jupyter-book build failed (warnings count as errors):\n{tail}")
+        raise RunError(f"jupyter-book build failed (warnings count as errors):\n{tail}")
     html = out / "_build" / "html"
     print(f"site built in {time.perf_counter() - t_start:.1f} s (jupyter-book {time.perf_counter() - t0:.1f} s): "
           f"{html / 'index.html'}")
@@ -465,8 +453,77 @@ def _wait_loaded(driver, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while driver.execute_script("return document.readyState") != "complete":
         if time.monotonic() > deadline:
-            raise BookError(f"{driver.current_url} did not finish loading in {timeout:.0f} s")
+            raise RunError(f"{driver.current_url} did not finish loading in {timeout:.0f} s")
         time.sleep(0.05)
+
+
+def _visit(driver, base: str, rel: str, report: BrowserReport) -> None:
+    """Load one page; record its broken images and its SEVERE console messages in ``report``."""
+    driver.get(base + rel)
+    _wait_loaded(driver)
+    state = _wait_images(driver)
+    report.images_seen += len(state)
+    broken = [src for src, done, width in state if not (done and width > 0)]
+    errors = [entry["message"] for entry in driver.get_log("browser")
+              if entry.get("level") == "SEVERE"
+              and not any(s in entry.get("message", "") for s in _IGNORED_CONSOLE)]
+    report.pages.append(rel)
+    if broken:
+        report.broken_images[rel] = broken
+    if errors:
+        report.console_errors[rel] = errors
+
+
+def _click_sidebar(driver, base: str) -> tuple[bool, str]:
+    """On the landing page, click the sidebar link of a concept chapter; did the browser land there?
+
+    Returns ``(ok, what happened)``: ok when the URL is the link's and the page's heading is the
+    link's text.
+    """
+    from selenium.webdriver.common.by import By
+
+    driver.get(base + "book/intro.html")
+    _wait_loaded(driver)
+    links = [a for a in driver.find_elements(By.CSS_SELECTOR, "nav.bd-docs-nav a.reference.internal, "
+                                                              ".bd-sidenav a.reference.internal")
+             if a.is_displayed() and "concepts/" in (a.get_attribute("href") or "")]
+    if not links:
+        return False, "no visible sidebar link to a concept chapter on book/intro.html"
+    link = links[0]
+    href, text = link.get_attribute("href"), link.text.strip()
+    link.click()
+    deadline = time.monotonic() + 10
+    while driver.current_url.split("#")[0] != href.split("#")[0] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _wait_loaded(driver)
+    heading = driver.find_element(By.CSS_SELECTOR, "article.bd-article h1").text.strip()
+    landed = driver.current_url.split("#")[0] == href.split("#")[0]
+    ok = landed and heading.rstrip("#¶ ").strip() == text
+    return ok, (f"clicked {text!r} -> {driver.current_url.replace(base, '')}, "
+                f"page heading {heading.rstrip('#¶ ')!r}")
+
+
+def _screenshots(driver, base: str, html_dir: Path, screenshots_dir: Path) -> list[Path]:
+    """Photograph the pages of :data:`SCREENSHOTS` that the site has, scrolled to their selector."""
+    from selenium.webdriver.common.by import By
+
+    screenshots_dir.mkdir(parents=True, exist_ok=True)
+    taken = []
+    for name, rel, selector in SCREENSHOTS:
+        if not (html_dir / rel).is_file():
+            continue
+        driver.get(base + rel)
+        _wait_loaded(driver)
+        _wait_images(driver)
+        if selector:
+            found = driver.find_elements(By.CSS_SELECTOR, selector)
+            if found:
+                driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", found[0])
+                time.sleep(0.3)
+        path = screenshots_dir / name
+        driver.save_screenshot(str(path))
+        taken.append(path)
+    return taken
 
 
 def check_in_browser(html_dir: Path, screenshots_dir: Path | None = None, browser: Browser | None = None,
@@ -479,8 +536,6 @@ def check_in_browser(html_dir: Path, screenshots_dir: Path | None = None, browse
     land on that page. Screenshots of :data:`SCREENSHOTS` go to
     ``screenshots_dir``. Needs the ``selenium`` package and :func:`find_browser`.
     """
-    from selenium.webdriver.common.by import By
-
     browser = browser or find_browser()
     if browser is None:
         raise BookError("no Chromium/chromedriver found: run `sudo bash tools/install-browser.sh` "
@@ -495,59 +550,10 @@ def check_in_browser(html_dir: Path, screenshots_dir: Path | None = None, browse
             caps = driver.capabilities
             report.browser_version = f"{caps.get('browserName', 'chrome')} {caps.get('browserVersion', '?')}"
             for rel in pages:
-                driver.get(base + rel)
-                _wait_loaded(driver)
-                state = _wait_images(driver)
-                report.images_seen += len(state)
-                broken = [src for src, done, width in state if not (done and width > 0)]
-                errors = [entry["message"] for entry in driver.get_log("browser")
-                          if entry.get("level") == "SEVERE"
-                          and not any(s in entry.get("message", "") for s in _IGNORED_CONSOLE)]
-                report.pages.append(rel)
-                if broken:
-                    report.broken_images[rel] = broken
-                if errors:
-                    report.console_errors[rel] = errors
-
-            # the sidebar: click the link of another page and land there
-            driver.get(base + "book/intro.html")
-            _wait_loaded(driver)
-            links = [a for a in driver.find_elements(By.CSS_SELECTOR, "nav.bd-docs-nav a.reference.internal, "
-                                                                      ".bd-sidenav a.reference.internal")
-                     if a.is_displayed() and "concepts/" in (a.get_attribute("href") or "")]
-            if not links:
-                report.sidebar = "no visible sidebar link to a concept chapter on book/intro.html"
-            else:
-                link = links[0]
-                href, text = link.get_attribute("href"), link.text.strip()
-                link.click()
-                deadline = time.monotonic() + 10
-                while driver.current_url.split("#")[0] != href.split("#")[0] and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                _wait_loaded(driver)
-                heading = driver.find_element(By.CSS_SELECTOR, "article.bd-article h1").text.strip()
-                landed = driver.current_url.split("#")[0] == href.split("#")[0]
-                report.sidebar_ok = landed and heading.rstrip("#¶ ").strip() == text
-                report.sidebar = (f"clicked {text!r} -> {driver.current_url.replace(base, '')}, "
-                                  f"page heading {heading.rstrip('#¶ ')!r}")
-
+                _visit(driver, base, rel, report)
+            report.sidebar_ok, report.sidebar = _click_sidebar(driver, base)
             if screenshots_dir is not None:
-                screenshots_dir = Path(screenshots_dir)
-                screenshots_dir.mkdir(parents=True, exist_ok=True)
-                for name, rel, selector in SCREENSHOTS:
-                    if not (html_dir / rel).is_file():
-                        continue
-                    driver.get(base + rel)
-                    _wait_loaded(driver)
-                    _wait_images(driver)
-                    if selector:
-                        found = driver.find_elements(By.CSS_SELECTOR, selector)
-                        if found:
-                            driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", found[0])
-                            time.sleep(0.3)
-                    path = screenshots_dir / name
-                    driver.save_screenshot(str(path))
-                    report.screenshots.append(path)
+                report.screenshots = _screenshots(driver, base, html_dir, Path(screenshots_dir))
         finally:
             driver.quit()
     report.seconds = time.perf_counter() - t0
@@ -573,6 +579,7 @@ def check(html_dir: Path | None = None, screenshots_dir: Path | None = None, bro
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m helpers.site build|check``; exit status 0 when clean, 1 when a build or check failed, 2 on bad input."""
     parser = argparse.ArgumentParser(prog="python -m helpers.site")
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build the site from executed notebooks")
@@ -591,8 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             return 0 if check(args.html, args.screenshots, browser=not args.no_browser) else 1
     except BookError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return report_error(exc)  # 1 when the build or a page failed, 2 when the input cannot be used
     return 0
 
 

@@ -85,7 +85,9 @@ def plan_tiles(width: int, height: int, min_num: int = 1, max_num: int = 12,
     3
     """
     if width <= 0 or height <= 0:
-        raise ValueError(f"image size must be positive, got {width}x{height}")
+        from .errors import ImageSizeError  # a BookError that is also a ValueError
+
+        raise ImageSizeError(f"image size must be positive, got {width}x{height}")
     cols, rows = closest_grid(width, height, min_num, max_num, image_size)
     return TilePlan(cols, rows, thumbnail=use_thumbnail and cols * rows != 1)
 

@@ -315,6 +315,9 @@ def _dir_size(path: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m helpers.tiny --out DIR [--preset P]``: build a model; exit status 2 on unusable input."""
+    from .errors import report
+
     parser = argparse.ArgumentParser(prog="python -m helpers.tiny", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     parser.add_argument("--out", required=True, help="output model directory")
@@ -326,8 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = build(args.preset, args.out, seed=args.seed, overwrite=args.overwrite, device=args.device)
     except BookError as exc:
-        print(f"error: {exc}")
-        return 2
+        return report(exc)
     print(f"built {args.preset} InternVL2 at {path} in {time.perf_counter() - t0:.1f} s, "
           f"{_dir_size(path) / 2**20:.1f} MiB")
     return 0

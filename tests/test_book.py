@@ -13,7 +13,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from helpers import REPO_DIR, book
-from helpers.errors import ProfileError, RunError
+from helpers.errors import ProfileError, RunError, UsageError
 
 
 def make_notebook(path: Path, params: str | None, *body: str, metadata: bool = False) -> Path:
@@ -146,6 +146,31 @@ def test_failure_stops_run_with_clear_message(tmp_path: Path) -> None:
     assert any(o.get("ename") == "ValueError" for c in saved.cells for o in c.get("outputs", []))
 
 
+def test_execute_runs_one_notebook_and_names_the_failing_cell(tmp_path: Path) -> None:
+    """book.execute: parameters injected, helpers importable from the notebook's folder, clear failures."""
+    nb = make_notebook(tmp_path / "nbs" / "00_one.ipynb", "x = 1",
+                       "import helpers, os\nassert os.getcwd() == " + repr(str(tmp_path / "nbs")) + "\ny = x * 3",
+                       "assert y == 6, f'y is {y}'")
+    out = book.execute(nb, tmp_path / "out.ipynb", {"x": 2})
+    assert out == tmp_path / "out.ipynb" and out.is_file()
+    with pytest.raises(RunError) as info:
+        book.execute(nb, tmp_path / "bad.ipynb", {"x": 5})
+    message = str(info.value)
+    assert "cell 4 of 00_one.ipynb" in message and "AssertionError: y is 15" in message
+    assert str(tmp_path / "bad.ipynb") in message and "not run" not in message
+    assert type(info.value.__cause__).__name__ == "PapermillExecutionError"
+
+
+def test_site_uses_only_public_names_of_book() -> None:
+    """helpers.site runs notebooks through book's public functions, not its internals."""
+    import ast
+
+    tree = ast.parse((REPO_DIR / "helpers" / "site.py").read_text(encoding="utf-8"))
+    private = sorted({node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                      and isinstance(node.value, ast.Name) and node.value.id == "book" and node.attr.startswith("_")})
+    assert private == []
+
+
 # --------------------------------------------------------------------------- selection, parameters
 
 
@@ -154,7 +179,7 @@ def test_select_only_and_from(tmp_path: Path) -> None:
     assert [p.stem for p in book.select(names, only="00,02")] == ["00_nb0", "02_nb2"]
     assert [p.stem for p in book.select(names, start="02")] == ["02_nb2", "03_nb3"]
     assert [p.stem for p in book.select(names, only="01_nb1,03", start="02")] == ["03_nb3"]
-    with pytest.raises(RunError, match="No notebook matches '07'"):
+    with pytest.raises(UsageError, match="No notebook matches '07'"):
         book.select(names, only="07")
 
 
@@ -169,7 +194,7 @@ def test_parameter_names_uses_ast(tmp_path: Path) -> None:
     path = make_notebook(tmp_path / "00_p.ipynb", src)
     assert book.parameter_names(path) == ["a", "b", "c", "d", "e", "f"]
     assert book.parameter_names(make_notebook(tmp_path / "01_q.ipynb", None)) == []
-    with pytest.raises(RunError, match="not valid Python"):
+    with pytest.raises(UsageError, match="not valid Python"):
         book.parameter_names(make_notebook(tmp_path / "02_r.ipynb", "a = ("))
 
 
@@ -208,7 +233,8 @@ def test_gpu_profile_needs_cuda(tmp_path: Path, capsys: pytest.CaptureFixture) -
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     make_notebook(tmp_path / "00_a.ipynb", "profile = 'tiny'")
-    assert run("run", "--notebooks-dir", str(tmp_path), "--build-dir", str(tmp_path / "b"), "--profile", "gpu") == 1
+    # a profile this machine cannot run is unusable input: exit status 2, as for a usage error
+    assert run("run", "--notebooks-dir", str(tmp_path), "--build-dir", str(tmp_path / "b"), "--profile", "gpu") == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
 
 

@@ -88,3 +88,52 @@ def test_4bit_where_it_cannot_run_is_refused():
         config.fit_to_hardware(recipe(), cuda=False, bnb_4bit=False)
     new, _ = config.fit_to_hardware(recipe(quantization_llm=False), cuda=False, bnb_4bit=False)
     assert new.quantization_llm is False
+
+
+def test_recipe_json_reads_back_as_the_recipe_written(tmp_path):
+    written = recipe(lora_r=16, lora_targets=["wqkv", "wo"], betas=(0.8, 0.95), max_iters=12,
+                     extra={"note": "x"}, amp_dtype=None)
+    config.write(written, tmp_path / "qlora" / "config.py")
+    assert config.Recipe.load(tmp_path / "qlora" / "recipe.json") == written
+    assert config.Recipe.load(tmp_path / "qlora") == written
+    with pytest.raises(BookError, match="does not exist"):
+        config.Recipe.load(tmp_path / "elsewhere")
+    (tmp_path / "bad.json").write_text('{"lora_r": 8, "colour": "red"}')
+    with pytest.raises(BookError, match="unknown fields \\['colour'\\]"):
+        config.Recipe.load(tmp_path / "bad.json")
+    (tmp_path / "short.json").write_text('{"lora_r": 8}')
+    with pytest.raises(BookError, match="not a complete recipe"):
+        config.Recipe.load(tmp_path / "short.json")
+
+
+#: Recipes whose rendered config is kept in tests/data/xtuner_configs/NAME.txt, byte for byte: a change
+#: to the generated file shows up there (regenerate a file only when the change is meant).
+GOLDEN = {
+    "course": lambda: config.course_recipe("/models/InternVL2-2B", "/data/CLoT_cn_2000/ex_cn.json",
+                                           "/data/CLoT_cn_2000/"),
+    "iters_dadapt_targets": lambda: config.Recipe("/m/tiny", "/d/train.json", "/d", max_iters=40, warmup_ratio=0.1,
+                                                  optimizer="DAdaptAdam", lr=1.0, lora_r=8, lora_alpha=16,
+                                                  lora_targets=["wqkv", "wo"], persistent_workers=True, seed=3),
+    "cpu_short_warmup": lambda: config.Recipe("/m/tiny", "/d/train.json", "/d", max_iters=10, warmup_ratio=0.1,
+                                              amp_dtype=None, dist_backend="gloo", dataloader_num_workers=0,
+                                              persistent_workers=True, quantization_llm=False, betas=(0.8, 0.95)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_rendered_config_is_byte_identical_to_the_reference(name):
+    from pathlib import Path
+
+    expected = (Path(__file__).parent / "data" / "xtuner_configs" / f"{name}.txt").read_text(encoding="utf-8")
+    assert config.render(GOLDEN[name]()) == expected
+
+
+def test_the_config_template_is_package_data():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(config.__file__).resolve().parent
+    patterns = tomllib.loads((root.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert config.TEMPLATE.is_file()
+    assert any(config.TEMPLATE.relative_to(root).match(p) for p in patterns["helpers"]), \
+        "pyproject.toml must ship helpers/templates/*.tmpl, or an installed helpers cannot render configs"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO_DIR, env
+from helpers import REPO_DIR, env, repo_path
 from helpers.errors import BookError, ProfileError
 
 
@@ -118,9 +118,10 @@ def test_save_and_load(tmp_path: Path) -> None:
         env.load(tmp_path / "missing")
 
 
-def test_resolve_and_setup(tmp_path: Path) -> None:
-    assert env.resolve_path("_build/x") == REPO_DIR / "_build" / "x"
-    assert env.resolve_path(tmp_path) == tmp_path
+def test_repo_path_and_setup(tmp_path: Path) -> None:
+    assert repo_path("_build/x") == REPO_DIR / "_build" / "x"
+    assert repo_path(tmp_path) == tmp_path
+    assert not hasattr(env, "resolve_path"), "one name for one fact: helpers.repo_path"
     session = env.setup("tiny", device="auto", seed=1, output_dir=tmp_path / "out", verbose=False)
     assert session.device in ("cpu", "cuda") and session.output_dir.is_dir()
     with pytest.raises(ProfileError):
@@ -131,3 +132,18 @@ def test_cli_prints_report_and_verdict(capsys: pytest.CaptureFixture) -> None:
     assert env.main(["--no-probes"]) == 0
     out = capsys.readouterr().out
     assert "Packages:" in out and "Verdict:" in out
+
+
+def test_require_names_the_missing_path_and_the_notebook_to_run(tmp_path: Path) -> None:
+    from helpers.errors import MissingOutputError
+
+    there = tmp_path / "config.py"
+    there.write_text("")
+    assert env.require(there, "03") == there
+    with pytest.raises(MissingOutputError) as info:
+        env.require(tmp_path / "merged" / "config.json", "06")
+    message = str(info.value)
+    assert str(tmp_path / "merged" / "config.json") in message
+    assert "notebook 06 (Conversion, notebooks/06_conversion.ipynb)" in message
+    assert "python -m helpers.book run --only 06" in message
+    assert isinstance(info.value, BookError)

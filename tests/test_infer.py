@@ -264,7 +264,7 @@ def test_answer_dataset_and_files(pipe, tmp_path):
     path = infer.save_answers(tmp_path / "baseline_answers.json", rows, backend="transformers")
     back = infer.load_answers(path)
     assert back["answers"] == rows and back["backend"] == "transformers"
-    with pytest.raises(BookError, match="run notebooks/02_baseline_inference"):
+    with pytest.raises(BookError, match="run notebook 02 .*notebooks/02_baseline_inference"):
         infer.load_answers(tmp_path / "missing.json")
 
 

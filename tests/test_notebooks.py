@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import config
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -67,8 +69,8 @@ def test_a_sweep_trains_each_run_and_overlays_them(tmp_path):
     sweep_dir = out / "sweeps" / "sweep-lr"
     assert (sweep_dir / "loss_curves.png").stat().st_size > 10_000
     for name, lr in (("lr-small", 0.001), ("lr-large", 0.01)):
-        recipe = json.loads((sweep_dir / name / "qlora" / "recipe.json").read_text())
-        assert recipe["lr"] == lr and recipe["max_iters"] == 4 and recipe["lora_r"] == 8
+        recipe = config.Recipe.load(sweep_dir / name / "qlora" / "recipe.json")
+        assert recipe.lr == lr and recipe.max_iters == 4 and recipe.lora_r == 8
     import nbformat
 
     nb = nbformat.read(tmp_path / "nb" / "05_loss_curves.ipynb", as_version=4)

@@ -120,6 +120,31 @@ def test_link_checker_reports_missing_files_and_anchors(tmp_path: Path):
     assert site.images_without_alt(tmp_path) == {"index.html": ["sub/lost.png (alt='')"]}
 
 
+def test_concept_notebooks_run_through_the_runner_and_a_failure_names_the_chapter(tmp_path: Path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    from helpers import site
+    from helpers.errors import RunError
+
+    repo, stage = tmp_path / "repo", tmp_path / "stage"
+    good = new_notebook(cells=[new_markdown_cell("# Good"), new_code_cell("import helpers\nprint(6 * 7)")])
+    for root in (repo, stage):
+        (root / "book").mkdir(parents=True)
+        nbformat.write(good, str(root / "book" / "a_good.ipynb"))
+    ran = site.execute_book_notebooks(stage, repo=repo, cache_dir=tmp_path / "cache")
+    assert [(name, how) for name, how, _ in ran] == [("book/a_good.ipynb", "ran")]
+    outputs = nbformat.read(str(stage / "book" / "a_good.ipynb"), as_version=4).cells[1].outputs
+    assert outputs[0]["text"] == "42\n"
+    assert site.execute_book_notebooks(stage, repo=repo, cache_dir=tmp_path / "cache")[0][1] == "cached"
+
+    bad = new_notebook(cells=[new_markdown_cell("# Bad"), new_code_cell("raise KeyError('gone')")])
+    nbformat.write(bad, str(stage / "book" / "b_bad.ipynb"))
+    with pytest.raises(RunError, match="concept chapter book/b_bad.ipynb failed") as info:
+        site.execute_book_notebooks(stage, repo=repo, cache_dir=None)
+    assert "cell 2 of b_bad.ipynb" in str(info.value) and "KeyError" in str(info.value)
+
+
 # ------------------------------------------------------------------------------------------------
 # the real site
 
