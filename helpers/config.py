@@ -140,45 +140,89 @@ class Override:
         return f"{self.field}: {self.before!r} -> {self.after!r} ({self.reason})"
 
 
-def validate(recipe: Recipe, min_sample_tokens: int | None = None) -> None:
-    """Raise :class:`BookError` naming the field and the fix when a value cannot work.
+@dataclass(frozen=True)
+class Problem:
+    """One value of a recipe that cannot work: the field, its value and the rule with the fix."""
+
+    field: str
+    value: Any
+    rule: str
+
+    def __str__(self) -> str:
+        return f"{self.field}={self.value!r}: {self.rule}."
+
+
+#: The rule of each numeric or named field: (passes, rule and fix). The one place these rules live;
+#: the runner checks the notebooks' training parameters with them before it runs anything.
+_RULES: dict[str, tuple[Any, str]] = {
+    "lora_r": (lambda v: v > 0, "the LoRA rank must be a positive integer, e.g. 8, 64 or 128"),
+    "lora_alpha": (lambda v: v > 0, "LoRA alpha must be positive; the course uses 2 x lora_r"),
+    "lora_dropout": (lambda v: 0 <= v < 1, "dropout is a probability in [0, 1)"),
+    "lr": (lambda v: v > 0, "the learning rate must be positive (AdamW: ~1e-5..1e-4; DAdaptAdam: 1.0)"),
+    "batch_size": (lambda v: v >= 1, "use at least 1 sample per device"),
+    "accumulative_counts": (lambda v: v >= 1, "use 1 for no gradient accumulation"),
+    "max_epochs": (lambda v: v >= 0, "the number of epochs cannot be negative"),
+    "max_iters": (lambda v: v is None or v >= 1, "use None or a positive integer"),
+    "save_steps": (lambda v: v >= 1, "checkpoint every N >= 1 iterations"),
+    "log_interval": (lambda v: v >= 1, "log every N >= 1 iterations"),
+    "max_length": (lambda v: v > 0, "max_length is a number of tokens, e.g. 6656"),
+    "warmup_ratio": (lambda v: 0 <= v < 1, "warmup is a fraction of training in [0, 1)"),
+    "amp_dtype": (lambda v: v in (None, "float16", "bfloat16"), "use 'float16', 'bfloat16' or None"),
+    "dist_backend": (lambda v: v in ("nccl", "gloo"), "use 'nccl' (GPUs) or 'gloo' (CPU)"),
+    "optimizer": (lambda v: v in OPTIMIZERS, f"unknown optimizer: use one of {sorted(OPTIMIZERS)}"),
+}
+#: The type each checked field needs (``int`` fields accept no floats, numbers accept no bools).
+_TYPES: dict[str, tuple[type, ...]] = {
+    "lora_r": (int,), "lora_alpha": (int, float), "lora_dropout": (int, float), "lr": (int, float),
+    "batch_size": (int,), "accumulative_counts": (int,), "max_epochs": (int, float), "max_iters": (int, type(None)),
+    "save_steps": (int,), "log_interval": (int,), "max_length": (int,), "warmup_ratio": (int, float),
+    "amp_dtype": (str, type(None)), "dist_backend": (str,), "optimizer": (str,),
+    "quantization_llm": (bool,), "freeze_llm": (bool,),
+}
+
+
+def problems(recipe: Recipe, min_sample_tokens: int | None = None) -> list[Problem]:
+    """Every field of ``recipe`` that cannot work, each with its rule and fix (an empty list when all can).
 
     ``min_sample_tokens`` is the token count of the shortest possible sample
     (one image's tokens plus the prompt); a ``max_length`` below it would cut
     every image.
 
+    >>> [str(p) for p in problems(Recipe("/m", "/d.json", "/d", lora_r=-5, lr=0))]
+    ['lora_r=-5: the LoRA rank must be a positive integer, e.g. 8, 64 or 128.', 'lr=0: the learning rate must be positive (AdamW: ~1e-5..1e-4; DAdaptAdam: 1.0).']
+    """
+    out: list[Problem] = []
+    for name, kinds in _TYPES.items():
+        value = getattr(recipe, name)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            wanted = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
+            out.append(Problem(name, value, f"must be {wanted}, not {type(value).__name__}"))
+        elif name in _RULES and not _RULES[name][0](value):
+            out.append(Problem(name, value, _RULES[name][1]))
+    if not out and not (recipe.max_epochs > 0 or (recipe.max_iters or 0) > 0):
+        out.append(Problem("max_epochs", recipe.max_epochs, "train for at least some steps (max_epochs or max_iters)"))
+    if recipe.quantization_llm is True and recipe.freeze_llm is False:
+        out.append(Problem("quantization_llm", True,
+                           "a 4-bit LLM cannot be trained in full: keep freeze_llm=True and train LoRA adapters"))
+    if min_sample_tokens is not None and isinstance(recipe.max_length, int) and recipe.max_length < min_sample_tokens:
+        out.append(Problem(
+            "max_length", recipe.max_length,
+            f"shorter than one sample ({min_sample_tokens} tokens: the image tokens plus the prompt), so every "
+            f"image would be cut off; raise max_length to at least {min_sample_tokens} (the course uses 6656) or "
+            "lower max_dynamic_patch in the model config"))
+    return out
+
+
+def validate(recipe: Recipe, min_sample_tokens: int | None = None) -> None:
+    """Raise :class:`BookError` naming every field that cannot work and its fix (see :func:`problems`).
+
     >>> validate(Recipe("/m", "/d.json", "/d", lora_r=0))   # doctest: +IGNORE_EXCEPTION_DETAIL
     Traceback (most recent call last):
     helpers.errors.BookError: lora_r=0: ...
     """
-    checks = [
-        (recipe.lora_r > 0, "lora_r", "the LoRA rank must be a positive integer, e.g. 8, 64 or 128"),
-        (recipe.lora_alpha > 0, "lora_alpha", "LoRA alpha must be positive; the course uses 2 x lora_r"),
-        (0 <= recipe.lora_dropout < 1, "lora_dropout", "dropout is a probability in [0, 1)"),
-        (recipe.lr > 0, "lr", "the learning rate must be positive (AdamW: ~1e-5..1e-4; DAdaptAdam: 1.0)"),
-        (recipe.batch_size >= 1, "batch_size", "use at least 1 sample per device"),
-        (recipe.accumulative_counts >= 1, "accumulative_counts", "use 1 for no gradient accumulation"),
-        (recipe.max_epochs > 0 or (recipe.max_iters or 0) > 0, "max_epochs", "train for at least some steps"),
-        (recipe.max_iters is None or recipe.max_iters >= 1, "max_iters", "use None or a positive integer"),
-        (recipe.save_steps >= 1, "save_steps", "checkpoint every N >= 1 iterations"),
-        (recipe.max_length > 0, "max_length", "max_length is a number of tokens, e.g. 6656"),
-        (0 <= recipe.warmup_ratio < 1, "warmup_ratio", "warmup is a fraction of training in [0, 1)"),
-        (recipe.amp_dtype in (None, "float16", "bfloat16"), "amp_dtype", "use 'float16', 'bfloat16' or None"),
-        (recipe.dist_backend in ("nccl", "gloo"), "dist_backend", "use 'nccl' (GPUs) or 'gloo' (CPU)"),
-        (not recipe.quantization_llm or recipe.freeze_llm, "quantization_llm",
-         "a 4-bit LLM cannot be trained in full: keep freeze_llm=True and train LoRA adapters"),
-    ]
-    for ok, name, fix in checks:
-        if not ok:
-            raise BookError(f"{name}={getattr(recipe, name)!r}: {fix}.")
-    if recipe.optimizer not in OPTIMIZERS:
-        raise BookError(f"optimizer={recipe.optimizer!r} is unknown: use one of {sorted(OPTIMIZERS)}.")
-    if min_sample_tokens is not None and recipe.max_length < min_sample_tokens:
-        raise BookError(
-            f"max_length={recipe.max_length} is shorter than one sample ({min_sample_tokens} tokens: the image "
-            f"tokens plus the prompt), so every image would be cut off; raise max_length to at least "
-            f"{min_sample_tokens} (the course uses 6656) or lower max_dynamic_patch in the model config."
-        )
+    found = problems(recipe, min_sample_tokens)
+    if found:
+        raise BookError("\n".join(str(p) for p in found))
 
 
 def fit_to_hardware(recipe: Recipe, *, cuda: bool, bnb_4bit: bool, cpu_cores: int = 2,
