@@ -332,14 +332,19 @@ def train(config: str | Path, work_dir: str | Path, *, resume: bool | str | Path
         raise BookError(f"{work_dir} already holds checkpoints {[p.name for p in list_checkpoints(work_dir)]}; "
                         "resume=False would mix two runs there. Use another work_dir, delete them, or resume.")
 
-    settings, report = None, None
+    report = None
     if check_data:
         from .data import check_training_data
 
-        settings = dataset_settings(config)
+        settings: dict[str, Any] | None = dataset_settings(config)
         report = check_training_data(cwd=work_dir, **settings)  # raises DatasetError on any error
         if report.warnings:
             print(f"dataset warnings (training goes on):\n{report}", flush=True)
+    else:
+        try:  # only to name the records behind XTuner's Error lines after the run
+            settings = dataset_settings(config)
+        except BookError:
+            settings = None
     cmd = command(config, work_dir, gpus=gpus, deepspeed=deepspeed, resume_from=resume_from)
     child_env = {**os.environ, **(env or {})}
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_DIR), child_env.get("PYTHONPATH")]))

@@ -129,3 +129,76 @@ def test_xtuner_error_lines_fail_the_run_naming_the_records(dataset, tmp_path):
     assert "old.jpg" not in message
     log.write_text(old)
     train.check_train_log(log, since=len(old), settings=settings)  # nothing in this run: no error
+
+
+def _processes_of(work: Path) -> list[tuple[int, str]]:
+    """Live processes whose command line mentions ``work`` (the watchdog, XTuner, its dataloader workers)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if str(work) in cmdline and state != "Z":
+            found.append((int(entry.name), cmdline[:200]))
+    return found
+
+
+def _wait_for(predicate, seconds: float, step: float = 0.2) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_no_training_process_outlives_its_caller(tiny_model_dir, tmp_path, sig):
+    """Kill (or interrupt) the process that called train.train mid-run: within 5 s nothing of the run is left."""
+    cfg = config.write(_recipe(tiny_model_dir, SAMPLE_DATA_DIR, max_iters=500, save_steps=1000).changed(
+        data_path=str(SAMPLE_DATA_DIR / "train.json")), tmp_path / "cfg.py")
+    work = tmp_path / "work"
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})  # this checkout's helpers, not an installed copy
+        from helpers import train
+        train.train({str(cfg)!r}, {str(work)!r}, progress=False)
+    """))
+    caller = subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        log = work / "train.log"
+        started = _wait_for(lambda: log.exists() and "Iter(train)" in log.read_text(errors="replace"), 240, 0.5)
+        assert started, log.read_text()[-3000:] if log.exists() else "no train.log"
+        running = _processes_of(work)
+        # the watchdog, XTuner and, with dataloader_num_workers=1 on this profile, a dataloader worker
+        assert len(running) >= 3 and any("helpers.procgroup" in cmd for _, cmd in running), running
+        caller.send_signal(sig)
+        caller.wait(timeout=30)
+        gone = _wait_for(lambda: not _processes_of(work), 5)
+        assert gone, f"still running 5 s after the caller got {sig.name}: {_processes_of(work)}"
+    finally:
+        caller.kill()
+        for pid, _ in _processes_of(work):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_sample_xtuner_could_not_read_fails_the_run(tiny_model_dir, dataset, tmp_path):
+    """An image removed after the check: XTuner prints Error and substitutes; the run must not pass as OK."""
+    cfg = config.write(_recipe(tiny_model_dir, dataset, max_iters=2).changed(
+        data_path=str(dataset / "eval.json"), batch_size=4), tmp_path / "cfg.py")
+    gone = sorted((dataset / "ex_images").glob("*"))
+    used = [line for line in (dataset / "eval.json").read_text().splitlines() if '"image"' in line]
+    for path in gone:
+        if any(path.name in line for line in used):
+            path.unlink()
+            break
+    with pytest.raises(RunError) as err:
+        train.train(cfg, tmp_path / "work", progress=False, check_data=False)
+    message = str(err.value)
+    assert f"No such file or directory: '{dataset}/ex_images/{path.name}'" in message
+    assert "(used by eval.json:" in message and "silently trained on random other samples" in message
