@@ -343,12 +343,47 @@ def render(recipe: Recipe) -> str:
     return string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values)
 
 
-def write(recipe: Recipe, path: str | Path) -> Path:
-    """Validate ``recipe`` and write its XTuner config to ``path`` (plus ``recipe.json`` beside it)."""
-    path = Path(path)
+class ConfigPath(type(Path())):  # type: ignore[misc]
+    """The path :func:`write` returns, carrying the dataset check it ran (``dataset_report``).
+
+    It is an ordinary :class:`pathlib.Path` otherwise; ``dataset_report`` is
+    None on paths derived from it and when the check was skipped.
+    """
+
+    dataset_report: Any = None
+
+
+def check_data(recipe: Recipe, *, cwd: str | Path | None = None) -> Any:
+    """Validate the recipe's dataset as XTuner will read it; return the report (warnings only).
+
+    Uses the model's tiling settings and the recipe's ``max_length``
+    (:func:`helpers.data.check_training_data`). Raises
+    :class:`~helpers.errors.DatasetError` with the validator's whole report
+    when there is any error, before anything is written or loaded.
+    """
+    from .data import check_training_data
+
+    return check_training_data(recipe.data_path, recipe.image_folder, recipe.model_path, recipe.max_length,
+                               cwd=cwd)
+
+
+def write(recipe: Recipe, path: str | Path, *, check_dataset: bool = True) -> ConfigPath:
+    """Validate ``recipe`` and its dataset, then write its XTuner config to ``path`` (plus ``recipe.json``).
+
+    The dataset is checked first (:func:`check_data`): an error stops here
+    with the validator's report (a :class:`~helpers.errors.DatasetError`) and
+    writes nothing; warnings (samples longer than ``max_length``) are in the
+    returned path's ``dataset_report``. ``check_dataset=False`` skips the
+    check (for a config written on another machine); :func:`helpers.train.train`
+    checks again before it starts XTuner.
+    """
+    report = check_data(recipe) if check_dataset else None
+    text = render(recipe)
+    path = ConfigPath(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(recipe), encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     (path.parent / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2), encoding="utf-8")
+    path.dataset_report = report
     return path
 
 

@@ -32,10 +32,11 @@ from .internvl import Tokenizer as Tokenizer
 from .internvl import build_prompt
 
 __all__ = [
-    "LAYOUTS", "PROBLEM_KINDS",
+    "LAYOUTS", "PROBLEM_KINDS", "WARNING_KINDS",
     "Conversation", "Record", "SampleSet", "Problem", "ValidationReport",
     "Layout", "Splits", "EVAL_FRACTION", "MIN_EVAL",
     "resolve_layout", "prepare_splits", "load_dataset", "load_sample", "train_eval_split", "validate",
+    "check_training_data",
     "xtuner_turns", "chat_text", "training_ids", "caption_lengths", "token_counts", "dataset_stats",
     "to_xtuner_json", "to_llava_json", "to_swift_jsonl",
 ]
@@ -51,6 +52,7 @@ LAYOUTS = (
 
 #: Every kind of problem :func:`validate` reports, with a one-line explanation.
 PROBLEM_KINDS = {
+    "truncated": "the file ends early (cut off while being copied or downloaded)",
     "not_utf8": "the file is not valid UTF-8",
     "malformed_json": "the JSON cannot be parsed",
     "top_level_not_list": "the top level of the .json file is not a list of records",
@@ -66,6 +68,10 @@ PROBLEM_KINDS = {
     "bad_foodie_item": "a FoodieQA item lacks question, choices or a valid answer",
     "too_long": "the sample has more tokens than max_length",
 }
+
+#: The kinds that are warnings: training can go on (XTuner cuts the sample and says so in its log).
+#: Every other kind is an error that stops :func:`check_training_data` (and so every training run).
+WARNING_KINDS = frozenset({"too_long"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,6 +210,11 @@ class Problem:
             out += f" `{self.field}`"
         return out
 
+    @property
+    def is_warning(self) -> bool:
+        """True for a kind in :data:`WARNING_KINDS` (training can go on), False for an error."""
+        return self.kind in WARNING_KINDS
+
     def __str__(self) -> str:
         return f"{self.where} [{self.kind}]: {self.message}. Fix: {self.fix}"
 
@@ -235,6 +246,16 @@ class ValidationReport:
         found = [p.kind for p in self.problems]
         return {kind: found.count(kind) for kind in PROBLEM_KINDS if kind in found}
 
+    @property
+    def errors(self) -> list[Problem]:
+        """The problems that stop a training run (every kind not in :data:`WARNING_KINDS`)."""
+        return [p for p in self.problems if not p.is_warning]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        """The problems training can live with (:data:`WARNING_KINDS`), shown before it starts."""
+        return [p for p in self.problems if p.is_warning]
+
     def by_kind(self, kind: str) -> list[Problem]:
         """The problems of one kind."""
         return [p for p in self.problems if p.kind == kind]
@@ -247,7 +268,9 @@ class ValidationReport:
             return f"OK: {head}, no problems."
         bad = len({(p.file, p.index) for p in self.problems if p.index is not None})
         kinds = ", ".join(f"{k} x{n}" for k, n in self.counts.items())
-        return f"{len(self.problems)} problems ({bad} records affected; {kinds}): {head}."
+        warned = len(self.warnings)
+        which = (" (all warnings)" if warned == len(self.problems) else f" ({warned} warnings)") if warned else ""
+        return f"{len(self.problems)} problems{which} ({bad} records affected; {kinds}): {head}."
 
     def __str__(self) -> str:
         return "\n".join([self.summary(), *(f"- {p}" for p in self.problems)])
@@ -267,8 +290,11 @@ class ValidationReport:
         return f"{head}<table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>"
 
     def raise_if_errors(self) -> ValidationReport:
-        """Raise :class:`DatasetError` with the whole report when there is any problem; else return self."""
-        if not self.ok:
+        """Raise :class:`DatasetError` with the whole report when there is an error; else return self.
+
+        Warnings (:data:`WARNING_KINDS`) alone do not raise: read them in ``report.warnings``.
+        """
+        if self.errors:
             raise DatasetError(str(self))
         return self
 
@@ -308,41 +334,92 @@ def record_start_lines(text: str) -> list[int]:
             idx += 1
 
 
+_TRUNCATED = "ends early at line {line} (the file is probably truncated: was it copied completely?)"
+
+
+def _truncated(path: Path, data: bytes, line: int, column: int | None = None) -> Problem:
+    """A ``truncated`` problem: the file stops inside a record (or inside a character) at ``line``."""
+    return Problem(
+        "truncated", path, None, line, None, f"{path} " + _TRUNCATED.format(line=line),
+        f"copy or download the file again and compare its size with the original's "
+        f"(this copy has {len(data)} bytes); with the CLoT download, unpack the archive again", column)
+
+
+def _last_line(text: str) -> int:
+    """1-based number of the last line that has any content (the line where a cut-off file stops)."""
+    return text.rstrip().count("\n") + 1
+
+
 def _decode_utf8(path: Path, data: bytes) -> tuple[str | None, list[Problem]]:
-    """Text of a file, or a ``not_utf8`` problem with the byte offset, line and column."""
+    """Text of a file, or one problem: ``truncated`` (cut inside a character) or ``not_utf8``.
+
+    A multi-byte UTF-8 character cut off by the end of the file is a cut-off
+    copy, not a wrong encoding. Otherwise the problem names the first bad
+    byte (offset, line, column) and suggests converting from GBK only when
+    the whole file really decodes as GBK (a Chinese-locale Windows save).
+    """
     try:
         return data.decode("utf-8"), []
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
-        return None, [Problem(
-            "not_utf8", path, None, line, None,
-            f"byte {err.start} (0x{data[err.start]:02x}) is not valid UTF-8 ({err.reason})",
-            "re-save the file as UTF-8, e.g. `iconv -f GBK -t UTF-8 in.json > out.json` "
-            "for a file written on a Chinese-locale Windows machine", column)]
+        if err.end == len(data) and err.reason == "unexpected end of data":
+            return None, [_truncated(path, data, line, column)]
+        byte = f"byte {err.start} (0x{data[err.start]:02x}) on line {line} is not valid UTF-8 ({err.reason})"
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            fix = (f"the file starts with a UTF-16 byte-order mark: convert it with "
+                   f"`iconv -f UTF-16 -t UTF-8 {path.name} > utf8.json` (or re-save it as UTF-8)")
+        elif _decodes_as_gbk(data):
+            fix = (f"the file decodes as GBK (a Chinese-locale Windows encoding): convert it with "
+                   f"`iconv -f GBK -t UTF-8 {path.name} > utf8.json`, check the text, and use utf8.json")
+        else:
+            fix = ("re-save the file as UTF-8 (in an editor: Save with Encoding > UTF-8); the bytes are not GBK "
+                   "either, so look at that spot for binary data or a file pasted in another encoding")
+        return None, [Problem("not_utf8", path, None, line, None, byte, fix, column)]
+
+
+def _decodes_as_gbk(data: bytes) -> bool:
+    """True when ``data`` decodes as GBK and holds at least one non-ASCII (so GBK-encoded) character."""
+    try:
+        text = data.decode("gbk")
+    except UnicodeDecodeError:
+        return False
+    return any(ord(c) > 127 for c in text)
+
+
+def _cut_off(text: str, err: json.JSONDecodeError) -> bool:
+    """True when a JSON error is the end of the text arriving inside a value (a cut-off file)."""
+    return err.pos >= len(text.rstrip()) or err.msg.startswith("Unterminated string")
 
 
 def _read_items(path: Path) -> tuple[list[tuple[Any, int]] | None, list[Problem]]:
     """Parse a .json list or a .jsonl file into ``(item, start line)`` pairs, plus file-level problems.
 
     A .jsonl file is read line by line, so one broken line does not hide the others.
+    A file that ends inside a value is reported as ``truncated``, not as malformed JSON.
     """
-    text, problems = _decode_utf8(path, path.read_bytes())
+    data = path.read_bytes()
+    text, problems = _decode_utf8(path, data)
     if text is None:
         return None, problems
     if path.suffix == ".jsonl":
         items = []
-        for number, raw in enumerate(text.splitlines(), start=1):
+        lines = text.splitlines()
+        for number, raw in enumerate(lines, start=1):
             if not raw.strip():
                 continue
             try:
                 items.append((json.loads(raw), number))
             except json.JSONDecodeError as err:
-                problems.append(_json_problem(path, err, line=number))
+                last = number == _last_line(text) and not text.endswith("\n")
+                problems.append(_truncated(path, data, number) if last and _cut_off(raw, err)
+                                else _json_problem(path, err, line=number))
         return items, problems
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
+        if text.strip() and _cut_off(text, err):
+            return None, [_truncated(path, data, _last_line(text))]
         return None, [_json_problem(path, err)]
     if not isinstance(value, list):
         return None, [Problem(
@@ -656,6 +733,7 @@ def _check_image(path: Path) -> tuple[tuple[int, int] | None, str | None]:
             im.verify()
         with Image.open(path) as im:
             im.load()
+            im.convert("RGB")  # what XTuner's InternVL dataset does with every image
             return im.size, None
     except Exception as err:  # PIL raises many types for broken files
         return None, f"{type(err).__name__}: {err}"
@@ -734,7 +812,8 @@ def _check_item(obj: Any, index: int, line: int, file: Path, root: Path, *,
 
 def validate(path_or_dataset: str | Path | SampleSet, *, split: str | None = None,
              tokenizer: Tokenizer | None = None, max_length: int | None = None,
-             tiling: TilingSettings | None = None, system: str = XTUNER_SYSTEM) -> ValidationReport:
+             tiling: TilingSettings | None = None, system: str = XTUNER_SYSTEM,
+             image_folder: str | Path | None = None) -> ValidationReport:
     """Check a dataset the way a training run would use it and report *every* problem.
 
     Takes a path in any layout of :func:`load_dataset` (with the same ``split``)
@@ -749,6 +828,10 @@ def validate(path_or_dataset: str | Path | SampleSet, *, split: str | None = Non
     than ``max_length`` once the image is tiled (see :func:`token_counts`).
     Each problem names the file, the record index, the line where that record
     starts, the field, and the fix. Files are only read, never modified.
+    A file cut off early is reported as ``truncated`` (with the line where it
+    stops), not as bad JSON or a bad encoding. ``image_folder`` replaces the
+    layout's image root, as XTuner's ``image_folders`` does (image paths are
+    joined to it). :data:`WARNING_KINDS` are warnings; everything else is an error.
 
     >>> report = validate(SAMPLE_DATA_DIR, split="train")
     >>> report.ok, report.records
@@ -766,6 +849,7 @@ def validate(path_or_dataset: str | Path | SampleSet, *, split: str | None = Non
         fmt, file, root = ds.format, ds.source, ds.root
     else:
         fmt, file, root = _resolve(Path(path_or_dataset), split)
+        root = Path(image_folder) if image_folder is not None else root
         report.files.append(file)
         items, problems = _read_items(file)
         report.problems += problems
@@ -798,6 +882,73 @@ def validate(path_or_dataset: str | Path | SampleSet, *, split: str | None = Non
                     "raise max_length, lower max_num (fewer tiles per image), or shorten the text"))
     report.images = len(cache)
     return report
+
+
+class _LazyTokenizer:
+    """A model's tokenizer, loaded on the first ``encode`` (so a broken dataset stops without it)."""
+
+    def __init__(self, model_path: str | Path) -> None:
+        self.model_path = str(model_path)
+        self._tokenizer: Any = None
+
+    def _load(self) -> Any:
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=True)
+        return self._tokenizer
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self._load().bos_token_id
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list:
+        return self._load().encode(text, add_special_tokens=add_special_tokens)
+
+
+def check_training_data(data_paths: str | Path | Sequence[str | Path], image_folders: Any,
+                        model_path: str | Path, max_length: int, *,
+                        cwd: str | Path | None = None) -> ValidationReport:
+    """Validate what an XTuner run will read, exactly as it will read it; raise on any error.
+
+    ``data_paths``/``image_folders`` are the config's (one each, or lists of
+    equal length), ``model_path`` gives the tiling settings and the tokenizer
+    (loaded only when a clean record needs its tokens counted), ``max_length``
+    the token limit. Relative paths are taken from ``cwd`` (the folder the
+    training runs in; default: the current folder), as XTuner takes them.
+
+    Raises :class:`DatasetError` whose message is the whole report when there
+    is any error: each of them would crash XTuner, or (a missing or
+    undecodable image) make its ``InternVL_V1_5_Dataset`` print ``Error: ...``
+    and silently train on a random other sample instead. Returns the report
+    otherwise; its ``warnings`` (samples longer than ``max_length``) are for
+    showing before training starts.
+    """
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    paths = [data_paths] if isinstance(data_paths, (str, Path)) else list(data_paths)
+    folders = [image_folders] if not isinstance(image_folders, (list, tuple)) else list(image_folders)
+    if len(folders) != len(paths):
+        raise DatasetError(f"the config has {len(paths)} data_paths but {len(folders)} image_folders: "
+                           "give one image folder per data file")
+    model = base / Path(model_path)
+    settings = TilingSettings.from_config(model)  # a ModelDirError that names the fix if it is no model folder
+    tokenizer = _LazyTokenizer(model)
+    report = ValidationReport()
+    for data_path, folder in zip(paths, folders):
+        file = base / Path(data_path)
+        if file.is_dir():
+            raise DatasetError(f"data_path {file} is a folder; XTuner reads one .json or .jsonl file: use the "
+                               "folder's train.json (or ex_cn.json)")
+        if folder is None:
+            raise DatasetError(f"image_folders is None for {file}: XTuner would fail to join it to every image "
+                               "path; set image_folder to the folder the image paths are relative to")
+        part = validate(file, tokenizer=tokenizer, max_length=max_length, image_folder=base / Path(folder),
+                        tiling=settings)
+        report.problems += part.problems
+        report.files += part.files
+        report.records += part.records
+        report.images += part.images
+    return report.raise_if_errors()
 
 
 # --------------------------------------------------------------------------------------------

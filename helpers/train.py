@@ -15,6 +15,7 @@ it can be read before starting.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import REPO_DIR
-from .errors import BookError
+from .errors import BookError, RunError
 
 ITER_RE = re.compile(r"Iter\(train\)\s*\[\s*(\d+)/(\d+)\]")
 FIELD_RE = re.compile(r"\b(lr|loss|eta|grad_norm|data_time|time|memory):\s*(\S+)")
@@ -47,6 +48,7 @@ class TrainResult:
     checkpoints: list[Path] = field(default_factory=list)
     log: Path | None = None
     resumed_from: Path | None = None
+    dataset_report: Any = None  # helpers.data.ValidationReport of the check before the run (warnings only)
 
     @property
     def ok(self) -> bool:
@@ -136,6 +138,137 @@ def _step(path: Path) -> int:
     return int(m.group(1)) if m else -1
 
 
+class _Unknown:
+    """Stands for a name or call the config reader does not evaluate (a class, a function)."""
+
+
+def _literal(node: ast.AST, names: dict[str, Any]) -> Any:
+    """Evaluate a config expression made of literals, known names, ``dict(...)``, lists and tuples."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        return names.get(node.id, _Unknown())
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [_literal(e, names) for e in node.elts]
+    if isinstance(node, ast.Dict):
+        return {_literal(k, names): _literal(v, names) for k, v in zip(node.keys, node.values) if k is not None}
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
+        return {kw.arg: _literal(kw.value, names) for kw in node.keywords if kw.arg}
+    return _Unknown()
+
+
+def dataset_settings(config: str | Path) -> dict[str, Any]:
+    """The data XTuner will read for a config: ``data_paths``, ``image_folders``, ``model_path``, ``max_length``.
+
+    Read from ``train_dataloader.dataset`` without importing XTuner (the
+    config file is parsed, not run); a config written some other way falls
+    back to mmengine's loader. Raises :class:`BookError` when the config has
+    no InternVL dataset to check.
+    """
+    config = Path(config)
+    names: dict[str, Any] = {}
+    try:
+        for node in ast.parse(config.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                names[node.targets[0].id] = _literal(node.value, names)
+    except SyntaxError as exc:
+        raise BookError(f"{config}:{exc.lineno}: the config is not valid Python ({exc.msg}); rewrite it with "
+                        "helpers.config.write(recipe, path)") from exc
+    dataset = names.get("train_dataloader", {}).get("dataset") if isinstance(names.get("train_dataloader"),
+                                                                            dict) else None
+    keys = ("data_paths", "image_folders", "model_path", "max_length")
+    if not isinstance(dataset, dict) or any(isinstance(dataset.get(k), _Unknown) for k in keys):
+        from mmengine.config import Config
+
+        dataset = Config.fromfile(str(config)).get("train_dataloader", {}).get("dataset")
+    if not isinstance(dataset, dict) or not all(k in dataset for k in keys[:3]):
+        raise BookError(f"{config} has no train_dataloader.dataset with data_paths, image_folders and model_path "
+                        "(XTuner's InternVL_V1_5_Dataset), so its data cannot be checked before training; write "
+                        "the config with helpers.config.write(recipe, path), or pass check_data=False")
+    return {"data_paths": dataset["data_paths"], "image_folders": dataset["image_folders"],
+            "model_path": dataset["model_path"], "max_length": int(dataset.get("max_length", 8192))}
+
+
+#: XTuner's InternVL dataset prints ``Error: <exception>`` and trains on a random other sample instead;
+#: the line comes once from ``print`` and once through mmengine's logger (``... - mmengine - INFO - Error: ...``).
+DATASET_ERROR_RE = re.compile(r"^(?:.* - mmengine - \w+ - )?Error: (.*)$")
+_QUOTED_PATH_RE = re.compile(r"'([^']+)'")
+
+
+def dataset_errors(log_text: str) -> list[str]:
+    """The distinct ``Error: ...`` messages XTuner's dataset printed in a training log, in order.
+
+    >>> dataset_errors("Error: [Errno 2] No such file or directory: '/d/a.jpg'\\n"
+    ...                "11/23 10:41:00 - mmengine - INFO - Error: [Errno 2] No such file or directory: '/d/a.jpg'")
+    ["[Errno 2] No such file or directory: '/d/a.jpg'"]
+    """
+    found: list[str] = []
+    for line in log_text.splitlines():
+        m = DATASET_ERROR_RE.match(line.strip())
+        if m and m.group(1).strip() not in found:
+            found.append(m.group(1).strip())
+    return found
+
+
+def _records_using(paths: set[str], settings: dict[str, Any] | None, cwd: Path) -> dict[str, list[str]]:
+    """For each image path, the records (``file:line record i``) whose image resolves to it."""
+    if not settings or not paths:
+        return {}
+    from .data import _read_items  # the validator's reader: line numbers, no exceptions on a bad file
+
+    files = settings["data_paths"] if isinstance(settings["data_paths"], list) else [settings["data_paths"]]
+    folders = settings["image_folders"] if isinstance(settings["image_folders"], list) else \
+        [settings["image_folders"]] * len(files)
+    wanted = {os.path.normpath(p): p for p in paths}
+    out: dict[str, list[str]] = {}
+    for file, folder in zip(files, folders):
+        file = cwd / Path(str(file))
+        try:
+            items, _ = _read_items(file)
+        except OSError:
+            continue
+        for index, (obj, line) in enumerate(items or []):
+            image = obj.get("image") if isinstance(obj, dict) else None
+            image = image[0] if isinstance(image, list) and image else image
+            if isinstance(image, str):
+                full = os.path.normpath(os.path.join(str(cwd / Path(str(folder))), image))
+                if full in wanted:
+                    out.setdefault(wanted[full], []).append(f"{file.name}:{line} record {index}")
+    return out
+
+
+def check_train_log(log_path: str | Path, *, since: int = 0, settings: dict[str, Any] | None = None,
+                    cwd: str | Path | None = None) -> None:
+    """Raise :class:`~helpers.errors.RunError` if XTuner's dataset printed ``Error:`` lines in this run.
+
+    ``since`` is the byte offset where this run's part of ``log_path`` (the
+    ``train.log`` :func:`train` keeps: XTuner's printed stdout and its logger)
+    begins. Every such line means a sample could not be read and XTuner
+    silently trained on a random other one instead. The error names each
+    message, the records that use the image it mentions (``settings`` from
+    :func:`dataset_settings`), and the fix.
+    """
+    log_path = Path(log_path)
+    with open(log_path, "rb") as fh:
+        fh.seek(since)
+        text = fh.read().decode("utf-8", errors="replace")
+    errors = dataset_errors(text)
+    if not errors:
+        return
+    paths = {p for e in errors for p in _QUOTED_PATH_RE.findall(e)}
+    users = _records_using(paths, settings, Path(cwd) if cwd else log_path.parent)
+    lines = []
+    for e in errors:
+        named = [r for p in _QUOTED_PATH_RE.findall(e) for r in users.get(p, [])]
+        lines.append(f"- Error: {e}" + (f" (used by {', '.join(named)})" if named else ""))
+    raise RunError(
+        f"XTuner's dataset could not read {len(errors)} sample(s) during training and silently trained on random "
+        f"other samples instead; its Error lines in {log_path}:\n" + "\n".join(lines) + "\n"
+        "Fix: restore or correct those images (helpers.data.validate(data_path, image_folder=...) lists every "
+        "problem), then train again from scratch in a new work_dir (this run's weights saw substituted samples)."
+    )
+
+
 def command(config: str | Path, work_dir: str | Path, *, gpus: int = 0, deepspeed: str | None = None,
             resume_from: str | Path | None = None) -> list[str]:
     """The command line :func:`train` runs (also useful to copy into a terminal).
@@ -163,7 +296,7 @@ def _stream(proc: subprocess.Popen) -> Iterator[str]:
 
 def train(config: str | Path, work_dir: str | Path, *, resume: bool | str | Path = "auto", gpus: int = 0,
           deepspeed: str | None = None, progress: bool = True, stop_after_steps: int | None = None,
-          env: dict[str, str] | None = None) -> TrainResult:
+          env: dict[str, str] | None = None, check_data: bool = True) -> TrainResult:
     """Train with XTuner; return a :class:`TrainResult`. Raises BookError when the run fails.
 
     ``resume``: ``"auto"`` continues from the last checkpoint in ``work_dir``
@@ -171,6 +304,19 @@ def train(config: str | Path, work_dir: str | Path, *, resume: bool | str | Path
     afresh (it refuses to mix into a ``work_dir`` that already has checkpoints).
     ``stop_after_steps`` kills the run after that step is logged: the book
     uses it to demonstrate resuming an interrupted run.
+
+    Before XTuner starts, the config's dataset is validated as XTuner will
+    read it (:func:`helpers.data.check_training_data`: the model's tiling,
+    ``max_length``); an error raises :class:`~helpers.errors.DatasetError`
+    with the validator's report and nothing is started; warnings are printed
+    and kept in ``result.dataset_report``. After the run, an ``Error:`` line
+    from XTuner's dataset in this run's log (a sample it replaced by a random
+    other one) raises :class:`~helpers.errors.RunError` (:func:`check_train_log`).
+
+    XTuner runs under :mod:`helpers.procgroup`, a watchdog that ends every
+    process of the run (ranks and dataloader workers included) when this
+    call is interrupted (KeyboardInterrupt: the notebook's stop button), when
+    this process gets SIGTERM or SIGINT, or when it dies.
     """
     config, work_dir = Path(config), Path(work_dir)
     if not config.exists():
@@ -186,6 +332,19 @@ def train(config: str | Path, work_dir: str | Path, *, resume: bool | str | Path
         raise BookError(f"{work_dir} already holds checkpoints {[p.name for p in list_checkpoints(work_dir)]}; "
                         "resume=False would mix two runs there. Use another work_dir, delete them, or resume.")
 
+    report = None
+    if check_data:
+        from .data import check_training_data
+
+        settings: dict[str, Any] | None = dataset_settings(config)
+        report = check_training_data(cwd=work_dir, **settings)  # raises DatasetError on any error
+        if report.warnings:
+            print(f"dataset warnings (training goes on):\n{report}", flush=True)
+    else:
+        try:  # only to name the records behind XTuner's Error lines after the run
+            settings = dataset_settings(config)
+        except BookError:
+            settings = None
     cmd = command(config, work_dir, gpus=gpus, deepspeed=deepspeed, resume_from=resume_from)
     child_env = {**os.environ, **(env or {})}
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_DIR), child_env.get("PYTHONPATH")]))
@@ -195,13 +354,18 @@ def train(config: str | Path, work_dir: str | Path, *, resume: bool | str | Path
     steps, total, last_loss = 0, None, None
     start = time.perf_counter()
     with open(log_path, "a", encoding="utf-8") as log:
+        since = log.tell()
         log.write(f"$ {' '.join(cmd)}\n")
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=child_env, cwd=work_dir, start_new_session=True)
+        log.flush()
+        # the watchdog puts XTuner in a process group of its own and ends all of it with us (see procgroup)
+        watched = [sys.executable, "-m", "helpers.procgroup", str(os.getpid()), "--", *cmd]
+        proc = subprocess.Popen(watched, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=child_env, cwd=work_dir)
         tail: list[str] = []
         try:
             for line in _stream(proc):
                 log.write(line + "\n")
+                log.flush()
                 tail = (tail + [line])[-40:]
                 info = parse_log_line(line)
                 if info is None:
@@ -218,15 +382,19 @@ def train(config: str | Path, work_dir: str | Path, *, resume: bool | str | Path
                                     lr=f"{info.get('lr', float('nan')):.2e}", eta=info.get("eta", "?"))
                     bar.refresh()
                 if stop_after_steps is not None and steps >= stop_after_steps:
-                    os.killpg(proc.pid, signal.SIGKILL)  # an abrupt stop, like a crash or a lost machine
+                    proc.send_signal(signal.SIGTERM)  # the watchdog SIGKILLs all of it: like a crash
                     break
+        except BaseException:  # KeyboardInterrupt (the notebook's stop button), or anything else: end the run
+            proc.send_signal(signal.SIGTERM)
+            raise
         finally:
             returncode = proc.wait()
             if bar is not None:
                 bar.close()
     seconds = time.perf_counter() - start
     result = TrainResult(work_dir, returncode, seconds, steps, total, last_loss, list_checkpoints(work_dir),
-                         log_path, resume_from)
+                         log_path, resume_from, report)
+    check_train_log(log_path, since=since, settings=settings, cwd=work_dir)
     if returncode != 0 and stop_after_steps is None:
         raise BookError(f"XTuner training failed (exit code {returncode}); last lines of {log_path}:\n"
                         + "\n".join(tail[-25:]))

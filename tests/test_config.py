@@ -26,7 +26,8 @@ def test_defaults_are_the_course_values():
 def test_rendered_config_is_loaded_by_mmengine_with_the_recipe_values(tmp_path):
     from mmengine.config import Config
 
-    path = config.write(recipe(lora_r=64, lr=1e-4, optimizer="DAdaptAdam"), tmp_path / "cfg.py")
+    path = config.write(recipe(lora_r=64, lr=1e-4, optimizer="DAdaptAdam"), tmp_path / "cfg.py",
+                        check_dataset=False)
     cfg = Config.fromfile(str(path))
     assert cfg.model.llm_lora.r == 64 and cfg.model.llm_lora.lora_alpha == 256
     assert cfg.model.quantization_llm is True and cfg.model.llm_lora.target_modules is None
@@ -40,11 +41,13 @@ def test_rendered_config_is_loaded_by_mmengine_with_the_recipe_values(tmp_path):
 def test_max_iters_schedule_and_short_warmup(tmp_path):
     from mmengine.config import Config
 
-    cfg = Config.fromfile(str(config.write(recipe(max_iters=100, warmup_ratio=0.1), tmp_path / "a.py")))
+    written = config.write(recipe(max_iters=100, warmup_ratio=0.1), tmp_path / "a.py", check_dataset=False)
+    cfg = Config.fromfile(str(written))
     assert cfg.train_cfg.max_iters == 100 and [s.type.__name__ for s in cfg.param_scheduler] == \
         ["LinearLR", "CosineAnnealingLR"]
     # a one-step warm-up would freeze the lr at start_factor * lr in mmengine: it is left out
-    cfg = Config.fromfile(str(config.write(recipe(max_iters=10, warmup_ratio=0.1), tmp_path / "b.py")))
+    written = config.write(recipe(max_iters=10, warmup_ratio=0.1), tmp_path / "b.py", check_dataset=False)
+    cfg = Config.fromfile(str(written))
     assert [s.type.__name__ for s in cfg.param_scheduler] == ["CosineAnnealingLR"]
 
 

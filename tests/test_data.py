@@ -376,6 +376,77 @@ def test_not_utf8(root: Path):
     assert "byte" in p.message and "UTF-8" in p.fix
 
 
+def _sample_bytes(root: Path) -> bytes:
+    """A pretty-printed (indent 2) UTF-8 ex_cn.json of three records, as bytes."""
+    make_images(root, ("a.jpg", "b.jpg", "c.jpg"))
+    records = [rec(f"ex_images/{n}.jpg", gpt=f"第{i}个梗：住手！") for i, n in enumerate("abc")]
+    return json.dumps(records, ensure_ascii=False, indent=2).encode("utf-8")
+
+
+def test_truncated_at_a_line_boundary(root: Path):
+    path = root / "ex_cn.json"
+    full = _sample_bytes(root)
+    lines = full.split(b"\n")
+    cut = b"\n".join(lines[:20]) + b"\n"            # a copy that stopped after line 20
+    path.write_bytes(cut)
+    p = only(data.validate(root), "truncated")
+    assert (p.file, p.line) == (path, 20)
+    assert p.message == f"{path} ends early at line 20 (the file is probably truncated: was it copied completely?)"
+    assert str(len(cut)) in p.fix
+    with pytest.raises(DatasetError, match="ends early at line 20"):
+        data.load_dataset(root)
+
+
+def test_truncated_inside_a_multibyte_character(root: Path):
+    path = root / "ex_cn.json"
+    full = _sample_bytes(root)
+    at = full.index("住".encode("utf-8")) + 1            # keep the first of its three bytes only
+    path.write_bytes(full[:at])
+    p = only(data.validate(root), "truncated")
+    line = full[:at].count(b"\n") + 1
+    assert (p.file, p.line) == (path, line)
+    assert f"ends early at line {line} (the file is probably truncated" in p.message
+    assert "UTF-8" not in p.message and "iconv" not in p.fix
+
+
+def test_truncated_last_jsonl_line(root: Path):
+    path = root / "d.jsonl"
+    text = json.dumps(rec(), ensure_ascii=False) + "\n" + json.dumps(rec("ex_images/b.jpg"), ensure_ascii=False)
+    path.write_text(text[:-12], encoding="utf-8")
+    p = only(data.validate(path), "truncated")
+    assert p.line == 2 and "ends early at line 2" in p.message
+
+
+def test_missing_comma_inside_the_file_is_not_truncated(root: Path):
+    path = root / "ex_cn.json"
+    path.write_text('[\n{"image": "ex_images/a.jpg"}\n{"image": "ex_images/b.jpg"}\n]\n', encoding="utf-8")
+    p = only(data.validate(root), "malformed_json")
+    assert p.line == 3 and "comma" in p.fix
+
+
+def test_real_gbk_file_suggests_iconv_from_gbk(root: Path):
+    path = root / "ex_cn.json"
+    text = json.dumps([rec(), rec("ex_images/b.jpg")], ensure_ascii=False, indent=2)
+    path.write_bytes(text.encode("gbk"))
+    p = only(data.validate(root), "not_utf8")
+    assert "iconv -f GBK -t UTF-8" in p.fix and p.line is not None
+    assert f"on line {p.line}" in p.message and "byte" in p.message
+
+
+def test_random_invalid_bytes_do_not_suggest_gbk(root: Path):
+    path = root / "ex_cn.json"
+    good = json.dumps(rec(), ensure_ascii=False).encode()
+    path.write_bytes(b"[\n" + good + b",\n" + b'{"image": "\xff\x80\xfe\xff"}\n]\n')
+    p = only(data.validate(root), "not_utf8")
+    assert p.line == 3 and p.column == len(b'{"image": "') + 1
+    assert "byte " in p.message and "0xff" in p.message and "on line 3" in p.message
+    assert "GBK" not in p.fix.replace("not GBK", "") and "re-save the file as UTF-8" in p.fix
+
+
+def test_problem_kinds_document_every_kind_and_warnings_are_known():
+    assert "truncated" in data.PROBLEM_KINDS and data.WARNING_KINDS <= set(data.PROBLEM_KINDS)
+
+
 def test_top_level_not_list(root: Path):
     (root / "ex_cn.json").write_text('{"records": []}', encoding="utf-8")
     p = only(data.validate(root), "top_level_not_list")
@@ -483,6 +554,9 @@ def test_too_long_counts_text_and_image_tokens(root: Path):
     assert (p.index, p.line, p.field) == (1, 3, "conversations")
     assert f"max_length is {limit}" in p.message and "3 tiles" in p.message
     assert data.validate(root, tokenizer=tok, max_length=counts[1]["total"]).ok
+    report = data.validate(root, tokenizer=tok, max_length=limit)
+    assert report.warnings == [p] and report.errors == [] and report.raise_if_errors() is report
+    assert "(all warnings)" in report.summary()
     with pytest.raises(DatasetError, match="tokenizer"):
         data.validate(root, max_length=10)
 
