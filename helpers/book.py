@@ -226,7 +226,9 @@ def load_params(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"Parameters file {path} does not exist.")
+        files = ", ".join(sorted(p.name for p in PARAMS_DIR.glob("*.yaml"))) or "none"
+        raise UsageError(f"Parameters file {path} does not exist. Fix: pass one of the files in "
+                         f"{PARAMS_DIR} ({files}), e.g. --params-file params/gpu-internvl2-2b.yaml, or write your own.")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -492,6 +494,23 @@ def _plan(profile: str, overrides: Iterable[tuple[str, str]], params_file: str |
     return _Plan(profile, notebooks, inject, sorted(user_keys - known))
 
 
+def check_parameters(plan: _Plan) -> None:
+    """Check every value the selected notebooks will receive; raise one :class:`UsageError` listing all problems.
+
+    The rules live in :mod:`helpers.params` (training ones in
+    :func:`helpers.config.problems`); nothing has run when this raises.
+    """
+    from .params import check
+
+    values: dict[str, Any] = {}
+    for inject in plan.inject.values():
+        values.update(inject)
+    found = check(values)
+    if found:
+        raise UsageError(f"{len(found)} parameter problem(s); no notebook was run:\n"
+                         + "\n".join(f"  - {p}" for p in found))
+
+
 def _stream_cell_output() -> None:
     """Let papermill's logger, which carries the cells' output, print to stdout."""
     logger = logging.getLogger("papermill")
@@ -529,6 +548,7 @@ def run_book(
     [NotebookResult(notebook='00_environment', status='ok', seconds=14.2, ...)]
     """
     plan = _plan(profile, overrides, params_file, only, start, notebooks_dir, params_dir)
+    check_parameters(plan)
     if plan.unused:
         print(f"warning: no notebook defines {', '.join(plan.unused)} in its parameters cell; "
               "these values are ignored (check the spelling).", file=sys.stderr)

@@ -93,7 +93,7 @@ class Recipe:
 
         >>> import tempfile
         >>> folder = Path(tempfile.mkdtemp())
-        >>> _ = write(Recipe("/m", "/d.json", "/d", lora_r=8, lora_alpha=16), folder / "config.py")
+        >>> _ = write(Recipe("/m", "/d.json", "/d", lora_r=8, lora_alpha=16), folder / "config.py", check_dataset=False)
         >>> Recipe.load(folder).lora_r, Recipe.load(folder / "recipe.json").betas
         (8, (0.9, 0.999))
         """

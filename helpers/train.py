@@ -269,6 +269,131 @@ def check_train_log(log_path: str | Path, *, since: int = 0, settings: dict[str,
     )
 
 
+# --------------------------------------------------------------------------- what to do with a work dir
+
+RUN_RECORD = "run.json"  # written by train() into the work dir: the config's hash, progress and time
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What :func:`plan_run` decided for a work dir, and the one line that says so.
+
+    ``action`` is ``"start"`` (nothing to continue), ``"resume"`` (an unfinished
+    run of the same config: ``resume_from`` and the iterations that will run
+    again), or ``"done"`` (this config already finished there: nothing to do).
+    ``kept`` is where an earlier run was moved aside, if one was.
+    """
+
+    action: str
+    work_dir: Path
+    message: str
+    resume_from: Path | None = None
+    repeated: tuple[int, int] | None = None
+    kept: Path | None = None
+
+
+def config_hash(config: str | Path) -> str:
+    """SHA-256 of the config file: two runs share a work dir only if their configs are identical."""
+    import hashlib
+
+    return hashlib.sha256(Path(config).read_bytes()).hexdigest()
+
+
+def read_run_record(work_dir: str | Path) -> dict[str, Any]:
+    """The ``run.json`` that :func:`train` keeps in a work dir (``{}`` when there is none)."""
+    path = Path(work_dir) / RUN_RECORD
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _logged_steps(work_dir: Path) -> tuple[int, int | None]:
+    """The last iteration logged in ``train.log`` and the run's total, as XTuner printed them."""
+    last, total = 0, None
+    log = work_dir / "train.log"
+    if log.is_file():
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            info = parse_log_line(line)
+            if info:
+                last, total = max(last, info["step"]), info["total"]
+    return last, total
+
+
+def _move_aside(work_dir: Path) -> Path:
+    """Rename an earlier run's folder to ``<name>.old-<timestamp>`` (never delete it)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = work_dir.with_name(f"{work_dir.name}.old-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = work_dir.with_name(f"{work_dir.name}.old-{stamp}-{n}")
+    work_dir.rename(target)
+    return target
+
+
+def plan_run(config: str | Path, work_dir: str | Path, *, fresh: bool = False) -> RunPlan:
+    """Decide, before training, what to do with ``work_dir``; nothing already trained is ever lost.
+
+    - An unfinished run of the same config resumes from its last checkpoint
+      (the iterations logged after that checkpoint will run again).
+    - A finished run of the same config is not trained again (``"done"``).
+    - A run of a *different* config, or any earlier run when ``fresh=True``,
+      is moved aside to ``<work_dir>.old-<timestamp>`` and training starts
+      afresh in ``work_dir``.
+
+    >>> plan_run(__file__, "/nonexistent/work").action
+    'start'
+    """
+    config, work_dir = Path(config), Path(work_dir)
+    earlier = work_dir.is_dir() and any(work_dir.iterdir())
+    if not earlier:
+        return RunPlan("start", work_dir, f"starting a new run in {work_dir}")
+    record = read_run_record(work_dir)
+    same = record.get("config_sha256") == config_hash(config)
+    if fresh or not same:
+        why = "fresh=True" if fresh else "its config differs from this one"
+        kept = _move_aside(work_dir)
+        return RunPlan("start", work_dir, f"starting afresh in {work_dir} ({why}); the earlier run is kept in {kept}",
+                       kept=kept)
+    ckpt = last_checkpoint(work_dir)
+    logged, total = _logged_steps(work_dir)
+    if record.get("finished") and ckpt is not None:
+        return RunPlan("done", work_dir, f"{work_dir} already holds a finished run of this config "
+                       f"({ckpt.name}, {record.get('steps')} iterations): not training again; pass fresh=True "
+                       "to retrain (the old run is kept)", resume_from=ckpt)
+    if ckpt is None:
+        return RunPlan("start", work_dir, f"the earlier run in {work_dir} left no checkpoint: starting from iteration 1 "
+                       f"(iterations 1-{logged} will run again)" if logged else
+                       f"the earlier run in {work_dir} left no checkpoint: starting from iteration 1",
+                       repeated=(1, logged) if logged else None)
+    at = _step(ckpt)
+    repeated = (at + 1, logged) if logged > at else None
+    again = f"iterations {at + 1}-{logged} will run again" if repeated else "no iteration is repeated"
+    return RunPlan("resume", work_dir, f"resuming the interrupted run in {work_dir} from {ckpt.name} "
+                   f"(iteration {at} of {total or '?'}); {again}", resume_from=ckpt, repeated=repeated)
+
+
+def _write_run_record(work_dir: Path, config: Path, result: TrainResult, seconds_before: float) -> None:
+    """Keep, in the work dir, which config trained there, how far it got and how long it took."""
+    finished = result.ok and result.total_steps is not None and result.steps >= result.total_steps
+    record = {"config": str(config), "config_sha256": config_hash(config), "steps": result.steps,
+              "total_steps": result.total_steps, "finished": finished,
+              "seconds": round(seconds_before + result.seconds, 1),
+              "last_checkpoint": str(last_checkpoint(work_dir) or "")}
+    (work_dir / RUN_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def previous_result(work_dir: str | Path) -> TrainResult:
+    """The :class:`TrainResult` of the run recorded in ``work_dir`` (for a plan that is ``"done"``)."""
+    work_dir = Path(work_dir)
+    record = read_run_record(work_dir)
+    rows = read_scalars(work_dir)
+    return TrainResult(work_dir, 0, float(record.get("seconds", 0.0)), int(record.get("steps", 0)),
+                       record.get("total_steps"), rows[-1]["loss"] if rows else None, list_checkpoints(work_dir),
+                       work_dir / "train.log")
+
+
 def command(config: str | Path, work_dir: str | Path, *, gpus: int = 0, deepspeed: str | None = None,
             resume_from: str | Path | None = None) -> list[str]:
     """The command line :func:`train` runs (also useful to copy into a terminal).
@@ -394,6 +519,8 @@ def train(config: str | Path, work_dir: str | Path, *, resume: bool | str | Path
     seconds = time.perf_counter() - start
     result = TrainResult(work_dir, returncode, seconds, steps, total, last_loss, list_checkpoints(work_dir),
                          log_path, resume_from, report)
+    same = read_run_record(work_dir).get("config_sha256") == config_hash(config)
+    _write_run_record(work_dir, config, result, float(read_run_record(work_dir).get("seconds", 0.0)) if same else 0.0)
     check_train_log(log_path, since=since, settings=settings, cwd=work_dir)
     if returncode != 0 and stop_after_steps is None:
         raise BookError(f"XTuner training failed (exit code {returncode}); last lines of {log_path}:\n"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SAMPLE_DATA_DIR, config, train
+from helpers import SAMPLE_DATA_DIR, config, data, train
 from helpers.errors import DatasetError, RunError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ def test_a_broken_dataset_stops_config_write_before_anything(tiny_model_dir, dat
 @pytest.mark.parametrize("breakage", ["truncated", "missing_image"])
 def test_a_broken_dataset_stops_train_before_anything(tiny_model_dir, dataset, tmp_path, no_model_load, breakage):
     cfg = config.write(_recipe(tiny_model_dir, dataset, max_iters=2), tmp_path / "cfg.py")
-    assert cfg.dataset_report.ok and cfg.dataset_report.records == 40
+    assert cfg.dataset_report.ok and cfg.dataset_report.records == len(data.load_sample())
     what = _truncate(dataset) if breakage == "truncated" else _delete_an_image(dataset)
     start = time.perf_counter()
     with pytest.raises(DatasetError) as err:
