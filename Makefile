@@ -29,7 +29,12 @@ site: install
 browser:
 	-@bash tools/install-browser.sh
 
-test: install browser
+# ruff's rules and formatter (pyproject.toml [tool.ruff]) over the code and the notebooks' code cells
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: install browser lint
 	$(PY) -m pytest
 
 lock:  ## refresh requirements/lock-cpu.txt from a fresh install of the pins

@@ -42,8 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from helpers import SAMPLE_DATA_DIR, infer, internvl  # noqa: E402
-from helpers.env import package_version  # noqa: E402
+from helpers import SAMPLE_DATA_DIR, infer, internvl
+from helpers.env import package_version
 
 IMAGE = SAMPLE_DATA_DIR / "ex_images" / "chelsea.jpg"
 PROMPT = internvl.COURSE_PROMPT
@@ -61,7 +61,7 @@ def _nvml_used_gib() -> float | None:
         pynvml.nvmlInit()
         handle = pynvml.nvmlDeviceGetHandleByIndex(0)
         return _gib(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
-    except Exception:  # noqa: BLE001 - NVML is optional
+    except Exception:
         return None
 
 
@@ -71,8 +71,13 @@ def _device() -> dict:
     if not torch.cuda.is_available():
         return {"name": "cpu", "cuda": None}
     prop = torch.cuda.get_device_properties(0)
-    return {"name": prop.name, "memory_gib": _gib(prop.total_memory), "capability": f"sm{prop.major}{prop.minor}",
-            "cuda_runtime": torch.version.cuda, "driver_used_gib_before": _nvml_used_gib()}
+    return {
+        "name": prop.name,
+        "memory_gib": _gib(prop.total_memory),
+        "capability": f"sm{prop.major}{prop.minor}",
+        "cuda_runtime": torch.version.cuda,
+        "driver_used_gib_before": _nvml_used_gib(),
+    }
 
 
 def _decode_rate(answers: list) -> float:
@@ -88,24 +93,33 @@ def run(args: argparse.Namespace) -> dict:
     result: dict = {
         "benchmark": f"inference-{name}",
         "status": "started",
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "python": platform.python_version(),
         "versions": {p: package_version(p) for p in PACKAGES},
         "device": _device(),
         "model": {"path": str(args.model)},
-        "settings": {"backend": args.backend, "engine": args.engine if args.backend == "lmdeploy" else None,
-                     "max_new_tokens": args.max_new_tokens, "batch_sizes": [1, args.batch],
-                     "repeats": args.repeats, "greedy": True, "ignore_eos": True, "image": IMAGE.name,
-                     "prompt": PROMPT},
+        "settings": {
+            "backend": args.backend,
+            "engine": args.engine if args.backend == "lmdeploy" else None,
+            "max_new_tokens": args.max_new_tokens,
+            "batch_sizes": [1, args.batch],
+            "repeats": args.repeats,
+            "greedy": True,
+            "ignore_eos": True,
+            "image": IMAGE.name,
+            "prompt": PROMPT,
+        },
     }
     try:
         cfg = json.loads((Path(args.model) / "config.json").read_text())
         readme = Path(args.model) / "README.md"
-        result["model"].update(llm_layers=cfg["llm_config"]["num_hidden_layers"],
-                               llm_hidden=cfg["llm_config"]["hidden_size"],
-                               vit_layers=cfg["vision_config"]["num_hidden_layers"],
-                               what=readme.read_text().splitlines()[0].lstrip("# ") if readme.exists() else None)
+        result["model"].update(
+            llm_layers=cfg["llm_config"]["num_hidden_layers"],
+            llm_hidden=cfg["llm_config"]["hidden_size"],
+            vit_layers=cfg["vision_config"]["num_hidden_layers"],
+            what=readme.read_text().splitlines()[0].lstrip("# ") if readme.exists() else None,
+        )
     except (OSError, KeyError, ValueError):
         pass
     if torch.cuda.is_available():
@@ -113,8 +127,11 @@ def run(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     options = {}
     if args.backend == "lmdeploy":
-        options = {"engine": args.engine, "cache_max_entry_count": args.cache_max_entry_count,
-                   "max_batch_size": args.batch}
+        options = {
+            "engine": args.engine,
+            "cache_max_entry_count": args.cache_max_entry_count,
+            "max_batch_size": args.batch,
+        }
         for item in args.engine_option:
             key, _, value = item.partition("=")
             options[key] = json.loads(value) if value[:1] in "0123456789[{tf-n" else value
@@ -123,12 +140,16 @@ def run(args: argparse.Namespace) -> dict:
         options = {"dtype": args.dtype}
     try:
         pipe = infer.load(args.model, args.backend, device=args.device, session_len=args.session_len, **options)
-    except Exception as exc:  # noqa: BLE001 - the failure is the result
+    except Exception as exc:
         cause = exc.__cause__ or exc
-        result.update(status="failed", stage="load", load_s=round(time.perf_counter() - t0, 2),
-                      error=f"{type(exc).__name__}: {exc}",
-                      root_error=f"{type(cause).__name__}: {cause}",
-                      traceback=traceback.format_exception(type(cause), cause, cause.__traceback__)[-12:])
+        result.update(
+            status="failed",
+            stage="load",
+            load_s=round(time.perf_counter() - t0, 2),
+            error=f"{type(exc).__name__}: {exc}",
+            root_error=f"{type(cause).__name__}: {cause}",
+            traceback=traceback.format_exception(type(cause), cause, cause.__traceback__)[-12:],
+        )
         return result
     result["load_s"] = round(time.perf_counter() - t0, 2)
     result["pipeline"] = repr(pipe)
@@ -155,17 +176,27 @@ def run(args: argparse.Namespace) -> dict:
             "tokens": [a.tokens for a in singles],
             "seconds": [round(a.latency_s, 3) for a in singles],
         }
-        pipe.ask_batch([IMAGE] * args.batch, PROMPT, infer.GenSettings(max_new_tokens=8, ignore_eos=True),
-                       batch_size=args.batch, progress=False)  # warm-up at this batch size, not measured
+        pipe.ask_batch(
+            [IMAGE] * args.batch,
+            PROMPT,
+            infer.GenSettings(max_new_tokens=8, ignore_eos=True),
+            batch_size=args.batch,
+            progress=False,
+        )  # warm-up at this batch size, not measured
         runs = []
         for _ in range(max(1, args.repeats - 1)):
             t0 = time.perf_counter()
             answers = pipe.ask_batch([IMAGE] * args.batch, PROMPT, gen, batch_size=args.batch, progress=False)
             wall = time.perf_counter() - t0
-            runs.append({"wall_s": wall, "decode": _decode_rate(answers),
-                         "e2e": sum(a.tokens for a in answers) / wall,
-                         "first": max(a.first_token_s or 0.0 for a in answers),
-                         "tokens": sum(a.tokens for a in answers)})
+            runs.append(
+                {
+                    "wall_s": wall,
+                    "decode": _decode_rate(answers),
+                    "e2e": sum(a.tokens for a in answers) / wall,
+                    "first": max(a.first_token_s or 0.0 for a in answers),
+                    "tokens": sum(a.tokens for a in answers),
+                }
+            )
         result[f"batch_{args.batch}"] = {
             "decode_tokens_per_s": round(statistics.median(r["decode"] for r in runs), 1),
             "end_to_end_tokens_per_s": round(statistics.median(r["e2e"] for r in runs), 1),
@@ -176,9 +207,13 @@ def run(args: argparse.Namespace) -> dict:
         result["peak_memory_gib"] = _gib(torch.cuda.max_memory_allocated()) if cuda else None
         result["device_used_gib_nvml"] = _nvml_used_gib()
         result["status"] = "ok"
-    except Exception as exc:  # noqa: BLE001
-        result.update(status="failed", stage="generate", error=f"{type(exc).__name__}: {exc}",
-                      traceback=traceback.format_exc().splitlines()[-12:])
+    except Exception as exc:
+        result.update(
+            status="failed",
+            stage="generate",
+            error=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc().splitlines()[-12:],
+        )
     finally:
         pipe.close()
     return result
@@ -196,17 +231,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only to smoke-test the script")
     p.add_argument("--session-len", type=int, default=infer.DEFAULT_SESSION_LEN)
-    p.add_argument("--cache-max-entry-count", type=float, default=0.2,
-                   help="LMDeploy: share of free GPU memory reserved for the KV cache")
-    p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra LMDeploy engine-config field, e.g. eager_mode=true (repeatable)")
+    p.add_argument(
+        "--cache-max-entry-count",
+        type=float,
+        default=0.2,
+        help="LMDeploy: share of free GPU memory reserved for the KV cache",
+    )
+    p.add_argument(
+        "--engine-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra LMDeploy engine-config field, e.g. eager_mode=true (repeatable)",
+    )
     args = p.parse_args(argv)
     result = run(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    summary = {k: result.get(k) for k in ("status", "load_s", "batch_1", f"batch_{args.batch}", "peak_memory_gib",
-                                          "error")}
+    summary = {
+        k: result.get(k) for k in ("status", "load_s", "batch_1", f"batch_{args.batch}", "peak_memory_gib", "error")
+    }
     print(json.dumps(summary, ensure_ascii=False))
     return 0 if result["status"] == "ok" else 1
 

@@ -35,10 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import flops  # noqa: E402
-from helpers import SAMPLE_DATA_DIR, data, tiny  # noqa: E402
-from helpers.env import package_version  # noqa: E402
-from helpers.internvl import IMG_CONTEXT, TilingSettings  # noqa: E402
+import flops
+
+from helpers import SAMPLE_DATA_DIR, data, tiny
+from helpers.env import package_version
+from helpers.internvl import IMG_CONTEXT, TilingSettings
 
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "tokenizers")
 
@@ -54,8 +55,13 @@ def load_samples(folder: Path, tokenizer, settings: TilingSettings, max_length: 
     for record in ds:
         pixels = settings.pixel_values(Image.open(ds.image_path(record)))
         ids, labels = data.training_ids(record, tokenizer, len(pixels) * settings.num_image_token)
-        samples.append({"pixel_values": pixels, "input_ids": torch.tensor(ids[:max_length]),
-                        "labels": torch.tensor(labels[:max_length])})
+        samples.append(
+            {
+                "pixel_values": pixels,
+                "input_ids": torch.tensor(ids[:max_length]),
+                "labels": torch.tensor(labels[:max_length]),
+            }
+        )
     return samples
 
 
@@ -71,8 +77,14 @@ def collate(batch: list[dict], pad_id: int) -> dict:
         k = len(s["input_ids"])
         ids[i, :k], labels[i, :k], mask[i, :k] = s["input_ids"], s["labels"], 1
     pixels = torch.cat([s["pixel_values"] for s in batch])
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "pixel_values": pixels,
-            "image_flags": torch.ones(len(pixels), dtype=torch.long), "tokens": int(mask.sum())}
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "attention_mask": mask,
+        "pixel_values": pixels,
+        "image_flags": torch.ones(len(pixels), dtype=torch.long),
+        "tokens": int(mask.sum()),
+    }
 
 
 def build(model_dir: Path, device: str, four_bit: bool, lora_r: int, attn: str, checkpointing: bool):
@@ -83,16 +95,29 @@ def build(model_dir: Path, device: str, four_bit: bool, lora_r: int, attn: str, 
 
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
     config.llm_config.attn_implementation = attn
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.bfloat16,
-                               llm_int8_skip_modules=["vision_model", "mlp1"]) if four_bit else None
+    quant = (
+        BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            llm_int8_skip_modules=["vision_model", "mlp1"],
+        )
+        if four_bit
+        else None
+    )
     if four_bit and device == "cpu":
         from helpers.compat import allow_bnb_4bit_on_cpu
 
         allow_bnb_4bit_on_cpu()
-    model = AutoModel.from_pretrained(model_dir, config=config, torch_dtype=torch.bfloat16,
-                                      quantization_config=quant, trust_remote_code=True,
-                                      device_map={"": device} if four_bit else None)
+    model = AutoModel.from_pretrained(
+        model_dir,
+        config=config,
+        torch_dtype=torch.bfloat16,
+        quantization_config=quant,
+        trust_remote_code=True,
+        device_map={"": device} if four_bit else None,
+    )
     model.to(device)
     model.vision_model.requires_grad_(False)
     llm = model.language_model
@@ -103,10 +128,13 @@ def build(model_dir: Path, device: str, four_bit: bool, lora_r: int, attn: str, 
     if checkpointing:  # so we turn it on ourselves (forgetting this costs ~50 GB at batch 4 x 2,000 tokens)
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         llm.enable_input_require_grads()
-    targets = sorted({n.rsplit(".", 1)[-1] for n, m in llm.named_modules()
-                      if type(m).__name__ in ("Linear", "Linear4bit")})
-    model.language_model = get_peft_model(llm, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.05,
-                                                          target_modules=targets, task_type="CAUSAL_LM"))
+    targets = sorted(
+        {n.rsplit(".", 1)[-1] for n, m in llm.named_modules() if type(m).__name__ in ("Linear", "Linear4bit")}
+    )
+    model.language_model = get_peft_model(
+        llm,
+        LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.05, target_modules=targets, task_type="CAUSAL_LM"),
+    )
     model.mlp1.float().requires_grad_(True)  # trained in float32, autocast runs it in bf16
     return model, targets
 
@@ -125,8 +153,12 @@ def main() -> int:
     ap.add_argument("--lora-r", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--no-4bit", action="store_true")
-    ap.add_argument("--attn", default="eager", choices=["eager", "sdpa"],
-                    help="InternLM2 attention (the official remote code knows eager and flash_attention_2)")
+    ap.add_argument(
+        "--attn",
+        default="eager",
+        choices=["eager", "sdpa"],
+        help="InternLM2 attention (the official remote code knows eager and flash_attention_2)",
+    )
     ap.add_argument("--no-checkpointing", action="store_true")
     ap.add_argument("--name", default="peft-loop")
     ap.add_argument("--out", required=True)
@@ -141,8 +173,11 @@ def main() -> int:
     device = "cuda" if cuda else "cpu"
     torch.manual_seed(0)
     work = Path(args.workdir)
-    model_dir = Path(args.model).resolve() if args.model else tiny.build(args.preset, work / "model", overwrite=True,
-                                                              device=device)
+    model_dir = (
+        Path(args.model).resolve()
+        if args.model
+        else tiny.build(args.preset, work / "model", overwrite=True, device=device)
+    )
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     settings = TilingSettings.from_config(model_dir)
     samples = load_samples(Path(args.data), tok, settings, args.max_length)
@@ -153,12 +188,12 @@ def main() -> int:
     opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.05)
     # like XTuner's LengthGroupedSampler: batches of similar length, shuffled
     order = torch.randperm(len(samples)).tolist()
-    micro = [order[i:i + args.batch_size] for i in range(0, len(order) - args.batch_size + 1, args.batch_size)]
+    micro = [order[i : i + args.batch_size] for i in range(0, len(order) - args.batch_size + 1, args.batch_size)]
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     times, losses, tokens, seen = [], [], [], 0
     t_all = time.perf_counter()
-    for step in tqdm(range(args.steps), desc="optimizer steps"):
+    for _ in tqdm(range(args.steps), desc="optimizer steps"):
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -183,33 +218,54 @@ def main() -> int:
         tokens.append(step_tokens)
     wall = time.perf_counter() - t_all
 
-    sec = statistics.median(times[args.skip:] or times)
+    sec = statistics.median(times[args.skip :] or times)
     per_step = args.batch_size * args.accumulation
     mean_tokens = statistics.mean(tokens) / per_step
     samples_per_s = per_step / sec
     mean_tiles = statistics.mean(len(s["pixel_values"]) for s in samples)
-    cost = flops.training_flops_per_sample(json.loads((model_dir / "config.json").read_text()),
-                                           text_tokens=mean_tokens - mean_tiles * settings.num_image_token,
-                                           tiles=mean_tiles, lora_r=args.lora_r,
-                                           checkpointing=not args.no_checkpointing)
+    cost = flops.training_flops_per_sample(
+        json.loads((model_dir / "config.json").read_text()),
+        text_tokens=mean_tokens - mean_tiles * settings.num_image_token,
+        tiles=mean_tiles,
+        lora_r=args.lora_r,
+        checkpointing=not args.no_checkpointing,
+    )
     name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
     peak = flops.peak_bf16_flops(name)
     out = {
-        "benchmark": "train", "name": args.name, "runner": "plain transformers + peft + bitsandbytes loop",
-        "preset": None if args.model else args.preset, "data": args.data,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": name, "gpus": 1 if cuda else 0,
+        "benchmark": "train",
+        "name": args.name,
+        "runner": "plain transformers + peft + bitsandbytes loop",
+        "preset": None if args.model else args.preset,
+        "data": args.data,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "device": name,
+        "gpus": 1 if cuda else 0,
         "versions": {"python": platform.python_version(), **{p: package_version(p) for p in PACKAGES}},
-        "recipe": {"batch_size": args.batch_size, "accumulative_counts": args.accumulation,
-                   "max_length": args.max_length, "lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r,
-                   "quantization_llm": not args.no_4bit, "autocast": "bfloat16", "attn": args.attn,
-                   "gradient_checkpointing": not args.no_checkpointing, "lr": args.lr, "optimizer": "AdamW",
-                   "lora_targets": targets},
-        "optimizer_steps": args.steps, "seconds_per_step_median": round(sec, 4),
+        "recipe": {
+            "batch_size": args.batch_size,
+            "accumulative_counts": args.accumulation,
+            "max_length": args.max_length,
+            "lora_r": args.lora_r,
+            "lora_alpha": 2 * args.lora_r,
+            "quantization_llm": not args.no_4bit,
+            "autocast": "bfloat16",
+            "attn": args.attn,
+            "gradient_checkpointing": not args.no_checkpointing,
+            "lr": args.lr,
+            "optimizer": "AdamW",
+            "lora_targets": targets,
+        },
+        "optimizer_steps": args.steps,
+        "seconds_per_step_median": round(sec, 4),
         **flops.throughput(samples_per_s, mean_tokens, cost, peak),
         "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
-        "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4), "losses": [round(x, 4) for x in losses],
-        "wall_seconds": round(wall, 1), "command": " ".join(sys.argv), "notes": args.note,
+        "loss_first": round(losses[0], 4),
+        "loss_last": round(losses[-1], 4),
+        "losses": [round(x, 4) for x in losses],
+        "wall_seconds": round(wall, 1),
+        "command": " ".join(sys.argv),
+        "notes": args.note,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")

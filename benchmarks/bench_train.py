@@ -46,12 +46,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from helpers import SAMPLE_DATA_DIR, config, data, internvl, tiny, train  # noqa: E402
-from helpers.env import package_version  # noqa: E402
+from helpers import SAMPLE_DATA_DIR, config, data, internvl, tiny, train
+from helpers.env import package_version
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import flops  # noqa: E402
-
+import flops
 
 PACKAGES = ("torch", "transformers", "xtuner", "mmengine", "peft", "bitsandbytes", "tokenizers")
 
@@ -71,10 +70,18 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=4, help="data loader processes (the course: 4)")
     ap.add_argument("--persistent-workers", action="store_true", help="keep them between epochs")
     ap.add_argument("--data", default=str(SAMPLE_DATA_DIR), help="a CLoT folder (e.g. from synthetic.py)")
-    ap.add_argument("--amp", default="float16", choices=["float16", "bfloat16", "none"],
-                    help="AmpOptimWrapper dtype (the course: float16), or none for full precision")
-    ap.add_argument("--attn", default="default", choices=["default", "sdpa"],
-                    help="default: XTuner's choice (flash_attention_2 when flash-attn is installed, else eager)")
+    ap.add_argument(
+        "--amp",
+        default="float16",
+        choices=["float16", "bfloat16", "none"],
+        help="AmpOptimWrapper dtype (the course: float16), or none for full precision",
+    )
+    ap.add_argument(
+        "--attn",
+        default="default",
+        choices=["default", "sdpa"],
+        help="default: XTuner's choice (flash_attention_2 when flash-attn is installed, else eager)",
+    )
     ap.add_argument("--name", default="seed-recipe")
     ap.add_argument("--out", required=True)
     ap.add_argument("--note", action="append", default=[], help="a sentence recorded with the result")
@@ -88,13 +95,25 @@ def main() -> int:
     work = Path(args.workdir)
     data_dir = Path(args.data).resolve()
     ds = data.load_dataset(data_dir, split="train" if data.resolve_layout(data_dir).split_files else None)
-    model_dir = Path(args.model).resolve() if args.model else tiny.build(args.preset, work / "model", overwrite=True,
-                                                              device="cuda" if cuda else "cpu")
+    model_dir = (
+        Path(args.model).resolve()
+        if args.model
+        else tiny.build(args.preset, work / "model", overwrite=True, device="cuda" if cuda else "cpu")
+    )
     recipe = config.Recipe(
-        str(model_dir), str(ds.source), str(data_dir) + "/",
-        max_length=args.max_length, batch_size=args.batch_size, accumulative_counts=args.accumulation,
-        lora_r=args.lora_r, lora_alpha=2 * args.lora_r, max_iters=args.iters, save_steps=args.iters,
-        log_interval=1, quantization_llm=not args.no_4bit, dataloader_num_workers=args.workers,
+        str(model_dir),
+        str(ds.source),
+        str(data_dir) + "/",
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        accumulative_counts=args.accumulation,
+        lora_r=args.lora_r,
+        lora_alpha=2 * args.lora_r,
+        max_iters=args.iters,
+        save_steps=args.iters,
+        log_interval=1,
+        quantization_llm=not args.no_4bit,
+        dataloader_num_workers=args.workers,
         persistent_workers=args.persistent_workers,
         amp_dtype=None if args.amp == "none" else args.amp,
     )
@@ -127,26 +146,47 @@ def main() -> int:
     counts = data.token_counts(ds, tok, settings)
     mean_tokens = statistics.mean(min(c["total"], args.max_length) for c in counts)
     mean_tiles = statistics.mean(c["tiles"] for c in counts)
-    cost = flops.training_flops_per_sample(json.loads((model_dir / "config.json").read_text()),
-                                           text_tokens=mean_tokens - mean_tiles * settings.num_image_token,
-                                           tiles=mean_tiles, lora_r=args.lora_r)
+    cost = flops.training_flops_per_sample(
+        json.loads((model_dir / "config.json").read_text()),
+        text_tokens=mean_tokens - mean_tiles * settings.num_image_token,
+        tiles=mean_tiles,
+        lora_r=args.lora_r,
+    )
     name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
     peak = flops.peak_bf16_flops(name)
     samples_per_s = len(timed) * args.batch_size / sum(timed)
     out = {
-        "benchmark": "train", "name": args.name, "preset": args.preset if not args.model else None,
-        "model_dir": str(model_dir), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "runner": "XTuner (xtuner.tools.train via helpers.train)", "data": str(data_dir),
+        "benchmark": "train",
+        "name": args.name,
+        "preset": args.preset if not args.model else None,
+        "model_dir": str(model_dir),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "runner": "XTuner (xtuner.tools.train via helpers.train)",
+        "data": str(data_dir),
         "device": name,
         "gpus": torch.cuda.device_count() if cuda else 0,
         "versions": {"python": platform.python_version(), **{p: package_version(p) for p in PACKAGES}},
-        "recipe": {k: getattr(recipe, k) for k in ("batch_size", "accumulative_counts", "max_length", "lora_r",
-                                                    "lora_alpha", "quantization_llm", "amp_dtype", "lr",
-                                                    "optimizer", "max_iters", "dataloader_num_workers",
-                                                    "persistent_workers")},
+        "recipe": {
+            k: getattr(recipe, k)
+            for k in (
+                "batch_size",
+                "accumulative_counts",
+                "max_length",
+                "lora_r",
+                "lora_alpha",
+                "quantization_llm",
+                "amp_dtype",
+                "lr",
+                "optimizer",
+                "max_iters",
+                "dataloader_num_workers",
+                "persistent_workers",
+            )
+        },
         "attention": "sdpa (INTERNVL_ATTN_FALLBACK)" if args.attn == "sdpa" else "XTuner default",
         "overrides": [str(o) for o in overrides],
-        "iterations": result.steps, "optimizer_steps": result.steps // args.accumulation,
+        "iterations": result.steps,
+        "optimizer_steps": result.steps // args.accumulation,
         "timed_optimizer_steps": len(timed) // acc,
         "seconds_per_optimizer_step": round(sum(timed) / (len(timed) / acc), 4),
         "seconds_per_iteration_median": round(sec_per_iter, 4),
@@ -158,11 +198,14 @@ def main() -> int:
         # XTuner prints the model after building it; these are the module names shown as bnb Linear4bit
         # XTuner prints the model after building it: LoRA-wrapped layers whose frozen base is a
         # bitsandbytes Linear4bit, and LLM layers left in 16 bit (none expected with quantization_llm)
-        "lora_layers_on_4bit_base": sorted(set(re.findall(
-            r"\((\w+)\): lora\.Linear\(\n\s*\(base_layer\): Linear4bit\(", log_text))),
-        "llm_layers_not_4bit": sorted(set(re.findall(
-            r"\((\w+)\): lora\.Linear\(\n\s*\(base_layer\): Linear\(", log_text))),
-        "loss_first": rows[0].get("loss"), "loss_last": rows[-1].get("loss"),
+        "lora_layers_on_4bit_base": sorted(
+            set(re.findall(r"\((\w+)\): lora\.Linear\(\n\s*\(base_layer\): Linear4bit\(", log_text))
+        ),
+        "llm_layers_not_4bit": sorted(
+            set(re.findall(r"\((\w+)\): lora\.Linear\(\n\s*\(base_layer\): Linear\(", log_text))
+        ),
+        "loss_first": rows[0].get("loss"),
+        "loss_last": rows[-1].get("loss"),
         "wall_seconds": round(result.seconds, 1),
         "command": " ".join(sys.argv),
         "notes": args.note,

@@ -29,13 +29,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helpers import memory  # noqa: E402
-from helpers.internvl import TilingSettings  # noqa: E402
+from helpers import memory
+from helpers.internvl import TilingSettings
 
 #: Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, FLOP/s.
 PEAK_BF16 = {
-    "H100 SXM": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 989e12,
-    "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "RTX 4090": 165e12,
+    "H100 SXM": 989e12,
+    "H100 NVL": 835e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 70e12,
+    "RTX 4090": 165e12,
 }
 
 
@@ -48,8 +55,15 @@ def peak_bf16_flops(device_name: str) -> float | None:
     return None
 
 
-def training_flops_per_sample(cfg: dict[str, Any], *, text_tokens: float, tiles: float, lora_r: int,
-                              lora_targets: list[str] | None = None, checkpointing: bool = True) -> dict[str, float]:
+def training_flops_per_sample(
+    cfg: dict[str, Any],
+    *,
+    text_tokens: float,
+    tiles: float,
+    lora_r: int,
+    lora_targets: list[str] | None = None,
+    checkpointing: bool = True,
+) -> dict[str, float]:
     """Model FLOPs of one training sample, by part (see the module docstring for the formula).
 
     ``cfg`` is an InternVL2 ``config.json`` as a dict; ``text_tokens`` the
@@ -75,8 +89,9 @@ def training_flops_per_sample(cfg: dict[str, Any], *, text_tokens: float, tiles:
         "llm_lora": s * 6 * n_lora,
         "llm_attention": s * 12 * layers * s * hidden,
         "projector": image_tokens * 6 * groups["mlp1"],
-        "vision": tiles * patches * (2 * groups["vision_model"]
-                                     + 4 * vis["num_hidden_layers"] * patches * vis["hidden_size"]),
+        "vision": tiles
+        * patches
+        * (2 * groups["vision_model"] + 4 * vis["num_hidden_layers"] * patches * vis["hidden_size"]),
     }
     parts["total"] = sum(parts.values())
     parts["recompute"] = (s * 2 * (n + n_lora) + s * 4 * layers * s * hidden) if checkpointing else 0.0

@@ -1,6 +1,6 @@
 """Draw the single-GPU training results: samples/s and peak memory per recipe, from the JSON files.
 
-    python benchmarks/plot_train.py            # writes book/reference/figures/training-h100.png
+python benchmarks/plot_train.py            # writes book/reference/figures/training-h100.png
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ def plot(runs: list[tuple[str, dict]], out: Path) -> Path:
     labels = [label for label, _ in runs][::-1]
     sps = [r["samples_per_second"] for _, r in runs][::-1]
     mem = [r["peak_gpu_memory_gib"] for _, r in runs][::-1]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 0.45 * len(runs) + 1.4), sharey=True,
-                                   gridspec_kw={"width_ratios": [3, 2]})
+    fig, (ax1, ax2) = plt.subplots(
+        1, 2, figsize=(11, 0.45 * len(runs) + 1.4), sharey=True, gridspec_kw={"width_ratios": [3, 2]}
+    )
     colors = ["tab:gray" if "seed" in lab else "tab:blue" if "XTuner" in lab else "tab:orange" for lab in labels]
     ax1.barh(labels, sps, color=colors)
     for y, v in enumerate(sps):

@@ -22,11 +22,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from helpers import SAMPLE_DATA_DIR, data, internvl  # noqa: E402
+from helpers import SAMPLE_DATA_DIR, data, internvl
 
 
-def make(model_dir: str | Path, out: str | Path, samples: int = 64, width: int = 1344, height: int = 896,
-         caption_tokens: int = 128) -> dict[str, Any]:
+def make(
+    model_dir: str | Path,
+    out: str | Path,
+    samples: int = 64,
+    width: int = 1344,
+    height: int = 896,
+    caption_tokens: int = 128,
+) -> dict[str, Any]:
     """Write ``samples`` records to ``out`` and return what one sample costs, in tokens."""
     from PIL import Image
     from transformers import AutoTokenizer
@@ -44,17 +50,32 @@ def make(model_dir: str | Path, out: str | Path, samples: int = 64, width: int =
         name = f"ex_images/synth_{i:04d}.jpg"
         Image.open(source.image_path(record)).convert("RGB").resize((width, height)).save(out / name, quality=90)
         start = (i * 37) % (len(ids) - caption_tokens)
-        caption = tok.decode(ids[start:start + caption_tokens])
-        records.append({"id": f"synth_{i:04d}", "image": name, "conversations": [
-            {"from": "human", "value": internvl.COURSE_PROMPT}, {"from": "gpt", "value": caption}]})
+        caption = tok.decode(ids[start : start + caption_tokens])
+        records.append(
+            {
+                "id": f"synth_{i:04d}",
+                "image": name,
+                "conversations": [
+                    {"from": "human", "value": internvl.COURSE_PROMPT},
+                    {"from": "gpt", "value": caption},
+                ],
+            }
+        )
     (out / "ex_cn.json").write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
     settings = internvl.TilingSettings.from_config(model_dir)
     counts = data.token_counts(data.load_dataset(out), tok, settings)
     totals = sorted({c["total"] for c in counts})
     tiles = counts[0]["tiles"]  # one image size, so the same for every sample
-    return {"folder": str(out), "samples": samples, "image_size": [width, height], "tiles": tiles,
-            "image_tokens": tiles * settings.num_image_token, "caption_tokens": caption_tokens,
-            "tokens_per_sample": totals[-1], "tokens_per_sample_min": totals[0]}
+    return {
+        "folder": str(out),
+        "samples": samples,
+        "image_size": [width, height],
+        "tiles": tiles,
+        "image_tokens": tiles * settings.num_image_token,
+        "caption_tokens": caption_tokens,
+        "tokens_per_sample": totals[-1],
+        "tokens_per_sample_min": totals[0],
+    }
 
 
 def main() -> int:
@@ -66,8 +87,7 @@ def main() -> int:
     ap.add_argument("--height", type=int, default=896)
     ap.add_argument("--caption-tokens", type=int, default=128)
     args = ap.parse_args()
-    print(json.dumps(make(args.model, args.out, args.samples, args.width, args.height, args.caption_tokens),
-                     indent=2))
+    print(json.dumps(make(args.model, args.out, args.samples, args.width, args.height, args.caption_tokens), indent=2))
     return 0
 
 

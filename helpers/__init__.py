@@ -25,6 +25,7 @@ imports the modules it teaches.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 from pathlib import Path
 
@@ -63,9 +64,7 @@ def show_source(obj: object) -> object:
     True
     """
     source = inspect.getsource(obj)  # type: ignore[arg-type]
-    try:
-        from IPython.display import Code
-    except ImportError:  # pragma: no cover - IPython is always there in the book env
+    if importlib.util.find_spec("IPython") is None:  # pragma: no cover - IPython is always there in the book env
         return source
     return _SourceCode(source)
 

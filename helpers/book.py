@@ -39,10 +39,11 @@ import string
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from helpers import REPO_DIR
 from helpers.errors import BookError, ProfileError, RunError, UsageError, report
@@ -97,8 +98,10 @@ def discover(notebooks_dir: str | Path = NOTEBOOKS_DIR) -> list[Path]:
     """
     folder = Path(notebooks_dir)
     if not folder.is_dir():
-        raise UsageError(f"Notebook folder {folder} does not exist: pass --notebooks-dir with the folder "
-                         "that holds the NN_name.ipynb notebooks.")
+        raise UsageError(
+            f"Notebook folder {folder} does not exist: pass --notebooks-dir with the folder "
+            "that holds the NN_name.ipynb notebooks."
+        )
     return sorted(p for p in folder.iterdir() if _NOTEBOOK_RE.match(p.name))
 
 
@@ -118,7 +121,7 @@ def select(notebooks: Sequence[Path], only: str | None = None, start: str | None
 
     chosen = list(notebooks)
     if start:
-        chosen = chosen[find(start):]
+        chosen = chosen[find(start) :]
     if only:
         keep = {find(k) for k in only.split(",") if k.strip()}
         chosen = [nb for nb in chosen if notebooks.index(nb) in keep]
@@ -130,7 +133,7 @@ def _read(path: Path) -> Any:
 
     try:
         return nbformat.read(str(path), as_version=4)
-    except Exception as exc:  # noqa: BLE001 - nbformat raises several kinds
+    except Exception as exc:
         raise UsageError(f"{path} is not a readable notebook ({type(exc).__name__}: {exc}).") from exc
 
 
@@ -165,14 +168,14 @@ def parameter_names(notebook: str | Path | Any) -> list[str]:
     found = _parameters_cell(nb)
     if found is None:
         return []
-    source = "\n".join(
-        "" if line.lstrip().startswith(("%", "!")) else line for line in found[1].source.splitlines()
-    )
+    source = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in found[1].source.splitlines())
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
-        raise UsageError(f"The parameters cell of {getattr(notebook, 'name', 'the notebook')} is not valid "
-                         f"Python (line {exc.lineno}: {exc.msg}); fix it in Jupyter.") from exc
+        raise UsageError(
+            f"The parameters cell of {getattr(notebook, 'name', 'the notebook')} is not valid "
+            f"Python (line {exc.lineno}: {exc.msg}); fix it in Jupyter."
+        ) from exc
 
     names: list[str] = []
 
@@ -227,8 +230,10 @@ def load_params(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         files = ", ".join(sorted(p.name for p in PARAMS_DIR.glob("*.yaml"))) or "none"
-        raise UsageError(f"Parameters file {path} does not exist. Fix: pass one of the files in "
-                         f"{PARAMS_DIR} ({files}), e.g. --params-file params/gpu-internvl2-2b.yaml, or write your own.")
+        raise UsageError(
+            f"Parameters file {path} does not exist. Fix: pass one of the files in "
+            f"{PARAMS_DIR} ({files}), e.g. --params-file params/gpu-internvl2-2b.yaml, or write your own."
+        )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -265,8 +270,9 @@ def resolve_params(params: dict[str, Any], root: Path = REPO_DIR) -> dict[str, A
     return out
 
 
-def _merge_params(profile: str, params_file: str | Path | None, overrides: Iterable[tuple[str, str]],
-                  params_dir: Path) -> tuple[dict[str, Any], set[str]]:
+def _merge_params(
+    profile: str, params_file: str | Path | None, overrides: Iterable[tuple[str, str]], params_dir: Path
+) -> tuple[dict[str, Any], set[str]]:
     """Profile defaults, then the params file, then ``-p``; also the keys the user supplied.
 
     A ``profile`` key in the params file or in ``-p`` is later than ``--profile``
@@ -303,8 +309,10 @@ def ensure_kernel(name: str = "python3") -> None:
         spec = KernelSpecManager().get_kernel_spec(name)
     except NoSuchKernel:
         if name != "python3":
-            raise UsageError(f"There is no Jupyter kernel named {name!r}: see `jupyter kernelspec list`, "
-                           "or leave out --kernel to use python3.") from None
+            raise UsageError(
+                f"There is no Jupyter kernel named {name!r}: see `jupyter kernelspec list`, "
+                "or leave out --kernel to use python3."
+            ) from None
         try:
             from ipykernel.kernelspec import install
         except ImportError as exc:
@@ -314,8 +322,11 @@ def ensure_kernel(name: str = "python3") -> None:
         return
     exe = spec.argv[0] if spec.argv else ""
     if os.path.isabs(exe) and Path(exe).resolve() != Path(sys.executable).resolve():
-        print(f"note: kernel {name!r} runs {exe}, not {sys.executable}; if imports fail in the notebooks, "
-              f"run `{sys.executable} -m ipykernel install --sys-prefix`.", file=sys.stderr)
+        print(
+            f"note: kernel {name!r} runs {exe}, not {sys.executable}; if imports fail in the notebooks, "
+            f"run `{sys.executable} -m ipykernel install --sys-prefix`.",
+            file=sys.stderr,
+        )
 
 
 def _kernel_manager(name: str, socket_dir: Path) -> Any:
@@ -415,8 +426,7 @@ def _failure_message(nb_path: Path, out_path: Path, exc: Exception, shift: int, 
         index = exc.cell_index
         if shift and param_index is not None and index > param_index:
             index -= shift  # papermill added an "injected-parameters" cell after the parameters cell
-        lines.append(f"  cell {index + 1} of {nb_path.name} (In [{exc.exec_count}]) raised "
-                     f"{exc.ename}: {exc.evalue}")
+        lines.append(f"  cell {index + 1} of {nb_path.name} (In [{exc.exec_count}]) raised {exc.ename}: {exc.evalue}")
         source = exc.source.strip("\n").splitlines()
         lines.append("  cell source:")
         lines += [f"    | {line}" for line in source[:6]]
@@ -431,8 +441,15 @@ def _failure_message(nb_path: Path, out_path: Path, exc: Exception, shift: int, 
     return "\n".join(lines)
 
 
-def execute(notebook: str | Path, out: str | Path, params: dict[str, Any] | None = None,
-            kernel: str = "python3", *, log_output: bool = False, cell_timeout: int | None = None) -> Path:
+def execute(
+    notebook: str | Path,
+    out: str | Path,
+    params: dict[str, Any] | None = None,
+    kernel: str = "python3",
+    *,
+    log_output: bool = False,
+    cell_timeout: int | None = None,
+) -> Path:
     """Run one notebook with papermill into ``out``; the one way the book executes a notebook.
 
     The notebook runs in a fresh ``kernel`` (over local sockets, stopped
@@ -455,13 +472,21 @@ def execute(notebook: str | Path, out: str | Path, params: dict[str, Any] | None
         km = _kernel_manager(kernel, Path(sockets))
         try:
             pm.execute_notebook(
-                str(notebook), str(out), parameters=params, kernel_name=kernel, language="python",
-                progress_bar=False, log_output=log_output, cwd=str(notebook.parent), km=km,
+                str(notebook),
+                str(out),
+                parameters=params,
+                kernel_name=kernel,
+                language="python",
+                progress_bar=False,
+                log_output=log_output,
+                cwd=str(notebook.parent),
+                km=km,
                 **({"execution_timeout": cell_timeout} if cell_timeout else {}),
             )
-        except Exception as exc:  # noqa: BLE001 - every failure is reported the same way
-            message = _failure_message(notebook, out, exc, shift=1 if params else 0,
-                                       param_index=found[0] if found else None)
+        except Exception as exc:
+            message = _failure_message(
+                notebook, out, exc, shift=1 if params else 0, param_index=found[0] if found else None
+            )
             raise RunError(message) from exc
         finally:
             _shutdown(km)
@@ -478,8 +503,15 @@ class _Plan:
     unused: list[str]
 
 
-def _plan(profile: str, overrides: Iterable[tuple[str, str]], params_file: str | Path | None, only: str | None,
-          start: str | None, notebooks_dir: str | Path, params_dir: str | Path) -> _Plan:
+def _plan(
+    profile: str,
+    overrides: Iterable[tuple[str, str]],
+    params_file: str | Path | None,
+    only: str | None,
+    start: str | None,
+    notebooks_dir: str | Path,
+    params_dir: str | Path,
+) -> _Plan:
     """Select the notebooks and give each the merged, resolved parameters its ``parameters`` cell assigns."""
     all_notebooks = discover(notebooks_dir)
     notebooks = select(all_notebooks, only, start)
@@ -507,8 +539,9 @@ def check_parameters(plan: _Plan) -> None:
         values.update(inject)
     found = check(values)
     if found:
-        raise UsageError(f"{len(found)} parameter problem(s); no notebook was run:\n"
-                         + "\n".join(f"  - {p}" for p in found))
+        raise UsageError(
+            f"{len(found)} parameter problem(s); no notebook was run:\n" + "\n".join(f"  - {p}" for p in found)
+        )
 
 
 def _stream_cell_output() -> None:
@@ -550,8 +583,11 @@ def run_book(
     plan = _plan(profile, overrides, params_file, only, start, notebooks_dir, params_dir)
     check_parameters(plan)
     if plan.unused:
-        print(f"warning: no notebook defines {', '.join(plan.unused)} in its parameters cell; "
-              "these values are ignored (check the spelling).", file=sys.stderr)
+        print(
+            f"warning: no notebook defines {', '.join(plan.unused)} in its parameters cell; "
+            "these values are ignored (check the spelling).",
+            file=sys.stderr,
+        )
     if plan.profile == "gpu":
         _require_cuda()
     ensure_kernel(kernel)
@@ -567,8 +603,7 @@ def run_book(
         result.params, result.output = plan.inject[nb_path], str(build / nb_path.name)
         t0 = time.perf_counter()
         try:
-            execute(nb_path, result.output, result.params, kernel, log_output=log_output,
-                    cell_timeout=cell_timeout)
+            execute(nb_path, result.output, result.params, kernel, log_output=log_output, cell_timeout=cell_timeout)
         except RunError as exc:
             result.seconds, result.status = round(time.perf_counter() - t0, 2), "failed"
             result.error = _error_line(exc.__cause__ or exc)
@@ -576,8 +611,9 @@ def run_book(
             print("\n" + _table(results))
             summary = _write_summary(build, plan.profile, results, plan.unused)
             not_run = [r.notebook for r in results if r.status == "not run"]
-            raise RunError(f"{exc}" + (f"\n  not run: {', '.join(not_run)}" if not_run else "")
-                           + f"\n  run summary: {summary}") from exc.__cause__
+            raise RunError(
+                f"{exc}" + (f"\n  not run: {', '.join(not_run)}" if not_run else "") + f"\n  run summary: {summary}"
+            ) from exc.__cause__
         result.seconds, result.status = round(time.perf_counter() - t0, 2), "ok"
         print(f"ok {result.seconds:.1f} s", flush=True)
         _write_summary(build, plan.profile, results, plan.unused)
@@ -606,8 +642,7 @@ def load_sweep(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     names = [str(r.get("name", "")) for r in runs]
     bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9_.-]+", n)]
     if bad or len(set(names)) != len(names):
-        raise UsageError(f"{path}: every run needs a unique `name` of letters, digits, '.', '_' or '-' "
-                         f"(got {names}).")
+        raise UsageError(f"{path}: every run needs a unique `name` of letters, digits, '.', '_' or '-' (got {names}).")
     return dict(base), [dict(r) for r in runs]
 
 
@@ -638,15 +673,32 @@ def run_sweep(
     for i, run in enumerate(runs, start=1):
         name = run.pop("name")
         values = {**base, **run}
-        print(f"=== sweep {stem}: run {i}/{len(runs)} {name}: "
-              + ", ".join(f"{k}={v}" for k, v in values.items()))
-        run_overrides = overrides + shared + [(k, json.dumps(v)) for k, v in values.items()] + [
-            ("output_dir", json.dumps(str(sweep_dir / name)))]
-        run_book(profile, run_overrides, only=TRAINING_NOTEBOOKS, build_dir=Path(build_dir) / "sweeps" / stem / name,
-                 kernel=kernel, notebooks_dir=notebooks_dir, params_dir=params_dir)
+        print(f"=== sweep {stem}: run {i}/{len(runs)} {name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+        run_overrides = (
+            overrides
+            + shared
+            + [(k, json.dumps(v)) for k, v in values.items()]
+            + [("output_dir", json.dumps(str(sweep_dir / name)))]
+        )
+        run_book(
+            profile,
+            run_overrides,
+            only=TRAINING_NOTEBOOKS,
+            build_dir=Path(build_dir) / "sweeps" / stem / name,
+            kernel=kernel,
+            notebooks_dir=notebooks_dir,
+            params_dir=params_dir,
+        )
     print(f"=== sweep {stem}: overlaying {len(runs)} runs")
-    run_book(profile, overrides + [("runs_dir", json.dumps(str(sweep_dir)))], only=PLOT_NOTEBOOK,
-             build_dir=build_dir, kernel=kernel, notebooks_dir=notebooks_dir, params_dir=params_dir)
+    run_book(
+        profile,
+        overrides + [("runs_dir", json.dumps(str(sweep_dir)))],
+        only=PLOT_NOTEBOOK,
+        build_dir=build_dir,
+        kernel=kernel,
+        notebooks_dir=notebooks_dir,
+        params_dir=params_dir,
+    )
     return sweep_dir
 
 
@@ -654,8 +706,10 @@ def _require_cuda() -> None:
     import torch
 
     if not torch.cuda.is_available():
-        raise ProfileError("The gpu profile needs a CUDA GPU and there is none here: "
-                           "run with the tiny profile (the default), or on the GPU machine.")
+        raise ProfileError(
+            "The gpu profile needs a CUDA GPU and there is none here: "
+            "run with the tiny profile (the default), or on the GPU machine."
+        )
 
 
 # --------------------------------------------------------------------------- strip
@@ -735,30 +789,53 @@ def strip(paths: Sequence[str | Path] = (), check: bool = False, notebooks_dir: 
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m helpers.book", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.book",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR,
-                        help="folder with the NN_name.ipynb notebooks (default: notebooks/)")
+    common.add_argument(
+        "--notebooks-dir",
+        type=Path,
+        default=NOTEBOOKS_DIR,
+        help="folder with the NN_name.ipynb notebooks (default: notebooks/)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", parents=[common], help="execute the notebooks in order")
-    run.add_argument("--profile", choices=sorted(PROFILES), default="tiny",
-                     help="parameter defaults: tiny (CPU, default) or gpu (InternVL2-2B)")
-    run.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                     help="set a parameter (YAML scalar), e.g. -p max_steps 20; repeatable")
+    run.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="tiny",
+        help="parameter defaults: tiny (CPU, default) or gpu (InternVL2-2B)",
+    )
+    run.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="set a parameter (YAML scalar), e.g. -p max_steps 20; repeatable",
+    )
     run.add_argument("--params-file", type=Path, help="YAML file of parameters (over the profile's)")
     run.add_argument("--only", help="comma-separated notebooks to run, e.g. 00,01")
     run.add_argument("--from", dest="start", help="start at this notebook, e.g. 02")
-    run.add_argument("--build-dir", type=Path, default=BUILD_DIR,
-                     help="where executed notebooks go (default: _build/notebooks)")
+    run.add_argument(
+        "--build-dir", type=Path, default=BUILD_DIR, help="where executed notebooks go (default: _build/notebooks)"
+    )
     run.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
     run.add_argument("--params-dir", type=Path, default=PARAMS_DIR, help=argparse.SUPPRESS)
     run.add_argument("--log-output", action="store_true", help="stream the notebooks' cell output")
     run.add_argument("--cell-timeout", type=int, help="seconds a single cell may run (default: no limit)")
 
-    sw = sub.add_parser("sweep", parents=[common], help="run the training notebooks once per parameter set "
-                        "of a sweep file, then overlay the loss curves (notebook 05)")
+    sw = sub.add_parser(
+        "sweep",
+        parents=[common],
+        help="run the training notebooks once per parameter set "
+        "of a sweep file, then overlay the loss curves (notebook 05)",
+    )
     sw.add_argument("sweep_file", type=Path, help="YAML with `base:` and `runs:` (see params/sweep-*.yaml)")
     sw.add_argument("--profile", choices=sorted(PROFILES), default="tiny")
     sw.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
@@ -793,23 +870,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             run_book(
-                profile=args.profile, overrides=[tuple(p) for p in args.param], params_file=args.params_file,
-                only=args.only, start=args.start, build_dir=args.build_dir, kernel=args.kernel,
-                notebooks_dir=args.notebooks_dir, params_dir=args.params_dir, log_output=args.log_output,
+                profile=args.profile,
+                overrides=[tuple(p) for p in args.param],
+                params_file=args.params_file,
+                only=args.only,
+                start=args.start,
+                build_dir=args.build_dir,
+                kernel=args.kernel,
+                notebooks_dir=args.notebooks_dir,
+                params_dir=args.params_dir,
+                log_output=args.log_output,
                 cell_timeout=args.cell_timeout,
             )
         elif args.command == "sweep":
-            out = run_sweep(args.sweep_file, profile=args.profile, overrides=[tuple(p) for p in args.param],
-                            build_dir=args.build_dir, kernel=args.kernel, notebooks_dir=args.notebooks_dir,
-                            params_dir=args.params_dir)
+            out = run_sweep(
+                args.sweep_file,
+                profile=args.profile,
+                overrides=[tuple(p) for p in args.param],
+                build_dir=args.build_dir,
+                kernel=args.kernel,
+                notebooks_dir=args.notebooks_dir,
+                params_dir=args.params_dir,
+            )
             print(f"sweep outputs in {out}; overlaid figure: {out / 'loss_curves.png'}")
         elif args.command == "list":
             _list(args.notebooks_dir)
         elif args.command == "strip":
             dirty = strip(args.paths, check=args.check, notebooks_dir=args.notebooks_dir)
             if args.check and dirty:
-                print(f"{len(dirty)} notebook(s) carry outputs: run `python -m helpers.book strip`.",
-                      file=sys.stderr)
+                print(f"{len(dirty)} notebook(s) carry outputs: run `python -m helpers.book strip`.", file=sys.stderr)
                 return 1
     except BookError as exc:
         return report(exc)  # 1 when a notebook failed, 2 when the input cannot be used

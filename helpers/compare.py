@@ -27,7 +27,8 @@ import math
 import re
 import statistics
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .errors import BookError
 from .internvl import IMAGE_TOKEN, IMG_CONTEXT, XTUNER_SYSTEM, build_prompt
@@ -36,9 +37,20 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 __all__ = [
-    "METRICS", "chrf", "chrf_statistics", "corpus_chrf", "rouge_l_chars", "distinct_n", "repetition_rate",
-    "length_stats", "exact_match", "perplexity_on_references", "answers_by_id", "compare_answers",
-    "summary_table", "report_markdown",
+    "METRICS",
+    "chrf",
+    "chrf_statistics",
+    "corpus_chrf",
+    "rouge_l_chars",
+    "distinct_n",
+    "repetition_rate",
+    "length_stats",
+    "exact_match",
+    "perplexity_on_references",
+    "answers_by_id",
+    "compare_answers",
+    "summary_table",
+    "report_markdown",
 ]
 
 #: The per-answer metrics :func:`compare_answers` computes, with what they measure.
@@ -60,7 +72,7 @@ def _chars(text: str) -> str:
 
 def _ngrams(text: str, n: int) -> Counter[str]:
     """Counts of the character n-grams of ``text`` (already whitespace-free)."""
-    return Counter(text[i:i + n] for i in range(len(text) - n + 1))
+    return Counter(text[i : i + n] for i in range(len(text) - n + 1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,7 +112,7 @@ def _f_score(stats: Sequence[tuple[int, int, int]], beta: float) -> float:
     p, r = sum(precisions) / len(precisions), sum(recalls) / len(recalls)
     if p + r == 0:
         return 0.0
-    b2 = beta ** 2
+    b2 = beta**2
     return 100.0 * (1 + b2) * p * r / (b2 * p + r)
 
 
@@ -127,8 +139,10 @@ def corpus_chrf(hyps: Sequence[str], refs: Sequence[str], n: int = 6, beta: floa
     True
     """
     if len(hyps) != len(refs):
-        raise BookError(f"corpus_chrf got {len(hyps)} hypotheses but {len(refs)} references; "
-                        "pass one reference per answer, in the same order.")
+        raise BookError(
+            f"corpus_chrf got {len(hyps)} hypotheses but {len(refs)} references; "
+            "pass one reference per answer, in the same order."
+        )
     totals = [[0, 0, 0] for _ in range(n)]
     for hyp, ref in zip(hyps, refs):
         for total, stat in zip(totals, chrf_statistics(hyp, ref, n)):
@@ -209,8 +223,13 @@ def length_stats(texts: Iterable[str]) -> dict[str, float]:
     lengths = [len(_chars(t)) for t in texts]
     if not lengths:
         return {"count": 0, "mean": 0.0, "median": 0.0, "min": 0, "max": 0}
-    return {"count": len(lengths), "mean": statistics.fmean(lengths), "median": float(statistics.median(lengths)),
-            "min": min(lengths), "max": max(lengths)}
+    return {
+        "count": len(lengths),
+        "mean": statistics.fmean(lengths),
+        "median": float(statistics.median(lengths)),
+        "min": min(lengths),
+        "max": max(lengths),
+    }
 
 
 def exact_match(hypothesis: str, reference: str) -> bool:
@@ -232,20 +251,28 @@ def _core_model(model: Any) -> Any:
     return unwrap() if callable(unwrap) else model
 
 
-def _reference_ids(tokenizer: Any, question: str, reference: str, num_patches: Sequence[int],
-                   num_image_token: int, system: str) -> tuple[list[int], list[int]]:
+def _reference_ids(
+    tokenizer: Any, question: str, reference: str, num_patches: Sequence[int], num_image_token: int, system: str
+) -> tuple[list[int], list[int]]:
     """``input_ids`` and ``labels`` of one question and its reference answer, as XTuner encodes them."""
     if IMAGE_TOKEN not in question:
         question = f"{IMAGE_TOKEN}\n{question}"
-    prompt = build_prompt([(question, reference)], tiles=list(num_patches), num_image_token=num_image_token,
-                          system=system)
+    prompt = build_prompt(
+        [(question, reference)], tiles=list(num_patches), num_image_token=num_image_token, system=system
+    )
     return prompt.ids(tokenizer)
 
 
-def perplexity_on_references(model: Any, tokenizer: Any, pixel_values_list: Sequence["torch.Tensor"],
-                             questions: Sequence[str], references: Sequence[str],
-                             num_patches_list: Sequence[int | Sequence[int]] | None = None,
-                             device: str = "cpu", system: str = XTUNER_SYSTEM) -> list[float]:
+def perplexity_on_references(
+    model: Any,
+    tokenizer: Any,
+    pixel_values_list: Sequence[torch.Tensor],
+    questions: Sequence[str],
+    references: Sequence[str],
+    num_patches_list: Sequence[int | Sequence[int]] | None = None,
+    device: str = "cpu",
+    system: str = XTUNER_SYSTEM,
+) -> list[float]:
     """Perplexity of each reference caption under an InternVL2 model, given its image and question.
 
     For each sample the conversation is rendered by
@@ -269,10 +296,12 @@ def perplexity_on_references(model: Any, tokenizer: Any, pixel_values_list: Sequ
 
     n = len(pixel_values_list)
     if not (len(questions) == len(references) == n) or (num_patches_list is not None and len(num_patches_list) != n):
-        raise BookError(f"perplexity_on_references got {n} pixel_values, {len(questions)} questions, "
-                        f"{len(references)} references"
-                        + ("" if num_patches_list is None else f" and {len(num_patches_list)} num_patches")
-                        + "; pass one of each per sample, in the same order.")
+        raise BookError(
+            f"perplexity_on_references got {n} pixel_values, {len(questions)} questions, "
+            f"{len(references)} references"
+            + ("" if num_patches_list is None else f" and {len(num_patches_list)} num_patches")
+            + "; pass one of each per sample, in the same order."
+        )
     if n == 0:
         return []
     core = _core_model(model)
@@ -286,18 +315,23 @@ def perplexity_on_references(model: Any, tokenizer: Any, pixel_values_list: Sequ
             patches = num_patches_list[i] if num_patches_list is not None else pixels.shape[0]
             patches = [patches] if isinstance(patches, int) else list(patches)
             if sum(patches) != pixels.shape[0]:
-                raise BookError(f"sample {i}: pixel_values has {pixels.shape[0]} tiles but num_patches says "
-                                f"{patches}; pass the tile counts that image_to_pixel_values produced.")
+                raise BookError(
+                    f"sample {i}: pixel_values has {pixels.shape[0]} tiles but num_patches says "
+                    f"{patches}; pass the tile counts that image_to_pixel_values produced."
+                )
             if not reference.strip():
                 raise BookError(f"sample {i}: the reference caption is empty; drop the sample or fix its caption.")
             ids, label_ids = _reference_ids(tokenizer, question, reference, patches, core.num_image_token, system)
             input_ids = torch.tensor([ids], device=device)
             labels = torch.tensor([label_ids], device=device)
             with torch.no_grad():
-                logits = core(pixel_values=pixels.to(device=device, dtype=dtype), input_ids=input_ids,
-                              attention_mask=torch.ones_like(input_ids),
-                              image_flags=torch.ones(pixels.shape[0], 1, dtype=torch.long, device=device),
-                              return_dict=True).logits
+                logits = core(
+                    pixel_values=pixels.to(device=device, dtype=dtype),
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    image_flags=torch.ones(pixels.shape[0], 1, dtype=torch.long, device=device),
+                    return_dict=True,
+                ).logits
                 nll = torch.nn.functional.cross_entropy(logits[0, :-1].float(), labels[0, 1:], ignore_index=-100)
             out.append(math.exp(nll.item()))
     finally:
@@ -317,14 +351,18 @@ def answers_by_id(rows: Iterable[Mapping[str, Any]] | Mapping[str, Any], field: 
     """
     if isinstance(rows, Mapping):
         if "answers" not in rows:
-            raise BookError("answers_by_id got a dict without an 'answers' list; pass what "
-                            "helpers.infer.load_answers returns, or the list of answer rows itself.")
+            raise BookError(
+                "answers_by_id got a dict without an 'answers' list; pass what "
+                "helpers.infer.load_answers returns, or the list of answer rows itself."
+            )
         rows = rows["answers"]
     out = {}
     for i, row in enumerate(rows):
         if "id" not in row or field not in row:
-            raise BookError(f"answer row {i} has no 'id' or no {field!r} field (keys: {sorted(row)}); "
-                            "pass rows written by helpers.infer.answer_dataset.")
+            raise BookError(
+                f"answer row {i} has no 'id' or no {field!r} field (keys: {sorted(row)}); "
+                "pass rows written by helpers.infer.answer_dataset."
+            )
         out[str(row["id"])] = str(row[field])
     return out
 
@@ -333,8 +371,9 @@ def _missing(ids: Sequence[str], answers: Mapping[str, str]) -> list[str]:
     return [i for i in ids if i not in answers]
 
 
-def compare_answers(records: Sequence[Mapping[str, Any]], before: Mapping[str, str],
-                    after: Mapping[str, str]) -> list[dict[str, Any]]:
+def compare_answers(
+    records: Sequence[Mapping[str, Any]], before: Mapping[str, str], after: Mapping[str, str]
+) -> list[dict[str, Any]]:
     """One row per record: the reference, both answers and every metric of :data:`METRICS` for each.
 
     ``records`` are dicts with at least ``id`` and ``reference`` (a ``split``
@@ -348,8 +387,10 @@ def compare_answers(records: Sequence[Mapping[str, Any]], before: Mapping[str, s
     """
     for i, rec in enumerate(records):
         if "id" not in rec or "reference" not in rec:
-            raise BookError(f"record {i} has no 'id' or no 'reference' (keys: {sorted(rec)}); build records "
-                            "as {'id': r.id, 'reference': r.caption} or use the rows of helpers.infer.")
+            raise BookError(
+                f"record {i} has no 'id' or no 'reference' (keys: {sorted(rec)}); build records "
+                "as {'id': r.id, 'reference': r.caption} or use the rows of helpers.infer."
+            )
     ids = [str(rec["id"]) for rec in records]
     problems = []
     for name, answers in (("before", before), ("after", after)):
@@ -357,8 +398,10 @@ def compare_answers(records: Sequence[Mapping[str, Any]], before: Mapping[str, s
             shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
             problems.append(f"{len(missing)} id(s) have no {name!r} answer: {shown}")
     if problems:
-        raise BookError("; ".join(problems) + ". Answer the same records with both models (same split, "
-                        "same dataset file) or drop those records before comparing.")
+        raise BookError(
+            "; ".join(problems) + ". Answer the same records with both models (same split, "
+            "same dataset file) or drop those records before comparing."
+        )
     rows = []
     for rec, rid in zip(records, ids):
         ref = str(rec["reference"])
@@ -424,8 +467,9 @@ def _cell(text: Any) -> str:
     return text.replace("\r\n", "\n").replace("\n", "<br>")
 
 
-def report_markdown(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], title: str,
-                    max_rows: int | None = None) -> str:
+def report_markdown(
+    rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], title: str, max_rows: int | None = None
+) -> str:
     """A Markdown report: the title, the metrics table (before, after, change), then one row per sample.
 
     Texts are escaped so that a ``|`` or a newline in a caption cannot break
@@ -436,9 +480,14 @@ def report_markdown(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any
     >>> "住手\\\\|" in report_markdown(rows, summary_table(rows), "Eval split")
     True
     """
-    lines = [f"## {title}", "",
-             f"{summary['n']} samples; references are {summary['reference_length']:.1f} characters long on average.",
-             "", "| metric | before | after | change |", "|---|---:|---:|---:|"]
+    lines = [
+        f"## {title}",
+        "",
+        f"{summary['n']} samples; references are {summary['reference_length']:.1f} characters long on average.",
+        "",
+        "| metric | before | after | change |",
+        "|---|---:|---:|---:|",
+    ]
     for key, label, fmt in _SUMMARY_ROWS:
         b, a = summary["before"][key], summary["after"][key]
         change = fmt.format(a - b)
@@ -446,8 +495,10 @@ def report_markdown(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any
     shown = rows if max_rows is None else rows[:max_rows]
     lines += ["", "| id | reference | before | after | chrF before | chrF after |", "|---|---|---|---|---:|---:|"]
     for r in shown:
-        lines.append(f"| {_cell(r['id'])} | {_cell(r['reference'])} | {_cell(r['before'])} | {_cell(r['after'])} "
-                     f"| {r['chrf_before']:.1f} | {r['chrf_after']:.1f} |")
+        lines.append(
+            f"| {_cell(r['id'])} | {_cell(r['reference'])} | {_cell(r['before'])} | {_cell(r['after'])} "
+            f"| {r['chrf_before']:.1f} | {r['chrf_after']:.1f} |"
+        )
     if len(shown) < len(rows):
         lines += ["", f"({len(rows) - len(shown)} more samples not shown.)"]
     return "\n".join(lines) + "\n"

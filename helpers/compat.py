@@ -2,7 +2,8 @@
 
 They are applied explicitly (never on import) by the code that needs them:
 :mod:`helpers.xtuner_launch` applies :func:`allow_bnb_4bit_on_cpu` in the
-training process, so that real NF4 QLoRA runs on a CPU.
+training process, so that real NF4 QLoRA runs on a CPU, and
+:func:`avoid_bnb_misaligned_4bit_gemm` there on every machine.
 """
 
 from __future__ import annotations
@@ -128,4 +129,45 @@ def train_projector_in_float32() -> bool:
 
     __init__._book_compat = True  # type: ignore[attr-defined]
     InternVL_V1_5.__init__ = __init__  # type: ignore[method-assign]
+    return True
+
+
+def avoid_bnb_misaligned_4bit_gemm() -> bool:
+    """Keep 4-bit layers with an odd number of outputs off bitsandbytes 0.50.2's fused GEMM kernel.
+
+    bitsandbytes 0.50 added a fused dequantise-and-multiply kernel for 4-bit
+    layers that it picks for small batches (up to 512 tokens for the tiny
+    model's LM head ``output``, up to 64 for InternVL2-2B's). Its tensor-core
+    version writes two 16-bit outputs at once (one 32-bit store), so with an
+    odd number of outputs N every odd row of the result starts on a 2-byte
+    boundary and the GPU stops with ``misaligned address``. The error is
+    sticky and surfaces later, usually as ``CUBLAS_STATUS_INTERNAL_ERROR when
+    calling cublasGemmEx`` in the 4-bit layer's backward pass. Both InternVL2
+    vocabularies are odd (the tiny tokenizer's 805 pieces, InternVL2-2B's
+    92,553), so the LM head hits it: on an H200, XTuner training of the tiny
+    model stopped at its first batch of short samples (iteration 4). We send
+    such layers to bitsandbytes' other path (dequantise, then an ordinary
+    matrix multiply), the one every larger batch already takes; batches of
+    1-3 rows, whose kernel writes one value at a time, keep the fused kernel.
+    Layers with an even N are unchanged. Returns True when the guard is in
+    place (False without bitsandbytes or without the fused kernel).
+    """
+    try:
+        import torch
+        from bitsandbytes.backends.cuda import ops
+    except Exception:
+        return False
+    original = getattr(ops, "_gemm_4bit_use_custom_fn", None)
+    if original is None:
+        return False
+    if getattr(original, "_book_compat", False):
+        return True
+
+    def use_custom(device_index, dtype, M, N, K):  # type: ignore[no-untyped-def]
+        if N % 2 and M > 3 and dtype != torch.float32:
+            return False
+        return original(device_index, dtype, M, N, K)
+
+    use_custom._book_compat = True  # type: ignore[attr-defined]
+    ops._gemm_4bit_use_custom_fn = use_custom
     return True

@@ -78,12 +78,12 @@ class Recipe:
     dist_backend: str = "nccl"
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def changed(self, **changes: Any) -> "Recipe":
+    def changed(self, **changes: Any) -> Recipe:
         """A copy with some fields changed (validated when written)."""
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Recipe":
+    def load(cls, path: str | Path) -> Recipe:
         """Read back the ``recipe.json`` that :func:`write` saves beside the config (or the folder holding it).
 
         Later notebooks use it to know how the run was configured (``max_iters``,
@@ -101,8 +101,10 @@ class Recipe:
         if path.is_dir():
             path = path / "recipe.json"
         if not path.is_file():
-            raise BookError(f"{path} does not exist: helpers.config.write(recipe, config_path) writes it beside "
-                            "the XTuner config (notebook 03).")
+            raise BookError(
+                f"{path} does not exist: helpers.config.write(recipe, config_path) writes it beside "
+                "the XTuner config (notebook 03)."
+            )
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as exc:
@@ -110,8 +112,10 @@ class Recipe:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names) if isinstance(data, dict) else []
         if not isinstance(data, dict) or unknown:
-            raise BookError(f"{path} is not a recipe written by helpers.config.write"
-                            + (f": unknown fields {unknown}." if unknown else "."))
+            raise BookError(
+                f"{path} is not a recipe written by helpers.config.write"
+                + (f": unknown fields {unknown}." if unknown else ".")
+            )
         if isinstance(data.get("betas"), list):
             data["betas"] = tuple(data["betas"])  # JSON has no tuples
         try:
@@ -173,11 +177,23 @@ _RULES: dict[str, tuple[Any, str]] = {
 }
 #: The type each checked field needs (``int`` fields accept no floats, numbers accept no bools).
 _TYPES: dict[str, tuple[type, ...]] = {
-    "lora_r": (int,), "lora_alpha": (int, float), "lora_dropout": (int, float), "lr": (int, float),
-    "batch_size": (int,), "accumulative_counts": (int,), "max_epochs": (int, float), "max_iters": (int, type(None)),
-    "save_steps": (int,), "log_interval": (int,), "max_length": (int,), "warmup_ratio": (int, float),
-    "amp_dtype": (str, type(None)), "dist_backend": (str,), "optimizer": (str,),
-    "quantization_llm": (bool,), "freeze_llm": (bool,),
+    "lora_r": (int,),
+    "lora_alpha": (int, float),
+    "lora_dropout": (int, float),
+    "lr": (int, float),
+    "batch_size": (int,),
+    "accumulative_counts": (int,),
+    "max_epochs": (int, float),
+    "max_iters": (int, type(None)),
+    "save_steps": (int,),
+    "log_interval": (int,),
+    "max_length": (int,),
+    "warmup_ratio": (int, float),
+    "amp_dtype": (str, type(None)),
+    "dist_backend": (str,),
+    "optimizer": (str,),
+    "quantization_llm": (bool,),
+    "freeze_llm": (bool,),
 }
 
 
@@ -188,8 +204,10 @@ def problems(recipe: Recipe, min_sample_tokens: int | None = None) -> list[Probl
     (one image's tokens plus the prompt); a ``max_length`` below it would cut
     every image.
 
-    >>> [str(p) for p in problems(Recipe("/m", "/d.json", "/d", lora_r=-5, lr=0))]
-    ['lora_r=-5: the LoRA rank must be a positive integer, e.g. 8, 64 or 128.', 'lr=0: the learning rate must be positive (AdamW: ~1e-5..1e-4; DAdaptAdam: 1.0).']
+    >>> for p in problems(Recipe("/m", "/d.json", "/d", lora_r=-5, lr=0)):
+    ...     print(p)
+    lora_r=-5: the LoRA rank must be a positive integer, e.g. 8, 64 or 128.
+    lr=0: the learning rate must be positive (AdamW: ~1e-5..1e-4; DAdaptAdam: 1.0).
     """
     out: list[Problem] = []
     for name, kinds in _TYPES.items():
@@ -202,14 +220,23 @@ def problems(recipe: Recipe, min_sample_tokens: int | None = None) -> list[Probl
     if not out and not (recipe.max_epochs > 0 or (recipe.max_iters or 0) > 0):
         out.append(Problem("max_epochs", recipe.max_epochs, "train for at least some steps (max_epochs or max_iters)"))
     if recipe.quantization_llm is True and recipe.freeze_llm is False:
-        out.append(Problem("quantization_llm", True,
-                           "a 4-bit LLM cannot be trained in full: keep freeze_llm=True and train LoRA adapters"))
+        out.append(
+            Problem(
+                "quantization_llm",
+                True,
+                "a 4-bit LLM cannot be trained in full: keep freeze_llm=True and train LoRA adapters",
+            )
+        )
     if min_sample_tokens is not None and isinstance(recipe.max_length, int) and recipe.max_length < min_sample_tokens:
-        out.append(Problem(
-            "max_length", recipe.max_length,
-            f"shorter than one sample ({min_sample_tokens} tokens: the image tokens plus the prompt), so every "
-            f"image would be cut off; raise max_length to at least {min_sample_tokens} (the course uses 6656) or "
-            "lower max_dynamic_patch in the model config"))
+        out.append(
+            Problem(
+                "max_length",
+                recipe.max_length,
+                f"shorter than one sample ({min_sample_tokens} tokens: the image tokens plus the prompt), so every "
+                f"image would be cut off; raise max_length to at least {min_sample_tokens} (the course uses 6656) or "
+                "lower max_dynamic_patch in the model config",
+            )
+        )
     return out
 
 
@@ -225,8 +252,9 @@ def validate(recipe: Recipe, min_sample_tokens: int | None = None) -> None:
         raise BookError("\n".join(str(p) for p in found))
 
 
-def fit_to_hardware(recipe: Recipe, *, cuda: bool, bnb_4bit: bool, cpu_cores: int = 2,
-                    gpus: int = 1, deepspeed: str | None = None) -> tuple[Recipe, list[Override]]:
+def fit_to_hardware(
+    recipe: Recipe, *, cuda: bool, bnb_4bit: bool, cpu_cores: int = 2, gpus: int = 1, deepspeed: str | None = None
+) -> tuple[Recipe, list[Override]]:
     """Adapt a recipe to this machine; return the new recipe and every change with its reason.
 
     Raises :class:`ProfileError` when 4-bit quantisation is asked for where
@@ -253,8 +281,12 @@ def fit_to_hardware(recipe: Recipe, *, cuda: bool, bnb_4bit: bool, cpu_cores: in
 
     if not cuda:
         if recipe.amp_dtype is not None:
-            change("amp_dtype", None, "mmengine's AmpOptimWrapper needs a CUDA device; on a CPU we train in "
-                                      "full precision (the 4-bit weights stay 4-bit)")
+            change(
+                "amp_dtype",
+                None,
+                "mmengine's AmpOptimWrapper needs a CUDA device; on a CPU we train in "
+                "full precision (the 4-bit weights stay 4-bit)",
+            )
         change("dist_backend", "gloo", "NCCL needs GPUs; gloo is PyTorch's CPU communication backend")
         workers = min(recipe.dataloader_num_workers, max(cpu_cores - 1, 0))
         change("dataloader_num_workers", workers, f"{cpu_cores} CPU cores: leave one for the training process")
@@ -272,16 +304,27 @@ def _optimizer_block(recipe: Recipe) -> tuple[str, str]:
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "xtuner_qlora.py.tmpl"
 
 #: Recipe fields written with ``str()``; every other field the template names is written with ``repr()``.
-_PLAIN_FIELDS = ("max_length", "batch_size", "accumulative_counts", "dataloader_num_workers", "save_steps",
-                 "save_total_limit", "lora_r", "lora_alpha", "log_interval")
+_PLAIN_FIELDS = (
+    "max_length",
+    "batch_size",
+    "accumulative_counts",
+    "dataloader_num_workers",
+    "save_steps",
+    "save_total_limit",
+    "lora_r",
+    "lora_alpha",
+    "log_interval",
+)
 
 
 def _wrapper_parts(recipe: Recipe) -> dict[str, str]:
     """fp16/bf16 mixed precision (``AmpOptimWrapper``) or full precision (``OptimWrapper``)."""
     if not recipe.amp_dtype:
         return {"wrapper": "OptimWrapper", "wrapper_extra": ""}
-    return {"wrapper": "AmpOptimWrapper",
-            "wrapper_extra": f"\n    loss_scale='dynamic',\n    dtype={recipe.amp_dtype!r},"}
+    return {
+        "wrapper": "AmpOptimWrapper",
+        "wrapper_extra": f"\n    loss_scale='dynamic',\n    dtype={recipe.amp_dtype!r},",
+    }
 
 
 def _schedule_parts(recipe: Recipe) -> dict[str, str]:
@@ -300,8 +343,7 @@ def _schedule_parts(recipe: Recipe) -> dict[str, str]:
     warm = int(recipe.warmup_ratio * recipe.max_iters)
     # mmengine chains schedulers: a 1-step LinearLR would leave the lr at start_factor * lr for
     # the whole run, so warm-up needs at least 2 iterations or is left out.
-    warmup = (f"\n    dict(type=LinearLR, start_factor=1e-5, by_epoch=False, begin=0, end={warm}),"
-              if warm >= 2 else "")
+    warmup = f"\n    dict(type=LinearLR, start_factor=1e-5, by_epoch=False, begin=0, end={warm})," if warm >= 2 else ""
     begin = warm if warm >= 2 else 0
     return {
         "length": f"max_iters = {recipe.max_iters}",
@@ -326,8 +368,9 @@ def render(recipe: Recipe) -> str:
     import string
 
     validate(recipe)
-    values = {f.name: (str if f.name in _PLAIN_FIELDS else repr)(getattr(recipe, f.name))
-              for f in dataclasses.fields(recipe)}
+    values = {
+        f.name: (str if f.name in _PLAIN_FIELDS else repr)(getattr(recipe, f.name)) for f in dataclasses.fields(recipe)
+    }
     opt_import, opt_dict = _optimizer_block(recipe)
     values.update(
         opt_import=opt_import,
@@ -335,7 +378,8 @@ def render(recipe: Recipe) -> str:
         optim_type=OPTIMIZERS[recipe.optimizer][1],
         betas=repr(tuple(recipe.betas)),
         targets="None" if recipe.lora_targets is None else repr(list(recipe.lora_targets)),
-        persistent="\n    persistent_workers=True," if recipe.persistent_workers and recipe.dataloader_num_workers
+        persistent="\n    persistent_workers=True,"
+        if recipe.persistent_workers and recipe.dataloader_num_workers
         else "",
         **_wrapper_parts(recipe),
         **_schedule_parts(recipe),
@@ -363,8 +407,7 @@ def check_data(recipe: Recipe, *, cwd: str | Path | None = None) -> Any:
     """
     from .data import check_training_data
 
-    return check_training_data(recipe.data_path, recipe.image_folder, recipe.model_path, recipe.max_length,
-                               cwd=cwd)
+    return check_training_data(recipe.data_path, recipe.image_folder, recipe.model_path, recipe.max_length, cwd=cwd)
 
 
 def write(recipe: Recipe, path: str | Path, *, check_dataset: bool = True) -> ConfigPath:

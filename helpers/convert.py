@@ -65,8 +65,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.exists():
-        raise BookError(f"checkpoint {path} does not exist; notebook 04 lists the checkpoints it wrote "
-                        "(helpers.train.list_checkpoints(work_dir)).")
+        raise BookError(
+            f"checkpoint {path} does not exist; notebook 04 lists the checkpoints it wrote "
+            "(helpers.train.list_checkpoints(work_dir))."
+        )
     from .compat import trust_own_checkpoints
     from .train import check_checkpoint
 
@@ -76,13 +78,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
     try:
         state = guess_load_checkpoint(str(path))
-    except Exception as exc:  # noqa: BLE001 - any failure here means "not a checkpoint we can read"
+    except Exception as exc:
         raise BookError(f"{path} could not be read as an XTuner checkpoint ({type(exc).__name__}: {exc}).") from exc
     if not isinstance(state, dict) or not state:
         raise BookError(f"{path} holds no tensors; it is not an XTuner training checkpoint.")
     if not any("lora_" in k or ".mlp1." in k for k in state):
-        raise BookError(f"{path} has no LoRA or projector weights (keys like 'model.language_model...lora_A' or "
-                        f"'model.mlp1.0.weight'); it is not a checkpoint of XTuner's InternVL QLoRA training.")
+        raise BookError(
+            f"{path} has no LoRA or projector weights (keys like 'model.language_model...lora_A' or "
+            f"'model.mlp1.0.weight'); it is not a checkpoint of XTuner's InternVL QLoRA training."
+        )
     return state
 
 
@@ -93,7 +97,9 @@ def _recipe_from_config(config: Path) -> dict[str, Any]:
     lora = cfg.model.get("llm_lora") or {}
     return {
         "model_path": cfg.model.model_path,
-        "r": lora.get("r"), "lora_alpha": lora.get("lora_alpha"), "lora_dropout": lora.get("lora_dropout", 0.0),
+        "r": lora.get("r"),
+        "lora_alpha": lora.get("lora_alpha"),
+        "lora_dropout": lora.get("lora_dropout", 0.0),
         "target_modules": lora.get("target_modules"),
     }
 
@@ -115,14 +121,18 @@ def _logits(model: Any, probe: dict[str, Any]) -> Any:
 
     with torch.no_grad():
         dtype = next(model.parameters()).dtype
-        return model(pixel_values=probe["pixel_values"].to(dtype), input_ids=probe["input_ids"],
-                     attention_mask=probe["attention_mask"]).logits.float()
+        return model(
+            pixel_values=probe["pixel_values"].to(dtype),
+            input_ids=probe["input_ids"],
+            attention_mask=probe["attention_mask"],
+        ).logits.float()
 
 
 def _greedy(model: Any, tokenizer: Any, probe: dict[str, Any]) -> str:
     dtype = next(model.parameters()).dtype
-    return model.chat(tokenizer, probe["pixel_values"].to(dtype), COURSE_PROMPT,
-                      dict(max_new_tokens=12, do_sample=False))
+    return model.chat(
+        tokenizer, probe["pixel_values"].to(dtype), COURSE_PROMPT, dict(max_new_tokens=12, do_sample=False)
+    )
 
 
 def _check_paths(checkpoint: Path, out_dir: Path, config: Path, overwrite: bool) -> None:
@@ -130,14 +140,17 @@ def _check_paths(checkpoint: Path, out_dir: Path, config: Path, overwrite: bool)
     if not config.exists():
         raise BookError(f"XTuner config {config} not found; pass config= the file the run was trained with.")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise BookError(f"{out_dir} exists and is not empty; choose a new folder or pass overwrite=True "
-                        "(its contents will be replaced).")
+        raise BookError(
+            f"{out_dir} exists and is not empty; choose a new folder or pass overwrite=True "
+            "(its contents will be replaced)."
+        )
     if out_dir.resolve() == checkpoint.resolve() or out_dir.resolve() in checkpoint.resolve().parents:
         raise BookError(f"write the converted model outside the training folder, not into {out_dir}.")
 
 
-def _base_with_adapter(state: dict[str, Any], recipe: dict[str, Any], base_dir: Path,
-                       checkpoint: Path) -> tuple[Any, list[str]]:
+def _base_with_adapter(
+    state: dict[str, Any], recipe: dict[str, Any], base_dir: Path, checkpoint: Path
+) -> tuple[Any, list[str]]:
     """The base model in float32 with the run's LoRA adapters, the trained tensors loaded; and the target modules.
 
     Every tensor of the checkpoint must find a parameter of the same shape, or the checkpoint belongs to
@@ -150,15 +163,23 @@ def _base_with_adapter(state: dict[str, Any], recipe: dict[str, Any], base_dir: 
     model = AutoModel.from_pretrained(base_dir, trust_remote_code=True, torch_dtype=torch.float32).eval()
     targets = recipe["target_modules"] or sorted(
         {n.rsplit(".", 1)[-1] for n, m in model.language_model.named_modules() if isinstance(m, torch.nn.Linear)}
-        - {"lm_head", "output_layer"})
+        - {"lm_head", "output_layer"}
+    )
     if any("lora_" in k for k in state):
-        model.language_model = get_peft_model(model.language_model, LoraConfig(
-            r=recipe["r"], lora_alpha=recipe["lora_alpha"], lora_dropout=recipe["lora_dropout"],
-            target_modules=targets, task_type="CAUSAL_LM"))
+        model.language_model = get_peft_model(
+            model.language_model,
+            LoraConfig(
+                r=recipe["r"],
+                lora_alpha=recipe["lora_alpha"],
+                lora_dropout=recipe["lora_dropout"],
+                target_modules=targets,
+                task_type="CAUSAL_LM",
+            ),
+        )
     own = model.state_dict()
     mapped, wrong = {}, []
     for key, tensor in state.items():
-        name = key[len("model."):] if key.startswith("model.") else key
+        name = key[len("model.") :] if key.startswith("model.") else key
         if name not in own:
             wrong.append(f"{key} (no such parameter)")
         elif own[name].shape != tensor.shape:
@@ -166,9 +187,11 @@ def _base_with_adapter(state: dict[str, Any], recipe: dict[str, Any], base_dir: 
         else:
             mapped[name] = tensor.to(own[name].dtype)
     if wrong:
-        raise BookError(f"{checkpoint} does not fit the base model {base_dir}: {len(wrong)} tensors do not match, "
-                        f"e.g. {wrong[:3]}. It was trained from another model or with another LoRA rank; pass the "
-                        "config of that run.")
+        raise BookError(
+            f"{checkpoint} does not fit the base model {base_dir}: {len(wrong)} tensors do not match, "
+            f"e.g. {wrong[:3]}. It was trained from another model or with another LoRA rank; pass the "
+            "config of that run."
+        )
     model.load_state_dict(mapped, strict=False)
     model.eval()  # LoRA dropout off: the modules PEFT just added start in training mode
     return model, targets
@@ -198,8 +221,15 @@ def _save_merged(model: Any, tokenizer: Any, out_dir: Path, base_dir: Path, prov
     (out_dir / "conversion.json").write_text(json.dumps(provenance, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
-def convert(checkpoint: str | Path, out_dir: str | Path, *, config: str | Path | None = None,
-            overwrite: bool = False, adapter_dir: str | Path | None = None, tolerance: float = 0.1) -> ConvertResult:
+def convert(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    config: str | Path | None = None,
+    overwrite: bool = False,
+    adapter_dir: str | Path | None = None,
+    tolerance: float = 0.1,
+) -> ConvertResult:
     """Merge an XTuner QLoRA checkpoint into its base model and save an official InternVL2 directory.
 
     ``config`` is the XTuner config the run used (default: ``config.py`` next
@@ -247,10 +277,19 @@ def convert(checkpoint: str | Path, out_dir: str | Path, *, config: str | Path |
         raise BookError(f"merging changed the logits by {merged_diff:.2e} (> 1e-3 in float32); the merge is wrong.")
 
     # 4. save it like the base model
-    _save_merged(model, tokenizer, out_dir, base_dir, {
-        "checkpoint": str(checkpoint), "config": str(config), "base_model": str(base_dir),
-        "lora": {k: recipe[k] for k in ("r", "lora_alpha", "lora_dropout")}, "target_modules": targets,
-    })
+    _save_merged(
+        model,
+        tokenizer,
+        out_dir,
+        base_dir,
+        {
+            "checkpoint": str(checkpoint),
+            "config": str(config),
+            "base_model": str(base_dir),
+            "lora": {k: recipe[k] for k in ("r", "lora_alpha", "lora_dropout")},
+            "target_modules": targets,
+        },
+    )
 
     # 5. load what was saved and compare it with base + adapter
     saved = AutoModel.from_pretrained(out_dir, trust_remote_code=True, torch_dtype=torch.float32).eval()
@@ -261,9 +300,22 @@ def convert(checkpoint: str | Path, out_dir: str | Path, *, config: str | Path |
     top1 = float((saved_logits.argmax(-1) == reference.argmax(-1)).float().mean())
     same_answer = _greedy(saved, tokenizer, probe) == answer_ref
     if saved_diff > tolerance * scale or not same_answer:
-        raise BookError(f"the saved model differs from base + adapter: logits by {saved_diff:.3f} (allowed "
-                        f"{tolerance} x {scale:.2f}), same top token at {top1:.1%} of positions, same "
-                        f"greedy answer: {same_answer}; the conversion is not faithful.")
-    return ConvertResult(out_dir, time.perf_counter() - t0, _size_mb(checkpoint), _size_mb(out_dir),
-                         merged_diff, saved_diff, scale, top1, same_answer, tolerance,
-                         Path(adapter_dir) if adapter_dir else None, notes)
+        raise BookError(
+            f"the saved model differs from base + adapter: logits by {saved_diff:.3f} (allowed "
+            f"{tolerance} x {scale:.2f}), same top token at {top1:.1%} of positions, same "
+            f"greedy answer: {same_answer}; the conversion is not faithful."
+        )
+    return ConvertResult(
+        out_dir,
+        time.perf_counter() - t0,
+        _size_mb(checkpoint),
+        _size_mb(out_dir),
+        merged_diff,
+        saved_diff,
+        scale,
+        top1,
+        same_answer,
+        tolerance,
+        Path(adapter_dir) if adapter_dir else None,
+        notes,
+    )

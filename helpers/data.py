@@ -21,24 +21,45 @@ import html
 import json
 import random
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from . import SAMPLE_DATA_DIR, repo_path
 from .errors import DatasetError
-from .internvl import COURSE_PROMPT, IMAGE_TOKEN, XTUNER_SYSTEM, TilingSettings
+from .internvl import COURSE_PROMPT, IMAGE_TOKEN, XTUNER_SYSTEM, TilingSettings, build_prompt
 from .internvl import Tokenizer as Tokenizer
-from .internvl import build_prompt
 
 __all__ = [
-    "LAYOUTS", "PROBLEM_KINDS", "WARNING_KINDS",
-    "Conversation", "Record", "SampleSet", "Problem", "ValidationReport",
-    "Layout", "Splits", "EVAL_FRACTION", "MIN_EVAL",
-    "resolve_layout", "prepare_splits", "load_dataset", "load_sample", "train_eval_split", "validate",
+    "LAYOUTS",
+    "PROBLEM_KINDS",
+    "WARNING_KINDS",
+    "Conversation",
+    "Record",
+    "SampleSet",
+    "Problem",
+    "ValidationReport",
+    "Layout",
+    "Splits",
+    "EVAL_FRACTION",
+    "MIN_EVAL",
+    "resolve_layout",
+    "prepare_splits",
+    "load_dataset",
+    "load_sample",
+    "train_eval_split",
+    "validate",
     "check_training_data",
-    "xtuner_turns", "chat_text", "training_ids", "caption_lengths", "token_counts", "dataset_stats",
-    "to_xtuner_json", "to_llava_json", "to_swift_jsonl",
+    "xtuner_turns",
+    "chat_text",
+    "training_ids",
+    "caption_lengths",
+    "token_counts",
+    "dataset_stats",
+    "to_xtuner_json",
+    "to_llava_json",
+    "to_swift_jsonl",
 ]
 
 #: The layouts :func:`load_dataset` accepts, as shown in error messages.
@@ -282,10 +303,22 @@ class ValidationReport:
             return head
         cols = ("kind", "file", "line", "record", "field", "problem", "fix")
         rows = "".join(
-            "<tr>" + "".join(f"<td style='text-align:left'>{esc(str(v))}</td>" for v in (
-                p.kind, p.file.name, "" if p.line is None else p.line, "" if p.index is None else p.index,
-                p.field or "", p.message, p.fix)) + "</tr>"
-            for p in self.problems)
+            "<tr>"
+            + "".join(
+                f"<td style='text-align:left'>{esc(str(v))}</td>"
+                for v in (
+                    p.kind,
+                    p.file.name,
+                    "" if p.line is None else p.line,
+                    "" if p.index is None else p.index,
+                    p.field or "",
+                    p.message,
+                    p.fix,
+                )
+            )
+            + "</tr>"
+            for p in self.problems
+        )
         header = "".join(f"<th style='text-align:left'>{c}</th>" for c in cols)
         return f"{head}<table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>"
 
@@ -316,21 +349,21 @@ def record_start_lines(text: str) -> list[int]:
     """
     decoder = json.JSONDecoder()
     idx = _WS.match(text, 0).end()
-    if text[idx:idx + 1] != "[":
+    if text[idx : idx + 1] != "[":
         return []
     idx += 1
     lines: list[int] = []
     line, pos = 1, 0
     while True:
         idx = _WS.match(text, idx).end()
-        if text[idx:idx + 1] in ("]", ""):
+        if text[idx : idx + 1] in ("]", ""):
             return lines
         line += text.count("\n", pos, idx)
         pos = idx
         lines.append(line)
         _, idx = decoder.raw_decode(text, idx)
         idx = _WS.match(text, idx).end()
-        if text[idx:idx + 1] == ",":
+        if text[idx : idx + 1] == ",":
             idx += 1
 
 
@@ -340,9 +373,16 @@ _TRUNCATED = "ends early at line {line} (the file is probably truncated: was it 
 def _truncated(path: Path, data: bytes, line: int, column: int | None = None) -> Problem:
     """A ``truncated`` problem: the file stops inside a record (or inside a character) at ``line``."""
     return Problem(
-        "truncated", path, None, line, None, f"{path} " + _TRUNCATED.format(line=line),
+        "truncated",
+        path,
+        None,
+        line,
+        None,
+        f"{path} " + _TRUNCATED.format(line=line),
         f"copy or download the file again and compare its size with the original's "
-        f"(this copy has {len(data)} bytes); with the CLoT download, unpack the archive again", column)
+        f"(this copy has {len(data)} bytes); with the CLoT download, unpack the archive again",
+        column,
+    )
 
 
 def _last_line(text: str) -> int:
@@ -367,14 +407,20 @@ def _decode_utf8(path: Path, data: bytes) -> tuple[str | None, list[Problem]]:
             return None, [_truncated(path, data, line, column)]
         byte = f"byte {err.start} (0x{data[err.start]:02x}) on line {line} is not valid UTF-8 ({err.reason})"
         if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-            fix = (f"the file starts with a UTF-16 byte-order mark: convert it with "
-                   f"`iconv -f UTF-16 -t UTF-8 {path.name} > utf8.json` (or re-save it as UTF-8)")
+            fix = (
+                f"the file starts with a UTF-16 byte-order mark: convert it with "
+                f"`iconv -f UTF-16 -t UTF-8 {path.name} > utf8.json` (or re-save it as UTF-8)"
+            )
         elif _decodes_as_gbk(data):
-            fix = (f"the file decodes as GBK (a Chinese-locale Windows encoding): convert it with "
-                   f"`iconv -f GBK -t UTF-8 {path.name} > utf8.json`, check the text, and use utf8.json")
+            fix = (
+                f"the file decodes as GBK (a Chinese-locale Windows encoding): convert it with "
+                f"`iconv -f GBK -t UTF-8 {path.name} > utf8.json`, check the text, and use utf8.json"
+            )
         else:
-            fix = ("re-save the file as UTF-8 (in an editor: Save with Encoding > UTF-8); the bytes are not GBK "
-                   "either, so look at that spot for binary data or a file pasted in another encoding")
+            fix = (
+                "re-save the file as UTF-8 (in an editor: Save with Encoding > UTF-8); the bytes are not GBK "
+                "either, so look at that spot for binary data or a file pasted in another encoding"
+            )
         return None, [Problem("not_utf8", path, None, line, None, byte, fix, column)]
 
 
@@ -412,8 +458,11 @@ def _read_items(path: Path) -> tuple[list[tuple[Any, int]] | None, list[Problem]
                 items.append((json.loads(raw), number))
             except json.JSONDecodeError as err:
                 last = number == _last_line(text) and not text.endswith("\n")
-                problems.append(_truncated(path, data, number) if last and _cut_off(raw, err)
-                                else _json_problem(path, err, line=number))
+                problems.append(
+                    _truncated(path, data, number)
+                    if last and _cut_off(raw, err)
+                    else _json_problem(path, err, line=number)
+                )
         return items, problems
     try:
         value = json.loads(text)
@@ -422,10 +471,17 @@ def _read_items(path: Path) -> tuple[list[tuple[Any, int]] | None, list[Problem]
             return None, [_truncated(path, data, _last_line(text))]
         return None, [_json_problem(path, err)]
     if not isinstance(value, list):
-        return None, [Problem(
-            "top_level_not_list", path, None, 1, None,
-            f"the file holds a JSON {type(value).__name__}, not a list of records",
-            "wrap the records in [ ... ] (a dict of records: use list(d.values()))")]
+        return None, [
+            Problem(
+                "top_level_not_list",
+                path,
+                None,
+                1,
+                None,
+                f"the file holds a JSON {type(value).__name__}, not a list of records",
+                "wrap the records in [ ... ] (a dict of records: use list(d.values()))",
+            )
+        ]
     return list(zip(value, record_start_lines(text))), []
 
 
@@ -460,19 +516,36 @@ def _foodie_to_item(obj: Any, index: int, line: int, path: Path, root: Path) -> 
     question, choices, answer = obj.get("question"), obj.get("choices"), obj.get("answer")
     problems = []
     try:
-        ok = (isinstance(question, str) and question.strip() and isinstance(choices, list) and choices
-              and 0 <= int(answer) < len(choices))
+        ok = (
+            isinstance(question, str)
+            and question.strip()
+            and isinstance(choices, list)
+            and choices
+            and 0 <= int(answer) < len(choices)
+        )
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        problems.append(Problem(
-            "bad_foodie_item", path, index, line, "question/choices/answer",
-            f"question={question!r}, {len(choices) if isinstance(choices, list) else 'no'} choices, "
-            f"answer={answer!r}", "give a question, a non-empty list of choices and the answer's index"))
+        problems.append(
+            Problem(
+                "bad_foodie_item",
+                path,
+                index,
+                line,
+                "question/choices/answer",
+                f"question={question!r}, {len(choices) if isinstance(choices, list) else 'no'} choices, "
+                f"answer={answer!r}",
+                "give a question, a non-empty list of choices and the answer's index",
+            )
+        )
         return None, problems
     food_file = meta.get("food_file")
-    if isinstance(food_file, str) and food_file and not (root / food_file).exists() \
-            and (root / "images" / food_file).exists():
+    if (
+        isinstance(food_file, str)
+        and food_file
+        and not (root / food_file).exists()
+        and (root / "images" / food_file).exists()
+    ):
         food_file = f"images/{food_file}"
     letters = "ABCDEFGHIJ"
     options = "\n".join(f"{letters[i]}. {str(c).strip()}" for i, c in enumerate(choices))
@@ -515,8 +588,10 @@ def _resolve(path: Path, split: str | None) -> tuple[str, Path, Path]:
         if path.suffix not in (".json", ".jsonl"):
             raise _layout_error(path, f"a {path.suffix or 'suffix-less'} file is not a dataset")
         if split is not None:
-            raise DatasetError(f"{path}: split={split!r} needs the sample folder layout; a single file "
-                               "has no splits (use train_eval_split(load_dataset(path)))")
+            raise DatasetError(
+                f"{path}: split={split!r} needs the sample folder layout; a single file "
+                "has no splits (use train_eval_split(load_dataset(path)))"
+            )
         return ("llava_jsonl" if path.suffix == ".jsonl" else "llava_json"), path, path.parent
     names = {p.name for p in path.iterdir()}
     if {"train.json", "eval.json", "ex_images"} <= names:
@@ -526,8 +601,10 @@ def _resolve(path: Path, split: str | None) -> tuple[str, Path, Path]:
         return "clot_sample", file, path
     if "ex_cn.json" in names:
         if split is not None:
-            raise DatasetError(f"{path} is a CLoT folder without train.json/eval.json, so split={split!r} "
-                               "has nothing to read: load it whole and use train_eval_split(ds)")
+            raise DatasetError(
+                f"{path} is a CLoT folder without train.json/eval.json, so split={split!r} "
+                "has nothing to read: load it whole and use train_eval_split(ds)"
+            )
         return "clot", path / "ex_cn.json", path
     foodie = [path / "sivqa_tidy.json", *sorted(path.glob("*/sivqa_tidy.json"))]
     for file in foodie:
@@ -587,8 +664,14 @@ class Splits:
         return [("train", self.train), ("eval", self.eval)]
 
 
-def prepare_splits(path: str | Path, out_dir: str | Path, *, seed: int = 0, eval_fraction: float = EVAL_FRACTION,
-                   min_eval: int = MIN_EVAL) -> Splits:
+def prepare_splits(
+    path: str | Path,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    eval_fraction: float = EVAL_FRACTION,
+    min_eval: int = MIN_EVAL,
+) -> Splits:
     """One train/eval split for every layout, written where training and evaluation read it.
 
     The book's sample keeps its own split (its eval photos appear nowhere in
@@ -615,16 +698,27 @@ def prepare_splits(path: str | Path, out_dir: str | Path, *, seed: int = 0, eval
         everything = load_dataset(path)
         n_eval = max(min_eval, round(len(everything) * eval_fraction))
         if n_eval >= len(everything):
-            raise DatasetError(f"{layout.file} has {len(everything)} records: too few to hold out {n_eval} for "
-                               "evaluation and train on the rest. Fix: use a larger dataset or lower min_eval.")
+            raise DatasetError(
+                f"{layout.file} has {len(everything)} records: too few to hold out {n_eval} for "
+                "evaluation and train on the rest. Fix: use a larger dataset or lower min_eval."
+            )
         train, evl = train_eval_split(everything, n_eval / len(everything), seed)
         method = f"train_eval_split(seed={seed}, eval_fraction={n_eval / len(everything):.4f})"
     out = repo_path(out_dir)
-    files = {name: to_xtuner_json(ds, out / f"{name}.json", absolute_images=True)
-             for name, ds in (("train", train), ("eval", evl))}
-    info = {"source": str(layout.file), "format": layout.format,
-            "sha256": hashlib.sha256(layout.file.read_bytes()).hexdigest(), "seed": seed, "method": method,
-            "train": len(train), "eval": len(evl), "eval_ids": [r.id for r in evl]}
+    files = {
+        name: to_xtuner_json(ds, out / f"{name}.json", absolute_images=True)
+        for name, ds in (("train", train), ("eval", evl))
+    }
+    info = {
+        "source": str(layout.file),
+        "format": layout.format,
+        "sha256": hashlib.sha256(layout.file.read_bytes()).hexdigest(),
+        "seed": seed,
+        "method": method,
+        "train": len(train),
+        "eval": len(evl),
+        "eval_ids": [r.id for r in evl],
+    }
     _write_json(info, out / "split.json")
     return Splits(train, evl, files["train"], files["eval"], info)
 
@@ -660,8 +754,11 @@ def load_dataset(path: str | Path = SAMPLE_DATA_DIR, split: str | None = None) -
     if items is not None and fmt == "llava_json" and _is_foodie(items, file):
         fmt = "foodieqa"
     if items is None or problems:
-        raise DatasetError(f"cannot read {file}:\n" + "\n".join(f"- {p}" for p in problems)
-                           + "\nRun helpers.data.validate(path) for the full report.")
+        raise DatasetError(
+            f"cannot read {file}:\n"
+            + "\n".join(f"- {p}" for p in problems)
+            + "\nRun helpers.data.validate(path) for the full report."
+        )
     records, bad = [], []
     for index, (obj, line) in enumerate(items):
         if fmt == "foodieqa":
@@ -669,14 +766,18 @@ def load_dataset(path: str | Path = SAMPLE_DATA_DIR, split: str | None = None) -
             bad += issues
         record = _to_record(obj, index, line)
         if record is None and obj is not None:
-            bad.append(f"{file.name}:{line} record {index} is not an object with a `conversations` list "
-                       "of {\"from\", \"value\"} objects")
+            bad.append(
+                f"{file.name}:{line} record {index} is not an object with a `conversations` list "
+                'of {"from", "value"} objects'
+            )
         elif record is not None:
             records.append(record)
     if bad:
-        raise DatasetError(f"cannot build records from {file}:\n"
-                           + "\n".join(f"- {b}" for b in bad[:20])
-                           + "\nRun helpers.data.validate(path) for the full report and the fixes.")
+        raise DatasetError(
+            f"cannot build records from {file}:\n"
+            + "\n".join(f"- {b}" for b in bad[:20])
+            + "\nRun helpers.data.validate(path) for the full report and the fixes."
+        )
     return SampleSet(tuple(records), root.resolve(), file.resolve(), fmt, split)
 
 
@@ -695,8 +796,8 @@ def _to_record(obj: Any, index: int, line: int | None) -> Record | None:
         return None
     turns = obj.get("conversations")
     if not isinstance(turns, list) or not all(
-            isinstance(t, dict) and isinstance(t.get("from"), str) and isinstance(t.get("value"), str)
-            for t in turns):
+        isinstance(t, dict) and isinstance(t.get("from"), str) and isinstance(t.get("value"), str) for t in turns
+    ):
         return None
     images = _image_list(obj.get("image")) or [""]
     image = images[0] if images else ""
@@ -739,23 +840,37 @@ def _check_image(path: Path) -> tuple[tuple[int, int] | None, str | None]:
         return None, f"{type(err).__name__}: {err}"
 
 
-def _check_item(obj: Any, index: int, line: int, file: Path, root: Path, *,
-                image_field: str = "image", image_cache: dict[Path, Any]) -> tuple[list[Problem], Any]:
+def _check_item(
+    obj: Any, index: int, line: int, file: Path, root: Path, *, image_field: str = "image", image_cache: dict[Path, Any]
+) -> tuple[list[Problem], Any]:
     """All record-level problems of one record dict; also returns the image size when readable."""
+
     def problem(kind: str, fld: str | None, message: str, fix: str) -> Problem:
         return Problem(kind, file, index, line, fld, message, fix)
 
     if not isinstance(obj, dict):
-        return [problem("record_not_object", None, f"the record is a JSON {type(obj).__name__}",
-                        'make each record an object: {"image": ..., "conversations": [...]}')], None
+        return [
+            problem(
+                "record_not_object",
+                None,
+                f"the record is a JSON {type(obj).__name__}",
+                'make each record an object: {"image": ..., "conversations": [...]}',
+            )
+        ], None
     out: list[Problem] = []
     size = None
     images = _image_list(obj.get("image"))
     if images is None or len(images) != 1 or not images[0].strip():
         got = "missing" if "image" not in obj else f"{obj.get('image')!r}"
-        out.append(problem("missing_image_field", image_field, f"the image field is {got}",
-                           'set it to one image path relative to the dataset root, e.g. '
-                           '"ex_images/NAME.jpg" (XTuner\'s InternVL dataset takes one image per record)'))
+        out.append(
+            problem(
+                "missing_image_field",
+                image_field,
+                f"the image field is {got}",
+                "set it to one image path relative to the dataset root, e.g. "
+                '"ex_images/NAME.jpg" (XTuner\'s InternVL dataset takes one image per record)',
+            )
+        )
         images = []
     else:
         path = root / images[0]
@@ -763,57 +878,98 @@ def _check_item(obj: Any, index: int, line: int, file: Path, root: Path, *,
             image_cache[path] = _check_image(path) if path.is_file() else (None, "missing")
         size, why = image_cache[path]
         if why == "missing":
-            out.append(problem("image_not_found", image_field, f"{images[0]} does not exist (looked for {path})",
-                               f"copy the image there, or correct the path (it is relative to {root})"))
+            out.append(
+                problem(
+                    "image_not_found",
+                    image_field,
+                    f"{images[0]} does not exist (looked for {path})",
+                    f"copy the image there, or correct the path (it is relative to {root})",
+                )
+            )
         elif why is not None:
-            out.append(problem("image_unreadable", image_field, f"{images[0]} cannot be decoded ({why})",
-                               "replace the file with an intact JPEG/PNG, or drop the record"))
+            out.append(
+                problem(
+                    "image_unreadable",
+                    image_field,
+                    f"{images[0]} cannot be decoded ({why})",
+                    "replace the file with an intact JPEG/PNG, or drop the record",
+                )
+            )
 
     turns = obj.get("conversations")
     if not isinstance(turns, list) or not turns:
         got = "missing" if "conversations" not in obj else f"{turns!r}"[:60]
-        out.append(problem("empty_conversations", "conversations", f"conversations is {got}",
-                           'give a list of turns: [{"from": "human", "value": "<image>\\n..."}, '
-                           '{"from": "gpt", "value": "..."}]'))
+        out.append(
+            problem(
+                "empty_conversations",
+                "conversations",
+                f"conversations is {got}",
+                'give a list of turns: [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}]',
+            )
+        )
         return out, size
     roles = [t.get("from") if isinstance(t, dict) else None for t in turns]
     expected = ["human" if i % 2 == 0 else "gpt" for i in range(len(turns))]
     if roles != expected or roles[-1] != "gpt":
         bad = next((i for i, (r, e) in enumerate(zip(roles, expected)) if r != e), len(roles) - 1)
-        out.append(problem("bad_roles", f"conversations[{bad}].from",
-                           f"the roles are {', '.join(map(str, roles))}",
-                           "make the turns alternate human, gpt, human, gpt, ... starting with human "
-                           "and ending with gpt (XTuner drops leading gpt turns and an unanswered "
-                           "human turn is never trained)"))
+        out.append(
+            problem(
+                "bad_roles",
+                f"conversations[{bad}].from",
+                f"the roles are {', '.join(map(str, roles))}",
+                "make the turns alternate human, gpt, human, gpt, ... starting with human "
+                "and ending with gpt (XTuner drops leading gpt turns and an unanswered "
+                "human turn is never trained)",
+            )
+        )
     texts = [t.get("value") if isinstance(t, dict) else None for t in turns]
     for i, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
-            out.append(problem("empty_turn", f"conversations[{i}].value", f"turn {i} has no text ({text!r})",
-                               "write the turn's text, or remove the turn together with its partner"))
+            out.append(
+                problem(
+                    "empty_turn",
+                    f"conversations[{i}].value",
+                    f"turn {i} has no text ({text!r})",
+                    "write the turn's text, or remove the turn together with its partner",
+                )
+            )
     if images:
         first_human = next((i for i, r in enumerate(roles) if r == "human"), None)
-        if first_human is not None and isinstance(texts[first_human], str) \
-                and IMAGE_TOKEN not in texts[first_human]:
-            out.append(problem("missing_image_token", f"conversations[{first_human}].value",
-                               "the first human turn has no <image> placeholder",
-                               'start it with "<image>\\n" so the image tokens go there '
-                               f'(CLoT: {COURSE_PROMPT!r})'))
+        if first_human is not None and isinstance(texts[first_human], str) and IMAGE_TOKEN not in texts[first_human]:
+            out.append(
+                problem(
+                    "missing_image_token",
+                    f"conversations[{first_human}].value",
+                    "the first human turn has no <image> placeholder",
+                    f'start it with "<image>\\n" so the image tokens go there (CLoT: {COURSE_PROMPT!r})',
+                )
+            )
         seen = 0
         for i, text in enumerate(texts):
             seen += text.count(IMAGE_TOKEN) if isinstance(text, str) else 0
             if seen > len(images):
-                out.append(problem("extra_image_token", f"conversations[{i}].value",
-                                   f"{seen} <image> placeholders up to turn {i}, but the record has "
-                                   f"{len(images)} image",
-                                   "keep exactly one <image>, in the first human turn"))
+                out.append(
+                    problem(
+                        "extra_image_token",
+                        f"conversations[{i}].value",
+                        f"{seen} <image> placeholders up to turn {i}, but the record has {len(images)} image",
+                        "keep exactly one <image>, in the first human turn",
+                    )
+                )
                 break
     return out, size
 
 
-def validate(path_or_dataset: str | Path | SampleSet, *, split: str | None = None,
-             tokenizer: Tokenizer | None = None, max_length: int | None = None,
-             tiling: TilingSettings | None = None, system: str = XTUNER_SYSTEM,
-             image_folder: str | Path | None = None) -> ValidationReport:
+def validate(
+    path_or_dataset: str | Path | SampleSet,
+    *,
+    split: str | None = None,
+    tokenizer: Tokenizer | None = None,
+    max_length: int | None = None,
+    tiling: TilingSettings | None = None,
+    system: str = XTUNER_SYSTEM,
+    image_folder: str | Path | None = None,
+) -> ValidationReport:
     """Check a dataset the way a training run would use it and report *every* problem.
 
     Takes a path in any layout of :func:`load_dataset` (with the same ``split``)
@@ -874,12 +1030,19 @@ def validate(path_or_dataset: str | Path | SampleSet, *, split: str | None = Non
             record = _to_record(obj, index, line)
             count = _count(record, tokenizer, size, tiling, system)
             if count["total"] > max_length:
-                report.problems.append(Problem(
-                    "too_long", file, index, line, "conversations",
-                    f"the sample is {count['total']} tokens (text {count['text_tokens']} + image "
-                    f"{count['image_tokens']} for {size[0]}x{size[1]} px = {count['tiles']} tiles) "
-                    f"but max_length is {max_length}; XTuner would cut off the end of the answer",
-                    "raise max_length, lower max_num (fewer tiles per image), or shorten the text"))
+                report.problems.append(
+                    Problem(
+                        "too_long",
+                        file,
+                        index,
+                        line,
+                        "conversations",
+                        f"the sample is {count['total']} tokens (text {count['text_tokens']} + image "
+                        f"{count['image_tokens']} for {size[0]}x{size[1]} px = {count['tiles']} tiles) "
+                        f"but max_length is {max_length}; XTuner would cut off the end of the answer",
+                        "raise max_length, lower max_num (fewer tiles per image), or shorten the text",
+                    )
+                )
     report.images = len(cache)
     return report
 
@@ -906,9 +1069,14 @@ class _LazyTokenizer:
         return self._load().encode(text, add_special_tokens=add_special_tokens)
 
 
-def check_training_data(data_paths: str | Path | Sequence[str | Path], image_folders: Any,
-                        model_path: str | Path, max_length: int, *,
-                        cwd: str | Path | None = None) -> ValidationReport:
+def check_training_data(
+    data_paths: str | Path | Sequence[str | Path],
+    image_folders: Any,
+    model_path: str | Path,
+    max_length: int,
+    *,
+    cwd: str | Path | None = None,
+) -> ValidationReport:
     """Validate what an XTuner run will read, exactly as it will read it; raise on any error.
 
     ``data_paths``/``image_folders`` are the config's (one each, or lists of
@@ -928,8 +1096,10 @@ def check_training_data(data_paths: str | Path | Sequence[str | Path], image_fol
     paths = [data_paths] if isinstance(data_paths, (str, Path)) else list(data_paths)
     folders = [image_folders] if not isinstance(image_folders, (list, tuple)) else list(image_folders)
     if len(folders) != len(paths):
-        raise DatasetError(f"the config has {len(paths)} data_paths but {len(folders)} image_folders: "
-                           "give one image folder per data file")
+        raise DatasetError(
+            f"the config has {len(paths)} data_paths but {len(folders)} image_folders: "
+            "give one image folder per data file"
+        )
     model = base / Path(model_path)
     settings = TilingSettings.from_config(model)  # a ModelDirError that names the fix if it is no model folder
     tokenizer = _LazyTokenizer(model)
@@ -937,13 +1107,18 @@ def check_training_data(data_paths: str | Path | Sequence[str | Path], image_fol
     for data_path, folder in zip(paths, folders):
         file = base / Path(data_path)
         if file.is_dir():
-            raise DatasetError(f"data_path {file} is a folder; XTuner reads one .json or .jsonl file: use the "
-                               "folder's train.json (or ex_cn.json)")
+            raise DatasetError(
+                f"data_path {file} is a folder; XTuner reads one .json or .jsonl file: use the "
+                "folder's train.json (or ex_cn.json)"
+            )
         if folder is None:
-            raise DatasetError(f"image_folders is None for {file}: XTuner would fail to join it to every image "
-                               "path; set image_folder to the folder the image paths are relative to")
-        part = validate(file, tokenizer=tokenizer, max_length=max_length, image_folder=base / Path(folder),
-                        tiling=settings)
+            raise DatasetError(
+                f"image_folders is None for {file}: XTuner would fail to join it to every image "
+                "path; set image_folder to the folder the image paths are relative to"
+            )
+        part = validate(
+            file, tokenizer=tokenizer, max_length=max_length, image_folder=base / Path(folder), tiling=settings
+        )
         report.problems += part.problems
         report.files += part.files
         report.records += part.records
@@ -1001,8 +1176,14 @@ def _training_prompt(record: Record, system: str, image_context_tokens: int | No
     return build_prompt(xtuner_turns(record), tiles=tiles, num_image_token=1, system=system)
 
 
-def training_ids(record: Record, tokenizer: Tokenizer, image_context_tokens: int, *,
-                 system: str = XTUNER_SYSTEM, ignore_index: int = -100) -> tuple[list[int], list[int]]:
+def training_ids(
+    record: Record,
+    tokenizer: Tokenizer,
+    image_context_tokens: int,
+    *,
+    system: str = XTUNER_SYSTEM,
+    ignore_index: int = -100,
+) -> tuple[list[int], list[int]]:
     """``input_ids`` and ``labels`` of a record, encoded as XTuner's InternVL dataset encodes them.
 
     The prompt comes from :func:`helpers.internvl.build_prompt`; its segments
@@ -1021,18 +1202,30 @@ def _text_tokens(record: Record, tokenizer: Tokenizer, system: str) -> int:
     first input with ``add_special_tokens=True``).
     """
     segments = _training_prompt(record, system, None).segments
-    total = sum(len(tokenizer.encode(part, add_special_tokens=False))
-                for segment in segments for part in segment.split(IMAGE_TOKEN) if part)
+    total = sum(
+        len(tokenizer.encode(part, add_special_tokens=False))
+        for segment in segments
+        for part in segment.split(IMAGE_TOKEN)
+        if part
+    )
     return total + (1 if getattr(tokenizer, "bos_token_id", None) is not None else 0)
 
 
-def _count(record: Record, tokenizer: Tokenizer | None, size: tuple[int, int], tiling: TilingSettings,
-           system: str) -> dict[str, Any]:
+def _count(
+    record: Record, tokenizer: Tokenizer | None, size: tuple[int, int], tiling: TilingSettings, system: str
+) -> dict[str, Any]:
     """The token-count row of one record whose image is ``size`` pixels."""
     text = _text_tokens(record, tokenizer, system) if tokenizer is not None else None
     image = tiling.image_tokens(*size) if IMAGE_TOKEN in record.prompt else 0
-    return {"id": record.id, "width": size[0], "height": size[1], "tiles": tiling.tiles(*size),
-            "text_tokens": text, "image_tokens": image, "total": (text or 0) + image}
+    return {
+        "id": record.id,
+        "width": size[0],
+        "height": size[1],
+        "tiles": tiling.tiles(*size),
+        "text_tokens": text,
+        "image_tokens": image,
+        "total": (text or 0) + image,
+    }
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -1055,8 +1248,9 @@ def caption_lengths(ds: SampleSet) -> list[int]:
     return [len(r.caption) for r in ds]
 
 
-def token_counts(ds: SampleSet, tokenizer: Tokenizer | None = None, tiling: TilingSettings | None = None,
-                 system: str = XTUNER_SYSTEM) -> list[dict[str, Any]]:
+def token_counts(
+    ds: SampleSet, tokenizer: Tokenizer | None = None, tiling: TilingSettings | None = None, system: str = XTUNER_SYSTEM
+) -> list[dict[str, Any]]:
     """Per record: image size, tiles, text tokens, image tokens and their total.
 
     Text tokens are what ``tokenizer`` gives for the training text in XTuner's
@@ -1076,8 +1270,9 @@ def token_counts(ds: SampleSet, tokenizer: Tokenizer | None = None, tiling: Tili
     return [_count(r, tokenizer, _image_size(ds.image_path(r)), tiling, system) for r in ds]
 
 
-def dataset_stats(ds: SampleSet, tokenizer: Tokenizer | None = None, tiling: TilingSettings | None = None,
-                  system: str = XTUNER_SYSTEM) -> dict[str, list]:
+def dataset_stats(
+    ds: SampleSet, tokenizer: Tokenizer | None = None, tiling: TilingSettings | None = None, system: str = XTUNER_SYSTEM
+) -> dict[str, list]:
     """Columns for the book's histograms: ids, caption chars, tiles, text/image/total tokens, sizes.
 
     The dict of equal-length lists that :func:`helpers.plots.length_histograms` draws
@@ -1087,8 +1282,10 @@ def dataset_stats(ds: SampleSet, tokenizer: Tokenizer | None = None, tiling: Til
     ['caption_chars', 'height', 'id']
     """
     rows = token_counts(ds, tokenizer, tiling, system)
-    stats: dict[str, list] = {key: [row[key] for row in rows] for key in
-                              ("id", "width", "height", "tiles", "text_tokens", "image_tokens", "total")}
+    stats: dict[str, list] = {
+        key: [row[key] for row in rows]
+        for key in ("id", "width", "height", "tiles", "text_tokens", "image_tokens", "total")
+    }
     stats["caption_chars"] = caption_lengths(ds)
     return stats
 
@@ -1151,8 +1348,7 @@ def to_swift_jsonl(ds: SampleSet, path: str | Path) -> Path:
         pairs = [(q.value, a.value) for q, a in zip(record.conversations[::2], record.conversations[1::2])]
         if not pairs:
             continue
-        row: dict[str, Any] = {"query": pairs[-1][0], "response": pairs[-1][1],
-                               "images": [str(ds.image_path(record))]}
+        row: dict[str, Any] = {"query": pairs[-1][0], "response": pairs[-1][1], "images": [str(ds.image_path(record))]}
         if len(pairs) > 1:
             row["history"] = [list(p) for p in pairs[:-1]]
         lines.append(json.dumps(row, ensure_ascii=False))

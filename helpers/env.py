@@ -26,9 +26,10 @@ import random
 import shutil
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from helpers import REPO_DIR, repo_path
 from helpers.errors import MissingOutputError, ProfileError
@@ -82,7 +83,10 @@ GPU_PROFILE_MIN_GB = 16.0
 #: The versions the book is tested with (CPU environment) and why each one matters.
 #: ``None``: deliberately not in this environment.
 PINS: dict[str, tuple[str | None, str]] = {
-    "xtuner": ("0.2.0", "the newest XTuner on PyPI; it ships the InternVL2 QLoRA configs and the InternVL_V1_5 wrapper."),
+    "xtuner": (
+        "0.2.0",
+        "the newest XTuner on PyPI; it ships the InternVL2 QLoRA configs and the InternVL_V1_5 wrapper.",
+    ),
     "transformers": ("4.48.0", "xtuner 0.2.0 pins it exactly."),
     "mmengine": ("0.10.6", "xtuner 0.2.0 pins it; it runs XTuner's training loop."),
     "bitsandbytes": ("0.50.2", "xtuner asks for 0.45.0, which has no CPU 4-bit and no CUDA 13 build."),
@@ -130,7 +134,7 @@ class Table:
         widths = [max(len(str(r[i])) for r in cells) for i in range(len(self.headers))]
         lines = [self.caption] if self.caption else []
         for n, row in enumerate(cells):
-            lines.append("  ".join(f"{str(c):<{w}}" for c, w in zip(row, widths)).rstrip())
+            lines.append("  ".join(f"{c!s:<{w}}" for c, w in zip(row, widths)).rstrip())
             if n == 0:
                 lines.append("  ".join("-" * w for w in widths))
         return "\n".join(lines)
@@ -308,7 +312,7 @@ def _cpu_cores() -> int:
 def _cuda_facts() -> tuple[bool, list[GPUInfo], str | None, bool]:
     try:
         import torch
-    except Exception:  # noqa: BLE001 - a broken torch is reported as "no CUDA"
+    except Exception:
         return False, [], None, False
     if not torch.cuda.is_available():
         return False, [], torch.version.cuda, False
@@ -362,9 +366,11 @@ def probe_bnb_4bit() -> Probe:
         layer(x).float().pow(2).mean().backward()
         if x.grad is None or not torch.isfinite(x.grad).all():
             return Probe(False, f"bitsandbytes {version}: the backward pass gave no finite gradient on {device}.")
-    except Exception as exc:  # noqa: BLE001 - any failure is an answer, not a crash
+    except Exception as exc:
         return Probe(False, f"bitsandbytes {version} failed on {device}: {type(exc).__name__}: {_one_line(exc)}.")
-    return Probe(True, f"bitsandbytes {version} ran an NF4 Linear4bit (double quantisation) forward and backward on {device}.")
+    return Probe(
+        True, f"bitsandbytes {version} ran an NF4 Linear4bit (double quantisation) forward and backward on {device}."
+    )
 
 
 def probe_flash_attn() -> Probe:
@@ -378,7 +384,7 @@ def probe_flash_attn() -> Probe:
         return Probe(False, f"flash-attn needs compute capability 8.0+ (Ampere or newer); found {gpus[0]}.")
     try:
         importlib.import_module("flash_attn")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return Probe(False, f"flash-attn does not import: {type(exc).__name__}: {_one_line(exc)}.")
     major, minor = gpus[0].capability
     return Probe(True, f"flash-attn {package_version('flash-attn')} imports and the GPU is sm{major}{minor}.")
@@ -388,12 +394,16 @@ def probe_lmdeploy() -> Probe:
     """LMDeploy serves models on CUDA GPUs only: it must import and find a GPU."""
     version = package_version("lmdeploy")
     if version is None:
-        return Probe(False, "lmdeploy is not installed (it needs transformers>=4.56, so it lives in its own environment).")
+        return Probe(
+            False, "lmdeploy is not installed (it needs transformers>=4.56, so it lives in its own environment)."
+        )
     if not _cuda_facts()[0]:
-        return Probe(False, f"lmdeploy {version} is installed but there is no CUDA GPU, and LMDeploy has no CPU backend.")
+        return Probe(
+            False, f"lmdeploy {version} is installed but there is no CUDA GPU, and LMDeploy has no CPU backend."
+        )
     try:
         importlib.import_module("lmdeploy")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return Probe(False, f"lmdeploy {version} does not import: {type(exc).__name__}: {_one_line(exc)}.")
     return Probe(True, f"lmdeploy {version} imports and a CUDA GPU is present.")
 
@@ -408,9 +418,12 @@ def probe_xtuner() -> Probe:
             # tqdm.auto, imported by xtuner, warns in notebooks without ipywidgets.
             warnings.filterwarnings("ignore", message="IProgress not found")
             from xtuner.model import InternVL_V1_5  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
-        return Probe(False, f"xtuner {version} is installed but its InternVL wrapper does not import: "
-                            f"{type(exc).__name__}: {_one_line(exc)}.")
+    except Exception as exc:
+        return Probe(
+            False,
+            f"xtuner {version} is installed but its InternVL wrapper does not import: "
+            f"{type(exc).__name__}: {_one_line(exc)}.",
+        )
     return Probe(True, f"xtuner {version} imports its InternVL_V1_5 model wrapper.")
 
 
@@ -479,8 +492,10 @@ def verdict(rep: EnvReport) -> Verdict:
         reason = f"a CUDA GPU with {rep.max_gpu_memory_gb:.0f} GiB is enough for InternVL2-2B QLoRA."
     elif rep.cuda_available:
         profile = "tiny"
-        reason = (f"the largest GPU has {rep.max_gpu_memory_gb:.0f} GiB, less than the "
-                  f"{GPU_PROFILE_MIN_GB:.0f} GiB InternVL2-2B QLoRA needs, so the tiny model is used.")
+        reason = (
+            f"the largest GPU has {rep.max_gpu_memory_gb:.0f} GiB, less than the "
+            f"{GPU_PROFILE_MIN_GB:.0f} GiB InternVL2-2B QLoRA needs, so the tiny model is used."
+        )
     else:
         profile = "tiny"
         reason = "there is no CUDA GPU, so the book runs the tiny CPU-sized model."
@@ -488,17 +503,23 @@ def verdict(rep: EnvReport) -> Verdict:
     skipped, blockers = [], []
     p = rep.probes
     if "bnb_4bit" in p and not p["bnb_4bit"].ok:
-        skipped.append("4-bit quantisation: bitsandbytes cannot run NF4 here; training falls back to "
-                       "plain LoRA on unquantised weights (more memory).")
+        skipped.append(
+            "4-bit quantisation: bitsandbytes cannot run NF4 here; training falls back to "
+            "plain LoRA on unquantised weights (more memory)."
+        )
     if "flash_attn" in p and not p["flash_attn"].ok:
-        skipped.append("FlashAttention 2: " + p["flash_attn"].reason.rstrip(".")
-                       + "; the model uses eager attention (slower, more memory).")
+        skipped.append(
+            "FlashAttention 2: "
+            + p["flash_attn"].reason.rstrip(".")
+            + "; the model uses eager attention (slower, more memory)."
+        )
     if "lmdeploy" in p and not p["lmdeploy"].ok:
         why = "no CUDA GPU here" if not rep.cuda_available else p["lmdeploy"].reason.rstrip(".")
         skipped.append(f"LMDeploy: {why}; inference uses the transformers backend.")
     if "xtuner" in p and not p["xtuner"].ok:
-        blockers.append("XTuner: " + p["xtuner"].reason.rstrip(".")
-                        + "; the training notebooks cannot run until it imports.")
+        blockers.append(
+            "XTuner: " + p["xtuner"].reason.rstrip(".") + "; the training notebooks cannot run until it imports."
+        )
     if rep.versions.get("torch") is None:
         blockers.append("PyTorch is not installed; nothing in the book can run without it.")
     return Verdict(profile=profile, reason=reason, skipped=skipped, blockers=blockers)
@@ -533,7 +554,7 @@ def save(output_dir: str | Path, rep: EnvReport, verd: Verdict) -> Path:
     path = repo_path(output_dir) / "env.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "report": rep.to_dict(),
         "verdict": verd.to_dict(),
     }
@@ -563,7 +584,7 @@ def require(previous_output: str | Path, notebook: str) -> Path:
 
     >>> require("/nonexistent/qlora/config.py", "03")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    helpers.errors.MissingOutputError: /nonexistent/qlora/config.py is missing: run notebook 03 (QLoRA config, ...) first...
+    helpers.errors.MissingOutputError: /nonexistent/qlora/config.py is missing: run notebook 03 ...
     """
     path = repo_path(previous_output)
     if path.exists():
@@ -573,7 +594,8 @@ def require(previous_output: str | Path, notebook: str) -> Path:
     writer = book.select(book.discover(), only=notebook)[0]
     raise MissingOutputError(
         f"{path} is missing: run notebook {notebook} ({book.title(writer)}, notebooks/{writer.name}) first, "
-        f"e.g. `python -m helpers.book run --only {notebook}` with the same output_dir.")
+        f"e.g. `python -m helpers.book run --only {notebook}` with the same output_dir."
+    )
 
 
 # --------------------------------------------------------------------------- common parameters
@@ -586,8 +608,10 @@ def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ProfileError(f"device={device!r} was asked for but this machine has no CUDA GPU: "
-                           "use device='auto' or 'cpu' (and the tiny profile).")
+        raise ProfileError(
+            f"device={device!r} was asked for but this machine has no CUDA GPU: "
+            "use device='auto' or 'cpu' (and the tiny profile)."
+        )
     return device
 
 
@@ -604,8 +628,9 @@ class Session:
         return f"profile={self.profile}  device={self.device}  seed={self.seed}  output_dir={self.output_dir}"
 
 
-def setup(profile: str, device: str = "auto", seed: int = 0, output_dir: str | Path = "_build/outputs",
-          verbose: bool = True) -> Session:
+def setup(
+    profile: str, device: str = "auto", seed: int = 0, output_dir: str | Path = "_build/outputs", verbose: bool = True
+) -> Session:
     """Resolve the common parameters every notebook defines, seed all RNGs and print one line.
 
     Call it right after the ``parameters`` cell. ``output_dir`` is created.

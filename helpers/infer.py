@@ -38,9 +38,10 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import repo_path
 from .env import package_version
@@ -62,12 +63,33 @@ if TYPE_CHECKING:  # pragma: no cover
     from .data import SampleSet
 
 __all__ = [
-    "BACKENDS", "ENGINES", "IMAGE_SUFFIXES", "DEFAULT_SESSION_LEN",
-    "InferenceError", "ImageError", "PromptError", "SessionLengthError", "BackendError", "PromptWarning",
-    "GenSettings", "Answer", "TokenStream", "Choice", "Pipeline", "TransformersPipeline", "LMDeployPipeline",
-    "Chat", "chat_template_config",
-    "load_image", "normalize_prompt", "choose_backend", "load", "answer_dataset",
-    "save_answers", "load_answers", "main",
+    "BACKENDS",
+    "ENGINES",
+    "IMAGE_SUFFIXES",
+    "DEFAULT_SESSION_LEN",
+    "InferenceError",
+    "ImageError",
+    "PromptError",
+    "SessionLengthError",
+    "BackendError",
+    "PromptWarning",
+    "GenSettings",
+    "Answer",
+    "TokenStream",
+    "Choice",
+    "Pipeline",
+    "TransformersPipeline",
+    "LMDeployPipeline",
+    "Chat",
+    "chat_template_config",
+    "load_image",
+    "normalize_prompt",
+    "choose_backend",
+    "load",
+    "answer_dataset",
+    "save_answers",
+    "load_answers",
+    "main",
 ]
 
 BACKENDS = ("auto", "lmdeploy", "transformers")
@@ -157,8 +179,12 @@ class GenSettings:
         ``top_k=0`` is passed as 0, which transformers also reads as "off"
         (leaving it out would mean transformers' default of 50).
         """
-        kw: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": not self.greedy,
-                              "num_beams": 1, "repetition_penalty": float(self.repetition_penalty)}
+        kw: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": not self.greedy,
+            "num_beams": 1,
+            "repetition_penalty": float(self.repetition_penalty),
+        }
         if not self.greedy:
             kw.update(temperature=float(self.temperature), top_p=float(self.top_p), top_k=int(self.top_k))
         if self.ignore_eos:
@@ -172,16 +198,25 @@ class GenSettings:
         penalty is therefore sent as sampling from the single best token
         (``top_k=1``), which is greedy decoding with the penalty applied.
         """
-        kw: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "random_seed": self.seed,
-                              "ignore_eos": self.ignore_eos}
+        kw: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "random_seed": self.seed,
+            "ignore_eos": self.ignore_eos,
+        }
         if self.greedy and self.repetition_penalty == 1.0:
             kw.update(do_sample=False)
         elif self.greedy:
-            kw.update(do_sample=True, temperature=1.0, top_p=1.0, top_k=1,
-                      repetition_penalty=float(self.repetition_penalty))
+            kw.update(
+                do_sample=True, temperature=1.0, top_p=1.0, top_k=1, repetition_penalty=float(self.repetition_penalty)
+            )
         else:
-            kw.update(do_sample=True, temperature=float(self.temperature), top_p=float(self.top_p),
-                      top_k=int(self.top_k), repetition_penalty=float(self.repetition_penalty))
+            kw.update(
+                do_sample=True,
+                temperature=float(self.temperature),
+                top_p=float(self.top_p),
+                top_k=int(self.top_k),
+                repetition_penalty=float(self.repetition_penalty),
+            )
         return kw
 
     def to_lmdeploy(self) -> Any:
@@ -205,8 +240,10 @@ def chat_template_config(model_path: str | Path | None = None, template: str | N
     try:
         from lmdeploy import ChatTemplateConfig
     except ImportError as exc:
-        raise BackendError("lmdeploy is not installed here, so there is no ChatTemplateConfig to build; "
-                           "chat_template_fields() returns the same values as a dict.") from exc
+        raise BackendError(
+            "lmdeploy is not installed here, so there is no ChatTemplateConfig to build; "
+            "chat_template_fields() returns the same values as a dict."
+        ) from exc
     return ChatTemplateConfig(**chat_template_fields(model_path, template))
 
 
@@ -220,7 +257,7 @@ def _image_path(image: str | Path) -> Path:
     return path
 
 
-def load_image(image: "str | Path | Image.Image") -> "Image.Image":
+def load_image(image: str | Path | Image.Image) -> Image.Image:
     """Open an image as RGB, or raise an :class:`ImageError` that says what to do.
 
     Accepts a PIL image or a path (absolute, relative to the working folder or
@@ -238,21 +275,27 @@ def load_image(image: "str | Path | Image.Image") -> "Image.Image":
         raise ImageError(f"an image must be a file path or a PIL.Image, not {type(image).__name__}.")
     path = _image_path(image)
     if not path.exists():
-        raise ImageError(f"image not found: {path}. Fix: check the path (relative paths are tried against "
-                         f"the working folder {Path.cwd()} and the repository root).")
+        raise ImageError(
+            f"image not found: {path}. Fix: check the path (relative paths are tried against "
+            f"the working folder {Path.cwd()} and the repository root)."
+        )
     if path.is_dir():
         raise ImageError(f"{path} is a folder, not an image file. Fix: name one image file inside it.")
     if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise ImageError(f"{path.name}: unsupported file type '{path.suffix or '(none)'}'. InternVL2 reads "
-                         f"images ({', '.join(IMAGE_SUFFIXES)}). Fix: convert it, e.g. "
-                         "PIL.Image.open(src).convert('RGB').save('image.png'), or export a frame/page as an image.")
+        raise ImageError(
+            f"{path.name}: unsupported file type '{path.suffix or '(none)'}'. InternVL2 reads "
+            f"images ({', '.join(IMAGE_SUFFIXES)}). Fix: convert it, e.g. "
+            "PIL.Image.open(src).convert('RGB').save('image.png'), or export a frame/page as an image."
+        )
     try:
         with Image.open(path) as im:
             im.load()
             return im.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"cannot read {path}: {_one_line(exc)}. Fix: the file is damaged or not really a "
-                         f"{path.suffix} image; download or save it again.") from exc
+        raise ImageError(
+            f"cannot read {path}: {_one_line(exc)}. Fix: the file is damaged or not really a "
+            f"{path.suffix} image; download or save it again."
+        ) from exc
 
 
 def normalize_prompt(prompt: str, n_images: int, history: Sequence[tuple[str, str]] = ()) -> str:
@@ -273,17 +316,21 @@ def normalize_prompt(prompt: str, n_images: int, history: Sequence[tuple[str, st
     if tags == n_images:
         return prompt
     if tags == 0 and n_images == 1:
-        _warn("the prompt has no <image> placeholder: inserted '<image>\\n' before it, where InternVL2 "
-              "expects the image.")
+        _warn(
+            "the prompt has no <image> placeholder: inserted '<image>\\n' before it, where InternVL2 expects the image."
+        )
         return f"{IMAGE_TOKEN}\n{prompt}"
     where = " (counting the earlier turns)" if history else ""
     if n_images > tags:
         raise PromptError(
             f"{n_images} images were given but the prompt has {tags} <image> placeholder(s){where}. "
             "Fix: put one <image> per image, in order, e.g. 'Image-1: <image>\\nImage-2: <image>\\n"
-            "What differs?', or pass fewer images.")
-    raise PromptError(f"the prompt has {tags} <image> placeholder(s){where} but {n_images} image(s) were given. "
-                      "Fix: pass one image per <image>, or remove the extra placeholders.")
+            "What differs?', or pass fewer images."
+        )
+    raise PromptError(
+        f"the prompt has {tags} <image> placeholder(s){where} but {n_images} image(s) were given. "
+        "Fix: pass one image per <image>, or remove the extra placeholders."
+    )
 
 
 # --------------------------------------------------------------------------- results
@@ -391,18 +438,23 @@ def choose_backend(backend: str = "auto", device: str = "auto") -> Choice:
     if dev == "cpu":
         why = "LMDeploy needs a CUDA GPU and this run uses the CPU"
         if backend == "lmdeploy":
-            raise BackendError(f"backend='lmdeploy' was asked for, but {why} (device={device!r}). "
-                               "Fix: use backend='transformers' (or 'auto'), or run on a machine with a CUDA GPU.")
+            raise BackendError(
+                f"backend='lmdeploy' was asked for, but {why} (device={device!r}). "
+                "Fix: use backend='transformers' (or 'auto'), or run on a machine with a CUDA GPU."
+            )
         return Choice("transformers", dev, f"backend: transformers on cpu ({why}).")
     probe = probe_lmdeploy()
     if probe.ok:
         return Choice("lmdeploy", dev, f"backend: lmdeploy on {dev} ({probe.reason.rstrip('.')}).")
     if backend == "lmdeploy":
-        raise BackendError(f"backend='lmdeploy' was asked for, but {probe.reason.rstrip('.')}. Fix: install "
-                           "LMDeploy in its own environment (pip install lmdeploy; it needs transformers>=4.56 "
-                           "and a CUDA GPU), or use backend='transformers' (or 'auto').")
-    return Choice("transformers", dev, f"backend: transformers on {dev} (LMDeploy not used: "
-                                       f"{probe.reason.rstrip('.')}).")
+        raise BackendError(
+            f"backend='lmdeploy' was asked for, but {probe.reason.rstrip('.')}. Fix: install "
+            "LMDeploy in its own environment (pip install lmdeploy; it needs transformers>=4.56 "
+            "and a CUDA GPU), or use backend='transformers' (or 'auto')."
+        )
+    return Choice(
+        "transformers", dev, f"backend: transformers on {dev} (LMDeploy not used: {probe.reason.rstrip('.')})."
+    )
 
 
 # --------------------------------------------------------------------------- pipelines
@@ -418,8 +470,14 @@ class Pipeline:
 
     backend = "base"
 
-    def __init__(self, model_path: str | Path, *, session_len: int = DEFAULT_SESSION_LEN,
-                 max_num: int | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        session_len: int = DEFAULT_SESSION_LEN,
+        max_num: int | None = None,
+        device: str = "cpu",
+    ) -> None:
         self.model_path = repo_path(model_path)
         self.config = read_config(self.model_path)
         self.template = chat_template_fields(template=self.config.get("template", "internlm2-chat"))
@@ -430,8 +488,13 @@ class Pipeline:
         self.session_len = session_len
         self.device = device
         self.tokenizer = self._load_tokenizer()
-        self.stop_ids = sorted({i for i in self.tokenizer.convert_tokens_to_ids(self.template["stop_words"])
-                                if isinstance(i, int) and i >= 0})
+        self.stop_ids = sorted(
+            {
+                i
+                for i in self.tokenizer.convert_tokens_to_ids(self.template["stop_words"])
+                if isinstance(i, int) and i >= 0
+            }
+        )
 
     # -- shared helpers
     def _load_tokenizer(self) -> Any:
@@ -439,12 +502,14 @@ class Pipeline:
 
         try:
             return AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=True)
-        except Exception as exc:  # noqa: BLE001 - any loading failure becomes one clear message
-            raise ModelDirError(f"cannot load the tokenizer of {self.model_path}: {type(exc).__name__}: "
-                                f"{_one_line(exc)}. Fix: the folder needs tokenizer.json or tokenizer.model "
-                                "with tokenizer_config.json, as in the model's download.") from exc
+        except Exception as exc:
+            raise ModelDirError(
+                f"cannot load the tokenizer of {self.model_path}: {type(exc).__name__}: "
+                f"{_one_line(exc)}. Fix: the folder needs tokenizer.json or tokenizer.model "
+                "with tokenizer_config.json, as in the model's download."
+            ) from exc
 
-    def pixel_values(self, image: "str | Path | Image.Image") -> Any:
+    def pixel_values(self, image: str | Path | Image.Image) -> Any:
         """The ``(tiles, 3, size, size)`` float tensor this pipeline feeds the vision encoder for ``image``.
 
         The pipeline's own preprocessing: use it (rather than tiling by hand)
@@ -453,8 +518,9 @@ class Pipeline:
         """
         return self.tiling.pixel_values(load_image(image))
 
-    def _request(self, images: Any, prompt: str, history: Sequence[tuple[str, str]] | None,
-                 gen: GenSettings) -> _Request:
+    def _request(
+        self, images: Any, prompt: str, history: Sequence[tuple[str, str]] | None, gen: GenSettings
+    ) -> _Request:
         if images is None:
             images = []
         elif not isinstance(images, (list, tuple)):
@@ -466,8 +532,12 @@ class Pipeline:
                 raise PromptError("history must be a list of (question, answer) string pairs, as Answer.history is.")
         prompt = normalize_prompt(prompt, len(pil), history)
         patches = [self.tiling.tiles(*im.size) for im in pil]
-        full = build_prompt([*history, (prompt, None)], tiles=patches, num_image_token=self.tiling.num_image_token,
-                            template=self.template).text
+        full = build_prompt(
+            [*history, (prompt, None)],
+            tiles=patches,
+            num_image_token=self.tiling.num_image_token,
+            template=self.template,
+        ).text
         n_prompt = len(self.tokenizer(full, verbose=False).input_ids)  # no "longer than max length" warning
         total = n_prompt + gen.max_new_tokens
         if total > self.session_len:
@@ -477,11 +547,17 @@ class Pipeline:
                 f"max_new_tokens={gen.max_new_tokens} = {total} tokens, more than session_len={self.session_len}. "
                 "Fix: start a new chat or drop old turns from the history, use fewer tiles per image "
                 "(max_num), lower max_new_tokens, or raise session_len (InternVL2-2B was trained on 8192 "
-                "tokens and accepts up to 32768).")
+                "tokens and accepts up to 32768)."
+            )
         return _Request(pil, prompt, history, patches, full, n_prompt)
 
-    def render(self, prompt: str, images: Any = None, history: Sequence[tuple[str, str]] | None = None,
-               abbreviated: bool = True) -> str:
+    def render(
+        self,
+        prompt: str,
+        images: Any = None,
+        history: Sequence[tuple[str, str]] | None = None,
+        abbreviated: bool = True,
+    ) -> str:
         """The prompt the language model reads for this request, with ``<IMG_CONTEXT>`` runs abbreviated."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PromptWarning)
@@ -489,8 +565,9 @@ class Pipeline:
         return abbreviate(req.full_prompt) if abbreviated else req.full_prompt
 
     # -- the public API
-    def ask(self, images: Any, prompt: str, gen: GenSettings | None = None,
-            history: Sequence[tuple[str, str]] | None = None) -> Answer:
+    def ask(
+        self, images: Any, prompt: str, gen: GenSettings | None = None, history: Sequence[tuple[str, str]] | None = None
+    ) -> Answer:
         """Answer one prompt about one image (or a list of images, or ``None``), optionally in a chat.
 
         ``history`` is a list of earlier ``(question, answer)`` pairs, e.g. the
@@ -502,15 +579,23 @@ class Pipeline:
         assert stream.answer is not None
         return stream.answer
 
-    def stream(self, images: Any, prompt: str, gen: GenSettings | None = None,
-               history: Sequence[tuple[str, str]] | None = None) -> TokenStream:
+    def stream(
+        self, images: Any, prompt: str, gen: GenSettings | None = None, history: Sequence[tuple[str, str]] | None = None
+    ) -> TokenStream:
         """Like :meth:`ask`, but yields text pieces while the model generates them."""
         gen = gen or GenSettings()
         req = self._request(images, prompt, history, gen)
         return TokenStream(self._stream(req, gen))
 
-    def ask_batch(self, images: Sequence[Any], prompts: str | Sequence[str], gen: GenSettings | None = None,
-                  batch_size: int = 8, progress: bool = True, desc: str = "answering") -> list[Answer]:
+    def ask_batch(
+        self,
+        images: Sequence[Any],
+        prompts: str | Sequence[str],
+        gen: GenSettings | None = None,
+        batch_size: int = 8,
+        progress: bool = True,
+        desc: str = "answering",
+    ) -> list[Answer]:
         """Answer one prompt per image, ``batch_size`` at a time, with a progress bar.
 
         ``prompts`` is one prompt for all images or one per image. Every
@@ -522,47 +607,54 @@ class Pipeline:
         images = list(images)
         prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
         if len(prompts) != len(images):
-            raise PromptError(f"{len(images)} images but {len(prompts)} prompts: give one prompt for all "
-                              "images or one per image.")
+            raise PromptError(
+                f"{len(images)} images but {len(prompts)} prompts: give one prompt for all images or one per image."
+            )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InferenceError(f"batch_size={batch_size!r} must be a positive integer.")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PromptWarning)
             requests = [self._request(im, p, None, gen) for im, p in zip(images, prompts)]
         if caught:
-            _warn(f"{len(caught)} prompt(s) had no <image> placeholder: inserted '<image>\\n' before "
-                  "them, where InternVL2 expects the image.")
+            _warn(
+                f"{len(caught)} prompt(s) had no <image> placeholder: inserted '<image>\\n' before "
+                "them, where InternVL2 expects the image."
+            )
         for i, req in enumerate(requests):
             if len(req.images) != 1:
-                raise PromptError(f"batch item {i} has {len(req.images)} images: ask_batch takes exactly one "
-                                  "image per prompt. Fix: use ask() for multi-image or text-only prompts.")
+                raise PromptError(
+                    f"batch item {i} has {len(req.images)} images: ask_batch takes exactly one "
+                    "image per prompt. Fix: use ask() for multi-image or text-only prompts."
+                )
         # batch prompts of similar length together: less padding, same answers, returned in input order
         order = sorted(range(len(requests)), key=lambda i: requests[i].prompt_tokens)
         answers: list[Answer | None] = [None] * len(requests)
         with tqdm(total=len(requests), desc=desc, unit="image", disable=not progress) as bar:
             for start in range(0, len(order), batch_size):
-                chunk = order[start:start + batch_size]
+                chunk = order[start : start + batch_size]
                 for i, answer in zip(chunk, self._batch([requests[i] for i in chunk], gen)):
                     answers[i] = answer
                 bar.update(len(chunk))
         return answers  # type: ignore[return-value]
 
-    def chat(self, images: Any = None, gen: GenSettings | None = None) -> "Chat":
+    def chat(self, images: Any = None, gen: GenSettings | None = None) -> Chat:
         """Start a multi-turn :class:`Chat` about ``images``."""
         return Chat(self, images, gen)
 
     def close(self) -> None:
         """Free the model (and LMDeploy's engine); the pipeline cannot be used afterwards."""
 
-    def __enter__(self) -> "Pipeline":
+    def __enter__(self) -> Pipeline:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(model={str(self.model_path)!r}, device={self.device!r}, "
-                f"session_len={self.session_len}, max_num={self.tiling.max_num})")
+        return (
+            f"{type(self).__name__}(model={str(self.model_path)!r}, device={self.device!r}, "
+            f"session_len={self.session_len}, max_num={self.tiling.max_num})"
+        )
 
     # -- what a backend implements
     def _stream(self, req: _Request, gen: GenSettings) -> Iterator[str]:  # pragma: no cover - abstract
@@ -571,11 +663,28 @@ class Pipeline:
     def _batch(self, reqs: list[_Request], gen: GenSettings) -> list[Answer]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _answer(self, req: _Request, text: str, tokens: int, seconds: float, first: float | None,
-                latency: float, finish: str | None = None) -> Answer:
-        return Answer(text=text, prompt=req.prompt, tokens=tokens, prompt_tokens=req.prompt_tokens,
-                      seconds=seconds, first_token_s=first, latency_s=latency, backend=self.backend,
-                      finish_reason=finish or "stop", history=[*req.history, (req.prompt, text)])
+    def _answer(
+        self,
+        req: _Request,
+        text: str,
+        tokens: int,
+        seconds: float,
+        first: float | None,
+        latency: float,
+        finish: str | None = None,
+    ) -> Answer:
+        return Answer(
+            text=text,
+            prompt=req.prompt,
+            tokens=tokens,
+            prompt_tokens=req.prompt_tokens,
+            seconds=seconds,
+            first_token_s=first,
+            latency_s=latency,
+            backend=self.backend,
+            finish_reason=finish or "stop",
+            history=[*req.history, (req.prompt, text)],
+        )
 
 
 class Chat:
@@ -652,27 +761,40 @@ class TransformersPipeline(Pipeline):
 
     backend = "transformers"
 
-    def __init__(self, model_path: str | Path, *, device: str = "cpu", dtype: str | None = None,
-                 session_len: int = DEFAULT_SESSION_LEN, max_num: int | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        device: str = "cpu",
+        dtype: str | None = None,
+        session_len: int = DEFAULT_SESSION_LEN,
+        max_num: int | None = None,
+    ) -> None:
         super().__init__(model_path, session_len=session_len, max_num=max_num, device=device)
         import torch
         import transformers
         from transformers import AutoModel
 
         if dtype is None:
-            dtype = "float32" if device == "cpu" else (
-                "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float16")
+            dtype = (
+                "float32"
+                if device == "cpu"
+                else ("bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float16")
+            )
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
         try:
-            model = AutoModel.from_pretrained(self.model_path, trust_remote_code=True, low_cpu_mem_usage=True,
-                                              **{key: self.dtype})
+            model = AutoModel.from_pretrained(
+                self.model_path, trust_remote_code=True, low_cpu_mem_usage=True, **{key: self.dtype}
+            )
             self.model = model.eval().to(device)
-        except Exception as exc:  # noqa: BLE001
-            raise ModelDirError(f"transformers {transformers.__version__} cannot load {self.model_path}: "
-                                f"{type(exc).__name__}: {_one_line(exc)}. Fix: check that the folder is a "
-                                "complete InternVL2 download (weights, *.py remote code) and that it was "
-                                "written for this transformers version.") from exc
+        except Exception as exc:
+            raise ModelDirError(
+                f"transformers {transformers.__version__} cannot load {self.model_path}: "
+                f"{type(exc).__name__}: {_one_line(exc)}. Fix: check that the folder is a "
+                "complete InternVL2 download (weights, *.py remote code) and that it was "
+                "written for this transformers version."
+            ) from exc
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", dtype={str(self.dtype).replace('torch.', '')})"
@@ -709,10 +831,15 @@ class TransformersPipeline(Pipeline):
             try:
                 self._seed(gen)
                 result["out"] = self.model.chat(
-                    self.tokenizer, pixels, req.prompt, {**gen.transformers_kwargs(), "streamer": streamer},
-                    history=list(req.history), return_history=True,
-                    num_patches_list=req.num_patches_list)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                    self.tokenizer,
+                    pixels,
+                    req.prompt,
+                    {**gen.transformers_kwargs(), "streamer": streamer},
+                    history=list(req.history),
+                    return_history=True,
+                    num_patches_list=req.num_patches_list,
+                )
+            except BaseException as exc:
                 result["error"] = exc
                 streamer.end()
 
@@ -736,9 +863,13 @@ class TransformersPipeline(Pipeline):
         clock = _TokenClock(self.stop_ids, rows=len(reqs))
         self._seed(gen)
         clock.start = time.perf_counter()
-        texts = self.model.batch_chat(self.tokenizer, pixels, [r.prompt for r in reqs],
-                                      {**gen.transformers_kwargs(), "streamer": clock},
-                                      num_patches_list=[sum(r.num_patches_list) for r in reqs])
+        texts = self.model.batch_chat(
+            self.tokenizer,
+            pixels,
+            [r.prompt for r in reqs],
+            {**gen.transformers_kwargs(), "streamer": clock},
+            num_patches_list=[sum(r.num_patches_list) for r in reqs],
+        )
         clock.end()
         wall = (clock.last or time.perf_counter()) - clock.start
         out = []
@@ -762,19 +893,31 @@ class LMDeployPipeline(Pipeline):
 
     backend = "lmdeploy"
 
-    def __init__(self, model_path: str | Path, *, engine: str = "pytorch", session_len: int = DEFAULT_SESSION_LEN,
-                 max_num: int | None = None, cache_max_entry_count: float = 0.5, max_batch_size: int = 16,
-                 device: str = "cuda", log_level: str = "ERROR", **engine_options: Any) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        engine: str = "pytorch",
+        session_len: int = DEFAULT_SESSION_LEN,
+        max_num: int | None = None,
+        cache_max_entry_count: float = 0.5,
+        max_batch_size: int = 16,
+        device: str = "cuda",
+        log_level: str = "ERROR",
+        **engine_options: Any,
+    ) -> None:
         super().__init__(model_path, session_len=session_len, max_num=max_num, device=device)
         if engine not in ENGINES:
             raise InferenceError(f"engine={engine!r} is unknown: use 'pytorch' or 'turbomind'.")
         try:
             import lmdeploy
             from lmdeploy import ChatTemplateConfig, PytorchEngineConfig, TurbomindEngineConfig
-        except Exception as exc:  # noqa: BLE001
-            raise BackendError(f"lmdeploy does not import here ({type(exc).__name__}: {_one_line(exc)}). "
-                               "Fix: install it in its own environment (pip install lmdeploy) or use "
-                               "backend='transformers'.") from exc
+        except Exception as exc:
+            raise BackendError(
+                f"lmdeploy does not import here ({type(exc).__name__}: {_one_line(exc)}). "
+                "Fix: install it in its own environment (pip install lmdeploy) or use "
+                "backend='transformers'."
+            ) from exc
         self.engine = engine
         self.lmdeploy_version = getattr(lmdeploy, "__version__", package_version("lmdeploy"))
         if engine == "turbomind":
@@ -790,19 +933,27 @@ class LMDeployPipeline(Pipeline):
                     f"LMDeploy {self.lmdeploy_version}'s TurboMind extension does not load here: "
                     f"{type(error).__name__}: {_one_line(error) if error else 'unknown reason'}. It is built against "
                     "CUDA 12 (libcudart.so.12, libcublas.so.12). Fix: engine='pytorch', or install the CUDA 12 "
-                    "runtime libraries (nvidia-cuda-runtime-cu12, nvidia-cublas-cu12).") from error
+                    "runtime libraries (nvidia-cuda-runtime-cu12, nvidia-cublas-cu12)."
+                ) from error
         config_cls = PytorchEngineConfig if engine == "pytorch" else TurbomindEngineConfig
-        options = {"session_len": session_len, "cache_max_entry_count": cache_max_entry_count,
-                   "max_batch_size": max_batch_size, **engine_options}
+        options = {
+            "session_len": session_len,
+            "cache_max_entry_count": cache_max_entry_count,
+            "max_batch_size": max_batch_size,
+            **engine_options,
+        }
         self.backend_config = config_cls(**options)
         self.chat_template = ChatTemplateConfig(**self.template)
-        kwargs: dict[str, Any] = {"backend_config": self.backend_config, "chat_template_config": self.chat_template,
-                                  "log_level": log_level}
+        kwargs: dict[str, Any] = {
+            "backend_config": self.backend_config,
+            "chat_template_config": self.chat_template,
+            "log_level": log_level,
+        }
         if "trust_remote_code" in inspect.signature(lmdeploy.pipeline).parameters:
             kwargs["trust_remote_code"] = True  # InternVL2's config class is remote code
         try:
             self.pipe = lmdeploy.pipeline(str(self.model_path), **kwargs)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             other = "turbomind" if engine == "pytorch" else "pytorch"
             raise BackendError(
                 f"LMDeploy {self.lmdeploy_version} could not start its {engine} engine on {self.model_path}: "
@@ -838,8 +989,10 @@ class LMDeployPipeline(Pipeline):
         text, tokens, finish = "", 0, None
         for out in self.pipe.stream_infer([self._messages(req)], gen_config=gen.to_lmdeploy()):
             if out.finish_reason == "error":
-                raise InferenceError(f"LMDeploy failed on this request: {getattr(out, 'error_message', '')}. "
-                                     "Fix: see the engine log above; a shorter prompt or fewer tiles may help.")
+                raise InferenceError(
+                    f"LMDeploy failed on this request: {getattr(out, 'error_message', '')}. "
+                    "Fix: see the engine log above; a shorter prompt or fewer tiles may help."
+                )
             tokens = max(tokens, out.generate_token_len or 0)
             if first is None and (tokens or out.token_ids or out.text):  # a token may decode to no text
                 first = time.perf_counter() - t0
@@ -867,8 +1020,10 @@ class LMDeployPipeline(Pipeline):
             finish[i] = out.finish_reason or finish[i]
             ends[i] = now
         wall = time.perf_counter() - t0
-        return [self._answer(r, texts[i].strip(), tokens[i], wall / len(reqs), firsts[i], ends[i], finish[i])
-                for i, r in enumerate(reqs)]
+        return [
+            self._answer(r, texts[i].strip(), tokens[i], wall / len(reqs), firsts[i], ends[i], finish[i])
+            for i, r in enumerate(reqs)
+        ]
 
     def close(self) -> None:
         pipe, self.pipe = getattr(self, "pipe", None), None
@@ -876,9 +1031,18 @@ class LMDeployPipeline(Pipeline):
             pipe.close()
 
 
-def load(model_path: str | Path, backend: str = "auto", *, device: str = "auto", engine: str = "pytorch",
-         session_len: int = DEFAULT_SESSION_LEN, max_num: int | None = None, dtype: str | None = None,
-         verbose: bool = True, **engine_options: Any) -> Pipeline:
+def load(
+    model_path: str | Path,
+    backend: str = "auto",
+    *,
+    device: str = "auto",
+    engine: str = "pytorch",
+    session_len: int = DEFAULT_SESSION_LEN,
+    max_num: int | None = None,
+    dtype: str | None = None,
+    verbose: bool = True,
+    **engine_options: Any,
+) -> Pipeline:
     """Load an InternVL2 folder behind the backend :func:`choose_backend` picks; print why (``verbose``).
 
     ``engine`` (``pytorch``/``turbomind``) and ``engine_options`` (e.g.
@@ -893,17 +1057,24 @@ def load(model_path: str | Path, backend: str = "auto", *, device: str = "auto",
     if verbose:
         print(choice.reason)
     if choice.backend == "lmdeploy":
-        return LMDeployPipeline(model_path, engine=engine, session_len=session_len, max_num=max_num,
-                                device=choice.device, **engine_options)
-    return TransformersPipeline(model_path, device=choice.device, dtype=dtype, session_len=session_len,
-                                max_num=max_num)
+        return LMDeployPipeline(
+            model_path, engine=engine, session_len=session_len, max_num=max_num, device=choice.device, **engine_options
+        )
+    return TransformersPipeline(model_path, device=choice.device, dtype=dtype, session_len=session_len, max_num=max_num)
 
 
 # --------------------------------------------------------------------------- datasets and files
 
 
-def answer_dataset(pipe: Pipeline, ds: "SampleSet", gen: GenSettings | None = None, prompt: str | None = None,
-                   batch_size: int = 8, progress: bool = True, split: str | None = None) -> list[dict[str, Any]]:
+def answer_dataset(
+    pipe: Pipeline,
+    ds: SampleSet,
+    gen: GenSettings | None = None,
+    prompt: str | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+    split: str | None = None,
+) -> list[dict[str, Any]]:
     """Answer every record of a dataset; one dict per record for :func:`save_answers`.
 
     Each dict holds ``split, id, image, prompt, reference, answer, seconds,
@@ -912,20 +1083,35 @@ def answer_dataset(pipe: Pipeline, ds: "SampleSet", gen: GenSettings | None = No
     """
     records = list(ds)
     prompts = [prompt or r.prompt for r in records]
-    answers = pipe.ask_batch([ds.image_path(r) for r in records], prompts, gen, batch_size=batch_size,
-                             progress=progress, desc=f"{split or ds.split or 'all'} split")
-    return [{"split": split or ds.split, "id": r.id, "image": r.image, "prompt": p, "reference": r.caption,
-             "answer": a.text, "seconds": round(a.seconds, 4), "tokens": a.tokens,
-             "prompt_tokens": a.prompt_tokens}
-            for r, p, a in zip(records, prompts, answers)]
+    answers = pipe.ask_batch(
+        [ds.image_path(r) for r in records],
+        prompts,
+        gen,
+        batch_size=batch_size,
+        progress=progress,
+        desc=f"{split or ds.split or 'all'} split",
+    )
+    return [
+        {
+            "split": split or ds.split,
+            "id": r.id,
+            "image": r.image,
+            "prompt": p,
+            "reference": r.caption,
+            "answer": a.text,
+            "seconds": round(a.seconds, 4),
+            "tokens": a.tokens,
+            "prompt_tokens": a.prompt_tokens,
+        }
+        for r, p, a in zip(records, prompts, answers)
+    ]
 
 
 def save_answers(path: str | Path, rows: Sequence[dict[str, Any]], **meta: Any) -> Path:
     """Write ``{"created", **meta, "answers": rows}`` as UTF-8 JSON (what notebook 07 reads back)."""
     path = repo_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **meta,
-            "answers": list(rows)}
+    data = {"created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), **meta, "answers": list(rows)}
     path.write_text(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
     return path
 
@@ -968,12 +1154,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     try:
-        gen = GenSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                          top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
+        gen = GenSettings(
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            repetition_penalty=args.repetition_penalty,
+            seed=args.seed,
+        )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PromptWarning)
-            pipe = load(args.model, args.backend, device=args.device, engine=args.engine,
-                        session_len=args.session_len, max_num=args.max_num, verbose=not args.json)
+            pipe = load(
+                args.model,
+                args.backend,
+                device=args.device,
+                engine=args.engine,
+                session_len=args.session_len,
+                max_num=args.max_num,
+                verbose=not args.json,
+            )
             with pipe:
                 images = args.image or None
                 if args.stream and not args.json:
@@ -994,9 +1193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         if not args.stream:
             print(answer.text)
-        print(f"[{answer.backend}: {answer.tokens} tokens in {answer.seconds:.2f} s, "
-              f"{answer.tokens_per_s:.1f} tokens/s, first token after {answer.first_token_s or 0:.2f} s]",
-              file=sys.stderr)
+        print(
+            f"[{answer.backend}: {answer.tokens} tokens in {answer.seconds:.2f} s, "
+            f"{answer.tokens_per_s:.1f} tokens/s, first token after {answer.first_token_s or 0:.2f} s]",
+            file=sys.stderr,
+        )
     return 0
 
 

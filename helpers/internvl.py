@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import repo_path, tiling
 from .errors import ModelDirError
@@ -41,10 +42,27 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
 __all__ = [
-    "IMAGE_TOKEN", "IMG_START", "IMG_END", "IMG_CONTEXT", "IM_START", "IM_END", "LMDEPLOY_IMAGE_TOKEN",
-    "SPECIAL_TOKENS", "ADDITIONAL_SPECIAL_TOKENS", "HF_CHAT_TEMPLATE",
-    "COURSE_QUESTION", "COURSE_PROMPT", "XTUNER_SYSTEM", "INTERNVL_SYSTEM", "CHAT_TEMPLATES",
-    "read_config", "chat_template_fields", "TilingSettings", "Prompt", "build_prompt", "abbreviate",
+    "IMAGE_TOKEN",
+    "IMG_START",
+    "IMG_END",
+    "IMG_CONTEXT",
+    "IM_START",
+    "IM_END",
+    "LMDEPLOY_IMAGE_TOKEN",
+    "SPECIAL_TOKENS",
+    "ADDITIONAL_SPECIAL_TOKENS",
+    "HF_CHAT_TEMPLATE",
+    "COURSE_QUESTION",
+    "COURSE_PROMPT",
+    "XTUNER_SYSTEM",
+    "INTERNVL_SYSTEM",
+    "CHAT_TEMPLATES",
+    "read_config",
+    "chat_template_fields",
+    "TilingSettings",
+    "Prompt",
+    "build_prompt",
+    "abbreviate",
 ]
 
 # --------------------------------------------------------------------------- tokens
@@ -57,15 +75,20 @@ IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 #: LMDeploy's placeholder for "put image i here" inside a text prompt (its ``IMAGE_TOKEN``).
 LMDEPLOY_IMAGE_TOKEN = "<IMAGE_TOKEN>"
+_TOOL_TOKENS = ("<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>")
+_GROUNDING_TOKENS = ("<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>")
 #: Special tokens of InternVL2-2B in the official order (ids 92538-92552 there).
-SPECIAL_TOKENS = (
-    "<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>", IM_END, IM_START,
-    IMG_START, IMG_END, IMG_CONTEXT, "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>",
-)
+SPECIAL_TOKENS = (*_TOOL_TOKENS, IM_END, IM_START, IMG_START, IMG_END, IMG_CONTEXT, *_GROUNDING_TOKENS)
 #: The ``additional_special_tokens`` list as the official ``tokenizer_config.json`` writes it.
 ADDITIONAL_SPECIAL_TOKENS = (
-    IM_START, IM_END, "<|action_start|>", "<|action_end|>", "<|interpreter|>", "<|plugin|>",
-    IMG_START, IMG_END, IMG_CONTEXT, "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>",
+    IM_START,
+    IM_END,
+    *reversed(_TOOL_TOKENS[2:]),
+    *reversed(_TOOL_TOKENS[:2]),
+    IMG_START,
+    IMG_END,
+    IMG_CONTEXT,
+    *_GROUNDING_TOKENS,
 )
 #: The ``chat_template`` of the official ``tokenizer_config.json`` (used by ``apply_chat_template``).
 HF_CHAT_TEMPLATE = (
@@ -126,19 +149,26 @@ def read_config(model_path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise ModelDirError(
             f"{path} does not exist. Fix: build the tiny model there (python -m helpers.tiny --out {path}) "
-            "or set model_path to the folder that holds InternVL2 (config.json, weights, tokenizer).")
+            "or set model_path to the folder that holds InternVL2 (config.json, weights, tokenizer)."
+        )
     if not path.is_dir():
-        raise ModelDirError(f"{path} is a file; model_path must be the folder that holds config.json, "
-                            "the weights and the tokenizer files.")
+        raise ModelDirError(
+            f"{path} is a file; model_path must be the folder that holds config.json, "
+            "the weights and the tokenizer files."
+        )
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
-        raise ModelDirError(f"{path} has no config.json, so it is not a model folder. Fix: point model_path at "
-                            "an InternVL2 folder (e.g. a download of OpenGVLab/InternVL2-2B).")
+        raise ModelDirError(
+            f"{path} has no config.json, so it is not a model folder. Fix: point model_path at "
+            "an InternVL2 folder (e.g. a download of OpenGVLab/InternVL2-2B)."
+        )
     try:
         cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelDirError(f"{cfg_file} is not valid JSON ({_one_line(exc)}). Fix: restore the file from "
-                            "the model's original download.") from exc
+        raise ModelDirError(
+            f"{cfg_file} is not valid JSON ({_one_line(exc)}). Fix: restore the file from "
+            "the model's original download."
+        ) from exc
     archs = cfg.get("architectures") or []
     model_type = cfg.get("model_type")
     if model_type != "internvl_chat" and "InternVLChatModel" not in archs:
@@ -146,12 +176,14 @@ def read_config(model_path: str | Path) -> dict[str, Any]:
             f"{path} holds a {model_type or 'model of unknown type'} model "
             f"({', '.join(archs) or 'no architectures listed'}), not InternVL2. This pipeline needs a "
             "config.json with model_type 'internvl_chat' (InternVLChatModel). Fix: point model_path at an "
-            "InternVL2 folder, such as OpenGVLab/InternVL2-2B or the merged model of notebook 06.")
+            "InternVL2 folder, such as OpenGVLab/InternVL2-2B or the merged model of notebook 06."
+        )
     template = cfg.get("template", "internlm2-chat")
     if template not in CHAT_TEMPLATES:
         raise ModelDirError(
             f"{path} uses the chat template {template!r}; the book knows {sorted(CHAT_TEMPLATES)} "
-            "(InternVL2-2B/8B/26B). Fix: add the template's fields to helpers.internvl.CHAT_TEMPLATES.")
+            "(InternVL2-2B/8B/26B). Fix: add the template's fields to helpers.internvl.CHAT_TEMPLATES."
+        )
     return cfg
 
 
@@ -209,9 +241,13 @@ class TilingSettings:
         cfg = config if isinstance(config, Mapping) else read_config(config)
         size = cfg.get("force_image_size") or cfg["vision_config"]["image_size"]
         patch = cfg["vision_config"]["patch_size"]
-        return cls(num_image_token=int((size // patch) ** 2 * cfg["downsample_ratio"] ** 2),
-                   max_num=int(cfg.get("max_dynamic_patch", 12)), min_num=int(cfg.get("min_dynamic_patch", 1)),
-                   image_size=int(size), use_thumbnail=bool(cfg.get("use_thumbnail", True)))
+        return cls(
+            num_image_token=int((size // patch) ** 2 * cfg["downsample_ratio"] ** 2),
+            max_num=int(cfg.get("max_dynamic_patch", 12)),
+            min_num=int(cfg.get("min_dynamic_patch", 1)),
+            image_size=int(size),
+            use_thumbnail=bool(cfg.get("use_thumbnail", True)),
+        )
 
     def with_max_num(self, max_num: int | None) -> TilingSettings:
         """The same settings with another tile limit (``None`` keeps this one).
@@ -223,8 +259,14 @@ class TilingSettings:
 
     def plan(self, width: int, height: int) -> tiling.TilePlan:
         """The grid (and thumbnail) for a ``width`` x ``height`` image."""
-        return tiling.plan_tiles(width, height, min_num=self.min_num, max_num=self.max_num,
-                          image_size=self.image_size, use_thumbnail=self.use_thumbnail)
+        return tiling.plan_tiles(
+            width,
+            height,
+            min_num=self.min_num,
+            max_num=self.max_num,
+            image_size=self.image_size,
+            use_thumbnail=self.use_thumbnail,
+        )
 
     def tiles(self, width: int, height: int) -> int:
         """Tiles fed to the vision encoder, thumbnail included."""
@@ -236,8 +278,13 @@ class TilingSettings:
 
     def pixel_values(self, image: Image.Image) -> torch.Tensor:
         """The normalised ``(tiles, 3, image_size, image_size)`` tensor the vision encoder reads."""
-        return tiling.image_to_pixel_values(image, max_num=self.max_num, image_size=self.image_size,
-                                            use_thumbnail=self.use_thumbnail, min_num=self.min_num)
+        return tiling.image_to_pixel_values(
+            image,
+            max_num=self.max_num,
+            image_size=self.image_size,
+            use_thumbnail=self.use_thumbnail,
+            min_num=self.min_num,
+        )
 
 
 # --------------------------------------------------------------------------- prompts
@@ -282,9 +329,14 @@ class Prompt:
         return input_ids, labels
 
 
-def build_prompt(turns: Sequence[tuple[str, str | None]], *, tiles: Sequence[int] | None = None,
-                 num_image_token: int = 256, system: str | None = None,
-                 template: str | Mapping[str, Any] = "internlm2-chat") -> Prompt:
+def build_prompt(
+    turns: Sequence[tuple[str, str | None]],
+    *,
+    tiles: Sequence[int] | None = None,
+    num_image_token: int = 256,
+    system: str | None = None,
+    template: str | Mapping[str, Any] = "internlm2-chat",
+) -> Prompt:
     """Render a conversation in a chat template, each ``<image>`` expanded into its image tokens.
 
     ``turns`` are ``(question, answer)`` pairs; the last answer may be ``None``
@@ -335,5 +387,6 @@ def abbreviate(prompt: str) -> str:
     >>> abbreviate("<img>" + "<IMG_CONTEXT>" * 256 + "</img>")
     '<img><IMG_CONTEXT>×256</img>'
     """
-    return re.sub(f"(?:{re.escape(IMG_CONTEXT)})+",
-                  lambda m: f"{IMG_CONTEXT}×{len(m.group(0)) // len(IMG_CONTEXT)}", prompt)
+    return re.sub(
+        f"(?:{re.escape(IMG_CONTEXT)})+", lambda m: f"{IMG_CONTEXT}×{len(m.group(0)) // len(IMG_CONTEXT)}", prompt
+    )

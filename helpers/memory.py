@@ -79,8 +79,16 @@ class Line:
     how: str
 
 
-def estimate(cfg: dict[str, Any], *, r: int, seq_len: int, batch: int, quantize: bool = True,
-             double_quant: bool = True, gradient_checkpointing: bool = True) -> list[Line]:
+def estimate(
+    cfg: dict[str, Any],
+    *,
+    r: int,
+    seq_len: int,
+    batch: int,
+    quantize: bool = True,
+    double_quant: bool = True,
+    gradient_checkpointing: bool = True,
+) -> list[Line]:
     """Training memory of LoRA/QLoRA on InternVL2, item by item (GiB).
 
     Assumes what XTuner does: frozen bf16 vision encoder, trainable bf16
@@ -106,17 +114,30 @@ def estimate(cfg: dict[str, Any], *, r: int, seq_len: int, batch: int, quantize:
     logits = tokens * vocab * 4 * 3  # fp32 logits, their softmax and its gradient
     lines = [
         Line("vision encoder weights (bf16, frozen)", g["vision_model"] * 2 / GiB, "2 bytes/param"),
-        Line("LLM linear weights (" + ("NF4" + (" + double quant" if double_quant else "") if quantize
-                                       else "fp32 after prepare_model_for_kbit_training") + ")",
-             g["llm_linear"] * per_w / GiB, f"{per_w:.3f} bytes/param"),
-        Line("LLM embeddings + norms (fp32 after prepare_model_for_kbit_training)",
-             (g["llm_embeddings"] + g["llm_norms"]) * 4 / GiB, "4 bytes/param"),
-        Line(f"LoRA r={r} weights + grads + AdamW moments (fp32)", lora * 4 * 4 / GiB,
-             f"{lora:,} params x 16 bytes"),
+        Line(
+            "LLM linear weights ("
+            + (
+                "NF4" + (" + double quant" if double_quant else "")
+                if quantize
+                else "fp32 after prepare_model_for_kbit_training"
+            )
+            + ")",
+            g["llm_linear"] * per_w / GiB,
+            f"{per_w:.3f} bytes/param",
+        ),
+        Line(
+            "LLM embeddings + norms (fp32 after prepare_model_for_kbit_training)",
+            (g["llm_embeddings"] + g["llm_norms"]) * 4 / GiB,
+            "4 bytes/param",
+        ),
+        Line(f"LoRA r={r} weights + grads + AdamW moments (fp32)", lora * 4 * 4 / GiB, f"{lora:,} params x 16 bytes"),
         Line("projector mlp1 weights + grads + AdamW moments (bf16)", g["mlp1"] * 2 * 4 / GiB, "8 bytes/param"),
         Line("activations kept for gradient checkpointing", ckpt / GiB, "layers x tokens x hidden x 4 B"),
-        Line("one decoder layer recomputed (MLP + eager attention scores)", one_layer / GiB,
-             "tokens x (6h + 3i) x 4 B + heads x seq^2 x 8 B"),
+        Line(
+            "one decoder layer recomputed (MLP + eager attention scores)",
+            one_layer / GiB,
+            "tokens x (6h + 3i) x 4 B + heads x seq^2 x 8 B",
+        ),
         Line("logits, softmax and gradient (fp32)", logits / GiB, "tokens x vocab x 12 B"),
     ]
     return lines

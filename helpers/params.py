@@ -55,44 +55,75 @@ def _device_ok(value: str) -> bool:
 #: Rules of the parameters that are not training settings (those are :data:`TRAINING`).
 RULES: dict[str, Rule] = {
     "profile": Rule((str,), "must be 'tiny' or 'gpu'", "tiny", lambda v: v in ("tiny", "gpu")),
-    "model_path": Rule((str,), "must be a folder path (an InternVL2 model; the tiny profile builds it)",
-                       "_build/outputs/models/tiny-internvl2"),
-    "data_path": Rule((str,), "must be an existing dataset: a CLoT-style folder, a .json/.jsonl file or FoodieQA",
-                      "helpers/sample_data/clot_sample", lambda v: Path(v).exists()),
+    "model_path": Rule(
+        (str,),
+        "must be a folder path (an InternVL2 model; the tiny profile builds it)",
+        "_build/outputs/models/tiny-internvl2",
+    ),
+    "data_path": Rule(
+        (str,),
+        "must be an existing dataset: a CLoT-style folder, a .json/.jsonl file or FoodieQA",
+        "helpers/sample_data/clot_sample",
+        lambda v: Path(v).exists(),
+    ),
     "output_dir": Rule((str,), "must be a folder path", "_build/outputs"),
     "device": Rule((str,), "must be 'auto', 'cpu', 'cuda' or 'cuda:N'", "auto", _device_ok),
     "seed": Rule((int,), "must be an integer", 0),
     "gallery_size": Rule((int,), "must be a positive integer", 8, lambda v: v >= 1),
-    "backend": Rule((str,), "must be 'auto', 'lmdeploy' or 'transformers'", "auto",
-                    lambda v: v in ("auto", "lmdeploy", "transformers")),
-    "lmdeploy_engine": Rule((str,), "must be 'pytorch' or 'turbomind'", "pytorch",
-                            lambda v: v in ("pytorch", "turbomind")),
+    "backend": Rule(
+        (str,),
+        "must be 'auto', 'lmdeploy' or 'transformers'",
+        "auto",
+        lambda v: v in ("auto", "lmdeploy", "transformers"),
+    ),
+    "lmdeploy_engine": Rule(
+        (str,), "must be 'pytorch' or 'turbomind'", "pytorch", lambda v: v in ("pytorch", "turbomind")
+    ),
     "session_len": Rule((int,), "must be a token count of at least 16", 8192, lambda v: v >= 16),
     "max_new_tokens": Rule((int,), "must be a positive integer", 64, lambda v: v >= 1),
     "temperature": Rule((int, float), "must be 0 (greedy) or more", 0.0, lambda v: v >= 0),
     "infer_batch_size": Rule((int,), "must be a positive integer", 8, lambda v: v >= 1),
-    "max_records": Rule((int, _NONE), "must be None (every record) or a positive integer", "None",
-                        lambda v: v is None or v >= 1),
-    "deepspeed": Rule((str, _NONE), "must be None or one of XTuner's DeepSpeed configs, e.g. deepspeed_zero1",
-                      "None", lambda v: v is None or v.startswith("deepspeed_zero")),
-    "nproc_per_node": Rule((int, _NONE), "must be None (every visible GPU) or a positive integer", "None",
-                           lambda v: v is None or v >= 1),
+    "max_records": Rule(
+        (int, _NONE), "must be None (every record) or a positive integer", "None", lambda v: v is None or v >= 1
+    ),
+    "deepspeed": Rule(
+        (str, _NONE),
+        "must be None or one of XTuner's DeepSpeed configs, e.g. deepspeed_zero1",
+        "None",
+        lambda v: v is None or v.startswith("deepspeed_zero"),
+    ),
+    "nproc_per_node": Rule(
+        (int, _NONE), "must be None (every visible GPU) or a positive integer", "None", lambda v: v is None or v >= 1
+    ),
     "demo_interrupt": Rule((bool,), "must be true or false", "true"),
     "fresh": Rule((bool,), "must be true or false", "false"),
-    "runs_dir": Rule((str, _NONE), "must be None or an existing sweep folder", "None",
-                     lambda v: v is None or Path(v).is_dir()),
+    "runs_dir": Rule(
+        (str, _NONE), "must be None or an existing sweep folder", "None", lambda v: v is None or Path(v).is_dir()
+    ),
     "smoothing": Rule((int,), "must be a positive integer", 4, lambda v: v >= 1),
-    "checkpoint": Rule((str, _NONE), "must be None (the last checkpoint) or an existing iter_N.pth", "None",
-                       lambda v: v is None or Path(v).exists()),
+    "checkpoint": Rule(
+        (str, _NONE),
+        "must be None (the last checkpoint) or an existing iter_N.pth",
+        "None",
+        lambda v: v is None or Path(v).exists(),
+    ),
     "tiny_preset": Rule((str,), "must be a preset of helpers.tiny", "tiny"),
 }
 
 #: Notebook 03's training parameters, by the :class:`helpers.config.Recipe` field each one sets.
 TRAINING: dict[str, str] = {
-    "lora_r": "lora_r", "lora_alpha": "lora_alpha", "lr": "lr", "optimizer": "optimizer",
-    "batch_size": "batch_size", "accumulative_counts": "accumulative_counts", "max_length": "max_length",
-    "max_epochs": "max_epochs", "max_steps": "max_iters", "save_steps": "save_steps",
-    "log_interval": "log_interval", "quantization_llm": "quantization_llm",
+    "lora_r": "lora_r",
+    "lora_alpha": "lora_alpha",
+    "lr": "lr",
+    "optimizer": "optimizer",
+    "batch_size": "batch_size",
+    "accumulative_counts": "accumulative_counts",
+    "max_length": "max_length",
+    "max_epochs": "max_epochs",
+    "max_steps": "max_iters",
+    "save_steps": "save_steps",
+    "log_interval": "log_interval",
+    "quantization_llm": "quantization_llm",
 }
 
 
@@ -147,8 +178,14 @@ def check(params: Mapping[str, Any], *, cuda: bool | None = None) -> list[Proble
     out += _training_problems(params)
     model = params.get("model_path")
     if params.get("profile") == "gpu" and isinstance(model, str) and not Path(model).exists():
-        out.append(Problem("model_path", model, "the gpu profile loads a real model and this folder does not exist",
-                           "-p model_path /path/to/InternVL2-2B (a download of OpenGVLab/InternVL2-2B)"))
+        out.append(
+            Problem(
+                "model_path",
+                model,
+                "the gpu profile loads a real model and this folder does not exist",
+                "-p model_path /path/to/InternVL2-2B (a download of OpenGVLab/InternVL2-2B)",
+            )
+        )
     wants_gpu = [n for n in ("device", "backend") if str(params.get(n, "")).startswith(("cuda", "lmdeploy"))]
     if wants_gpu:
         if cuda is None:
@@ -156,12 +193,18 @@ def check(params: Mapping[str, Any], *, cuda: bool | None = None) -> list[Proble
 
             cuda = torch.cuda.is_available()
         if not cuda:
-            out += [Problem(n, params[n], "needs a CUDA GPU and this machine has none",
-                            f"-p {n} {'auto' if n == 'device' else 'transformers'}") for n in wants_gpu]
+            out += [
+                Problem(
+                    n,
+                    params[n],
+                    "needs a CUDA GPU and this machine has none",
+                    f"-p {n} {'auto' if n == 'device' else 'transformers'}",
+                )
+                for n in wants_gpu
+            ]
     return out
 
 
 def rule_names() -> set[str]:
     """Every parameter name this module has a rule for."""
     return set(RULES) | set(TRAINING)
-

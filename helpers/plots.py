@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import functools
 import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .data import SampleSet
 from .errors import DatasetError
@@ -26,15 +27,40 @@ from .internvl import TilingSettings
 __all__ = ["cjk_font", "figure", "gallery", "length_histograms", "loss_curves", "smooth", "tile_grid", "before_after"]
 
 _CJK_FAMILIES = (
-    "Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "Source Han Sans CN", "WenQuanYi Micro Hei",
-    "WenQuanYi Zen Hei", "Microsoft YaHei", "SimHei", "PingFang SC", "Hiragino Sans GB",
-    "Noto Sans CJK JP", "Noto Sans CJK TC", "Noto Serif CJK SC", "AR PL UMing CN", "Droid Sans Fallback",
+    "Noto Sans CJK SC",
+    "Noto Sans SC",
+    "Source Han Sans SC",
+    "Source Han Sans CN",
+    "WenQuanYi Micro Hei",
+    "WenQuanYi Zen Hei",
+    "Microsoft YaHei",
+    "SimHei",
+    "PingFang SC",
+    "Hiragino Sans GB",
+    "Noto Sans CJK JP",
+    "Noto Sans CJK TC",
+    "Noto Serif CJK SC",
+    "AR PL UMing CN",
+    "Droid Sans Fallback",
 )
-_CJK_FILE_HINTS = ("notosanscjk", "notoserifcjk", "notosanssc", "sourcehansans", "wqy", "wenquanyi",
-                   "msyh", "simhei", "pingfang", "hiragino", "uming", "ukai", "droidsansfallback")
+_CJK_FILE_HINTS = (
+    "notosanscjk",
+    "notoserifcjk",
+    "notosanssc",
+    "sourcehansans",
+    "wqy",
+    "wenquanyi",
+    "msyh",
+    "simhei",
+    "pingfang",
+    "hiragino",
+    "uming",
+    "ukai",
+    "droidsansfallback",
+)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cjk_font() -> str | None:
     """Name of a font family that can draw Chinese, or None when none is installed.
 
@@ -48,8 +74,7 @@ def cjk_font() -> str | None:
 
     def pick() -> str | None:
         names = {f.name for f in font_manager.fontManager.ttflist}
-        return next((n for n in _CJK_FAMILIES if n in names),
-                    next((n for n in sorted(names) if "CJK" in n), None))
+        return next((n for n in _CJK_FAMILIES if n in names), next((n for n in sorted(names) if "CJK" in n), None))
 
     if (name := pick()) is not None:
         return name
@@ -109,7 +134,7 @@ def gallery(ds: SampleSet, n: int = 8, cols: int = 4, *, start: int = 0, wrap: i
     import numpy as np
     from PIL import Image
 
-    records = list(ds)[start:start + n]
+    records = list(ds)[start : start + n]
     if not records:
         raise DatasetError(f"nothing to show: the dataset has {len(ds)} records and start={start}")
     cols = max(1, min(cols, len(records)))
@@ -122,15 +147,13 @@ def gallery(ds: SampleSet, n: int = 8, cols: int = 4, *, start: int = 0, wrap: i
             ax.imshow(np.asarray(im.convert("RGB")))
         ax.set_axis_off()
         if font is not None:
-            ax.set_title("\n".join(textwrap.wrap(record.caption, wrap)), fontsize=9,
-                         fontfamily=[font, "DejaVu Sans"])
+            ax.set_title("\n".join(textwrap.wrap(record.caption, wrap)), fontsize=9, fontfamily=[font, "DejaVu Sans"])
         else:
             ax.set_title(record.id, fontsize=9)
-    for ax in axes[len(records):]:
+    for ax in axes[len(records) :]:
         fig.delaxes(ax)
     if font is None:
-        fig.suptitle("record ids shown: no CJK font for the captions (apt-get install fonts-noto-cjk)",
-                     fontsize=9)
+        fig.suptitle("record ids shown: no CJK font for the captions (apt-get install fonts-noto-cjk)", fontsize=9)
     return fig
 
 
@@ -168,8 +191,14 @@ def length_histograms(stats: Mapping[str, Sequence], max_length: int | None = No
     xs = range(len(order))
     ax_tokens.bar(xs, [image[i] for i in order], width=1.0, color="tab:orange", label="image tokens")
     if any(text):
-        ax_tokens.bar(xs, [text[i] for i in order], bottom=[image[i] for i in order], width=1.0,
-                      color="tab:blue", label="text tokens")
+        ax_tokens.bar(
+            xs,
+            [text[i] for i in order],
+            bottom=[image[i] for i in order],
+            width=1.0,
+            color="tab:blue",
+            label="text tokens",
+        )
     if max_length is not None:
         ax_tokens.axhline(max_length, color="tab:red", linestyle="--", label=f"max_length={max_length}")
     ax_tokens.set(title="Tokens per sample (sorted)", xlabel="sample", ylabel="tokens")
@@ -197,8 +226,9 @@ def tile_grid(image: Any, tiling: TilingSettings | None = None) -> Any:
 
     s = tiling or TilingSettings()
     plan = s.plan(*image.size)
-    tiles = dynamic_tiles(image, min_num=s.min_num, max_num=s.max_num, image_size=s.image_size,
-                          use_thumbnail=s.use_thumbnail)
+    tiles = dynamic_tiles(
+        image, min_num=s.min_num, max_num=s.max_num, image_size=s.image_size, use_thumbnail=s.use_thumbnail
+    )
     n = len(tiles) + 1
     cols = min(n, 8)
     rows = (n + cols - 1) // cols
@@ -210,8 +240,11 @@ def tile_grid(image: Any, tiling: TilingSettings | None = None) -> Any:
         axes[0].axvline(c * w / plan.cols, color="yellow", lw=1.5)
     for r in range(1, plan.rows):
         axes[0].axhline(r * h / plan.rows, color="yellow", lw=1.5)
-    axes[0].set_title(f"{w}x{h} -> {plan.cols}x{plan.rows} grid\n{plan.num_tiles} tiles = "
-                      f"{plan.num_tiles * s.num_image_token} tokens", fontsize=8)
+    axes[0].set_title(
+        f"{w}x{h} -> {plan.cols}x{plan.rows} grid\n{plan.num_tiles} tiles = "
+        f"{plan.num_tiles * s.num_image_token} tokens",
+        fontsize=8,
+    )
     for i, (ax, tile) in enumerate(zip(axes[1:], tiles)):
         ax.imshow(tile)
         is_thumb = plan.thumbnail and i == len(tiles) - 1
@@ -239,8 +272,7 @@ def smooth(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
-def loss_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], window: int = 1,
-                title: str = "QLoRA training") -> Any:
+def loss_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], window: int = 1, title: str = "QLoRA training") -> Any:
     """Loss (as logged, faint, and smoothed) and learning rate against step, one colour per run.
 
     ``runs`` maps a run's name to its logged rows (``helpers.train.read_scalars``:
@@ -266,8 +298,11 @@ def loss_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], window: int = 1
         ax_loss.plot(steps, smooth(losses, window), color=c, lw=2, label=name)
         if any("lr" in r for r in rows):
             ax_lr.plot(steps, [r.get("lr", float("nan")) for r in rows], color=c, lw=2, label=name)
-    ax_loss.set(xlabel="iteration", ylabel="logged loss (mean of the last 10 iterations)",
-                title=f"{title}: loss" + (f" (moving average of {window})" if window > 1 else ""))
+    ax_loss.set(
+        xlabel="iteration",
+        ylabel="logged loss (mean of the last 10 iterations)",
+        title=f"{title}: loss" + (f" (moving average of {window})" if window > 1 else ""),
+    )
     ax_lr.set(xlabel="iteration", ylabel="learning rate", title="learning-rate schedule")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     for ax in (ax_loss, ax_lr):
@@ -311,10 +346,21 @@ def before_after(ds: SampleSet, rows: Sequence[Mapping[str, Any]], n: int = 4, w
         ax_img.set_axis_off()
         ax_img.set_title(row["id"], fontsize=8)
         ax_txt.set_axis_off()
-        lines = [fmt("reference", row["reference"], None), fmt("before", row["before"], row.get("chrf_before")),
-                 fmt("after", row["after"], row.get("chrf_after"))]
+        lines = [
+            fmt("reference", row["reference"], None),
+            fmt("before", row["before"], row.get("chrf_before")),
+            fmt("after", row["after"], row.get("chrf_after")),
+        ]
         if font is None:  # without a CJK font, show the scores only
             lines = [f"{k}: chrF {row.get('chrf_' + k, float('nan')):.0f}" for k in ("before", "after")]
-        ax_txt.text(0.0, 0.95, "\n\n".join(lines), va="top", ha="left", fontsize=9, transform=ax_txt.transAxes,
-                    fontfamily=[font, "DejaVu Sans"] if font else None)
+        ax_txt.text(
+            0.0,
+            0.95,
+            "\n\n".join(lines),
+            va="top",
+            ha="left",
+            fontsize=9,
+            transform=ax_txt.transAxes,
+            fontfamily=[font, "DejaVu Sans"] if font else None,
+        )
     return fig

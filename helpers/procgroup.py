@@ -26,6 +26,7 @@ Usage (what helpers.train runs)::
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -63,7 +64,7 @@ def descendants(pid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ": state, ppid, ...
+        fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) ": state, ppid, ...
         if fields[0] != "Z":
             children.setdefault(int(fields[1]), []).append(int(entry.name))
     out, todo = [], [pid]
@@ -77,16 +78,12 @@ def descendants(pid: int) -> list[int]:
 def kill_tree(leader: int) -> None:
     """SIGKILL the process group ``leader`` leads and every descendant of this process (none survive)."""
     for _ in range(3):  # a process may fork while we kill: look again
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(leader, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         left = descendants(os.getpid())
         for pid in left:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         _reap()
         if not left:
             return
@@ -114,8 +111,10 @@ def watch(parent: int, cmd: list[str]) -> int:
 
     def stop(signum: int, frame: object) -> None:
         kill_tree(child.pid)
-        print(f"helpers.procgroup: stopped the training (signal {signal.Signals(signum).name}); "
-              "no process of it is left", flush=True)
+        print(
+            f"helpers.procgroup: stopped the training (signal {signal.Signals(signum).name}); no process of it is left",
+            flush=True,
+        )
         os._exit(128 + signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

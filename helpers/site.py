@@ -32,9 +32,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 from urllib.parse import unquote, urlsplit
 
 from . import REPO_DIR
@@ -155,8 +155,9 @@ def _inputs_hash(notebook: Path, repo: Path = REPO_DIR) -> str:
     return digest.hexdigest()[:16]
 
 
-def execute_book_notebooks(stage_dir: Path, repo: Path = REPO_DIR, kernel: str = "python3",
-                           cache_dir: Path | None = CACHE_DIR) -> list[tuple[str, str, float]]:
+def execute_book_notebooks(
+    stage_dir: Path, repo: Path = REPO_DIR, kernel: str = "python3", cache_dir: Path | None = CACHE_DIR
+) -> list[tuple[str, str, float]]:
     """Execute every ``book/**/*.ipynb`` of the staging copy in place with :func:`helpers.book.execute`.
 
     Each runs in a fresh ``kernel`` whose working directory is the notebook's
@@ -203,8 +204,9 @@ def execute_book_notebooks(stage_dir: Path, repo: Path = REPO_DIR, kernel: str =
 # building
 
 
-def build(executed: Path | None = None, out: Path | None = None, strict: bool = True,
-          cache_dir: Path | None = CACHE_DIR) -> Path:
+def build(
+    executed: Path | None = None, out: Path | None = None, strict: bool = True, cache_dir: Path | None = CACHE_DIR
+) -> Path:
     """Stage the book, execute its concept notebooks, build the site; return the folder holding ``index.html``.
 
     ``strict`` (the default) passes ``-W -n --keep-going`` to jupyter-book:
@@ -217,11 +219,19 @@ def build(executed: Path | None = None, out: Path | None = None, strict: bool = 
     t_start = time.perf_counter()
     src = stage(executed, out.parent / f"{out.name}-src")
     for name, how, seconds in execute_book_notebooks(src, cache_dir=cache_dir):
-        print(f"  {name}: {'executed in %.1f s' % seconds if how == 'ran' else 'unchanged, from the cache'}")
+        print(f"  {name}: {f'executed in {seconds:.1f} s' if how == 'ran' else 'unchanged, from the cache'}")
     # --all: Sphinx's incremental build would keep pages whose own source did not change, with a stale
     # sidebar when another page's title changed; a full build takes seconds
-    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(src),
-           "--path-output", str(out), "--all"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from jupyter_book.cli.main import main; main()",
+        "build",
+        str(src),
+        "--path-output",
+        str(out),
+        "--all",
+    ]
     if strict:
         cmd += ["-W", "-n", "--keep-going"]
     t0 = time.perf_counter()
@@ -230,8 +240,10 @@ def build(executed: Path | None = None, out: Path | None = None, strict: bool = 
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
         raise RunError(f"jupyter-book build failed (warnings count as errors):\n{tail}")
     html = out / "_build" / "html"
-    print(f"site built in {time.perf_counter() - t_start:.1f} s (jupyter-book {time.perf_counter() - t0:.1f} s): "
-          f"{html / 'index.html'}")
+    print(
+        f"site built in {time.perf_counter() - t_start:.1f} s (jupyter-book {time.perf_counter() - t0:.1f} s): "
+        f"{html / 'index.html'}"
+    )
     return html
 
 
@@ -268,8 +280,11 @@ def _parse(page: Path) -> _Refs:
 
 def html_pages(html_dir: Path) -> list[Path]:
     """Every ``.html`` file of a built site, except Sphinx's own ``_static``/``_sources``."""
-    return sorted(p for p in html_dir.rglob("*.html")
-                  if not {"_static", "_sources", "_images"} & set(p.relative_to(html_dir).parts))
+    return sorted(
+        p
+        for p in html_dir.rglob("*.html")
+        if not {"_static", "_sources", "_images"} & set(p.relative_to(html_dir).parts)
+    )
 
 
 def check_links(html_dir: Path) -> list[str]:
@@ -304,8 +319,10 @@ def check_links(html_dir: Path) -> list[str]:
                 broken.append(f"{where} points outside the site")
                 continue
             if not target.is_file():
-                broken.append(f"{where}: {target.relative_to(html_dir) if target.is_relative_to(html_dir) else target}"
-                              " does not exist")
+                broken.append(
+                    f"{where}: {target.relative_to(html_dir) if target.is_relative_to(html_dir) else target}"
+                    " does not exist"
+                )
                 continue
             frag = unquote(parts.fragment)
             if frag and target.suffix == ".html" and frag not in page(target).ids:
@@ -346,7 +363,8 @@ def find_browser() -> Browser | None:
     ``tools/install-browser.sh`` installs Debian's ``chromium`` and ``chromium-driver``.
     """
     chromium = os.environ.get("CHROMIUM") or next(
-        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+    )
     driver = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver")
     if not chromium or not driver or not Path(chromium).exists() or not Path(driver).exists():
         return None
@@ -360,7 +378,7 @@ def serve(directory: Path) -> Iterator[str]:
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
     class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        def log_message(self, format: str, *args: object) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory)))
@@ -375,9 +393,18 @@ def serve(directory: Path) -> Iterator[str]:
 
 
 #: Headless flags for Chromium as root in a container (see PLATFORM.md).
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1400,1000", "--hide-scrollbars")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1000",
+    "--hide-scrollbars",
+)
 
 
 @dataclass
@@ -393,17 +420,34 @@ class BrowserReport:
     screenshots: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     browser_version: str = ""
+    solutions_checked: int = 0  # hidden answers seen: hide-cell cells and dropdowns
+    solutions_visible: dict[str, list[str]] = field(default_factory=dict)  # shown before any click
+    solutions_not_revealed: dict[str, list[str]] = field(default_factory=dict)  # still hidden after a click
 
     @property
     def ok(self) -> bool:
-        """No console error, no broken image, and the sidebar click landed on its page."""
-        return not self.console_errors and not self.broken_images and self.sidebar_ok
+        """No console error, no broken image, every solution hidden until clicked, the sidebar click landed."""
+        return (
+            not self.console_errors
+            and not self.broken_images
+            and not self.solutions_visible
+            and not self.solutions_not_revealed
+            and self.sidebar_ok
+        )
 
     def __str__(self) -> str:
-        lines = [f"{len(self.pages)} pages loaded in {self.browser_version} in {self.seconds:.1f} s; "
-                 f"{self.images_seen} images checked",
-                 f"sidebar navigation: {'ok' if self.sidebar_ok else 'FAILED'} ({self.sidebar})"]
-        for title, problems in (("console errors", self.console_errors), ("broken images", self.broken_images)):
+        lines = [
+            f"{len(self.pages)} pages loaded in {self.browser_version} in {self.seconds:.1f} s; "
+            f"{self.images_seen} images checked",
+            f"sidebar navigation: {'ok' if self.sidebar_ok else 'FAILED'} ({self.sidebar})",
+        ]
+        lines.append(f"{self.solutions_checked} hidden solutions checked (hidden until clicked, shown after)")
+        for title, problems in (
+            ("console errors", self.console_errors),
+            ("broken images", self.broken_images),
+            ("solutions visible without a click", self.solutions_visible),
+            ("solutions a click did not show", self.solutions_not_revealed),
+        ):
             if problems:
                 lines.append(f"{title}:")
                 lines += [f"  {page}: {msg}" for page, msgs in problems.items() for msg in msgs]
@@ -457,6 +501,45 @@ def _wait_loaded(driver, timeout: float = 15.0) -> None:
         time.sleep(0.05)
 
 
+# Hidden answers: a `hide-cell` notebook cell (input and output collapsed in <details>) or a
+# `{dropdown}` block. For each: [kind, is its answer visible?, the answer's first characters].
+_SOLUTIONS_JS = """
+const shown = el => !!el && el.getClientRects().length > 0 && getComputedStyle(el).visibility !== 'hidden';
+const out = [];
+for (const d of document.querySelectorAll('details')) {
+  const cell = d.closest('.tag_hide-cell');
+  if (!cell && !d.classList.contains('sd-dropdown')) continue;
+  const body = cell ? (cell.querySelector('.cell_output') || cell.querySelector('.cell_input'))
+                    : d.querySelector('.sd-summary-content');
+  if (!body) continue;
+  out.push([cell ? 'hide-cell' : 'dropdown', shown(body), (body.innerText || '').trim().slice(0, 60)]);
+}
+return out;
+"""
+_OPEN_ALL_JS = """
+for (const d of document.querySelectorAll('details')) {
+  if (d.closest('.tag_hide-cell') || d.classList.contains('sd-dropdown')) { d.querySelector('summary').click(); }
+}
+"""
+
+
+def _check_solutions(driver, rel: str, report: BrowserReport) -> None:
+    """Every hidden answer on the page is invisible until its summary is clicked, and visible after."""
+    before = driver.execute_script(_SOLUTIONS_JS)
+    if not before:
+        return
+    report.solutions_checked += len(before)
+    visible = [f"{kind}: {text!r}" for kind, shown, text in before if shown]
+    if visible:
+        report.solutions_visible[rel] = visible
+    driver.execute_script(_OPEN_ALL_JS)
+    time.sleep(0.2)
+    after = driver.execute_script(_SOLUTIONS_JS)
+    hidden = [f"{kind}: {text!r}" for kind, shown, text in after if not shown]
+    if hidden:
+        report.solutions_not_revealed[rel] = hidden
+
+
 def _visit(driver, base: str, rel: str, report: BrowserReport) -> None:
     """Load one page; record its broken images and its SEVERE console messages in ``report``."""
     driver.get(base + rel)
@@ -464,10 +547,13 @@ def _visit(driver, base: str, rel: str, report: BrowserReport) -> None:
     state = _wait_images(driver)
     report.images_seen += len(state)
     broken = [src for src, done, width in state if not (done and width > 0)]
-    errors = [entry["message"] for entry in driver.get_log("browser")
-              if entry.get("level") == "SEVERE"
-              and not any(s in entry.get("message", "") for s in _IGNORED_CONSOLE)]
+    errors = [
+        entry["message"]
+        for entry in driver.get_log("browser")
+        if entry.get("level") == "SEVERE" and not any(s in entry.get("message", "") for s in _IGNORED_CONSOLE)
+    ]
     report.pages.append(rel)
+    _check_solutions(driver, rel, report)
     if broken:
         report.broken_images[rel] = broken
     if errors:
@@ -484,9 +570,13 @@ def _click_sidebar(driver, base: str) -> tuple[bool, str]:
 
     driver.get(base + "book/intro.html")
     _wait_loaded(driver)
-    links = [a for a in driver.find_elements(By.CSS_SELECTOR, "nav.bd-docs-nav a.reference.internal, "
-                                                              ".bd-sidenav a.reference.internal")
-             if a.is_displayed() and "concepts/" in (a.get_attribute("href") or "")]
+    links = [
+        a
+        for a in driver.find_elements(
+            By.CSS_SELECTOR, "nav.bd-docs-nav a.reference.internal, .bd-sidenav a.reference.internal"
+        )
+        if a.is_displayed() and "concepts/" in (a.get_attribute("href") or "")
+    ]
     if not links:
         return False, "no visible sidebar link to a concept chapter on book/intro.html"
     link = links[0]
@@ -499,8 +589,7 @@ def _click_sidebar(driver, base: str) -> tuple[bool, str]:
     heading = driver.find_element(By.CSS_SELECTOR, "article.bd-article h1").text.strip()
     landed = driver.current_url.split("#")[0] == href.split("#")[0]
     ok = landed and heading.rstrip("#¶ ").strip() == text
-    return ok, (f"clicked {text!r} -> {driver.current_url.replace(base, '')}, "
-                f"page heading {heading.rstrip('#¶ ')!r}")
+    return ok, (f"clicked {text!r} -> {driver.current_url.replace(base, '')}, page heading {heading.rstrip('#¶ ')!r}")
 
 
 def _screenshots(driver, base: str, html_dir: Path, screenshots_dir: Path) -> list[Path]:
@@ -526,20 +615,28 @@ def _screenshots(driver, base: str, html_dir: Path, screenshots_dir: Path) -> li
     return taken
 
 
-def check_in_browser(html_dir: Path, screenshots_dir: Path | None = None, browser: Browser | None = None,
-                     pages: Sequence[str] | None = None) -> BrowserReport:
+def check_in_browser(
+    html_dir: Path,
+    screenshots_dir: Path | None = None,
+    browser: Browser | None = None,
+    pages: Sequence[str] | None = None,
+) -> BrowserReport:
     """Load every page of the built site in headless Chromium, served from localhost.
 
     For each page: console messages of level SEVERE (JavaScript errors, failed
-    loads) and images that did not load (``naturalWidth`` 0) are collected.
+    loads) and images that did not load (``naturalWidth`` 0) are collected,
+    and every exercise solution (a ``hide-cell`` cell or a ``{dropdown}``) must
+    be invisible until its summary is clicked, and visible after.
     Then, on the landing page, a sidebar link is clicked and the browser must
     land on that page. Screenshots of :data:`SCREENSHOTS` go to
     ``screenshots_dir``. Needs the ``selenium`` package and :func:`find_browser`.
     """
     browser = browser or find_browser()
     if browser is None:
-        raise BookError("no Chromium/chromedriver found: run `sudo bash tools/install-browser.sh` "
-                        "(Debian: apt-get install chromium chromium-driver)")
+        raise BookError(
+            "no Chromium/chromedriver found: run `sudo bash tools/install-browser.sh` "
+            "(Debian: apt-get install chromium chromium-driver)"
+        )
     html_dir = Path(html_dir)
     pages = list(pages) if pages is not None else [str(p.relative_to(html_dir)) for p in html_pages(html_dir)]
     report = BrowserReport()
@@ -566,8 +663,10 @@ def check(html_dir: Path | None = None, screenshots_dir: Path | None = None, bro
     if not (html_dir / "index.html").is_file():
         raise BookError(f"no built site in {html_dir}: run `python -m helpers.site build` first")
     broken = check_links(html_dir)
-    print(f"links: {len(html_pages(html_dir))} pages, "
-          + ("every local href/src resolves" if not broken else f"{len(broken)} broken:"))
+    print(
+        f"links: {len(html_pages(html_dir))} pages, "
+        + ("every local href/src resolves" if not broken else f"{len(broken)} broken:")
+    )
     for line in broken:
         print(f"  {line}")
     ok = not broken
@@ -579,7 +678,10 @@ def check(html_dir: Path | None = None, screenshots_dir: Path | None = None, bro
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m helpers.site build|check``; exit status 0 when clean, 1 when a build or check failed, 2 on bad input."""
+    """``python -m helpers.site build|check``: exit status 0 when clean, 1 when a build or check failed.
+
+    2 on bad input.
+    """
     parser = argparse.ArgumentParser(prog="python -m helpers.site")
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build the site from executed notebooks")

@@ -54,8 +54,9 @@ def candidate_grids(min_num: int = 1, max_num: int = 12) -> list[tuple[int, int]
     return sorted(grids, key=lambda g: (g[0] * g[1], g))
 
 
-def closest_grid(width: int, height: int, min_num: int = 1, max_num: int = 12,
-                 image_size: int = 448) -> tuple[int, int]:
+def closest_grid(
+    width: int, height: int, min_num: int = 1, max_num: int = 12, image_size: int = 448
+) -> tuple[int, int]:
     """The grid whose aspect ratio is closest to ``width/height``.
 
     Ties go to the larger grid when the image has enough pixels to fill more
@@ -77,8 +78,9 @@ def closest_grid(width: int, height: int, min_num: int = 1, max_num: int = 12,
     return best
 
 
-def plan_tiles(width: int, height: int, min_num: int = 1, max_num: int = 12,
-               image_size: int = 448, use_thumbnail: bool = True) -> TilePlan:
+def plan_tiles(
+    width: int, height: int, min_num: int = 1, max_num: int = 12, image_size: int = 448, use_thumbnail: bool = True
+) -> TilePlan:
     """Decide the tiling of a ``width`` x ``height`` image without touching pixels.
 
     >>> plan_tiles(1000, 500).num_tiles   # 2x1 grid + thumbnail
@@ -92,16 +94,16 @@ def plan_tiles(width: int, height: int, min_num: int = 1, max_num: int = 12,
     return TilePlan(cols, rows, thumbnail=use_thumbnail and cols * rows != 1)
 
 
-def dynamic_tiles(image: "Image.Image", min_num: int = 1, max_num: int = 12,
-                  image_size: int = 448, use_thumbnail: bool = True) -> list["Image.Image"]:
+def dynamic_tiles(
+    image: Image.Image, min_num: int = 1, max_num: int = 12, image_size: int = 448, use_thumbnail: bool = True
+) -> list[Image.Image]:
     """Cut a PIL image into InternVL2 tiles (row-major), thumbnail last.
 
     >>> from PIL import Image
     >>> len(dynamic_tiles(Image.new("RGB", (900, 450))))
     3
     """
-    plan = plan_tiles(*image.size, min_num=min_num, max_num=max_num,
-                      image_size=image_size, use_thumbnail=use_thumbnail)
+    plan = plan_tiles(*image.size, min_num=min_num, max_num=max_num, image_size=image_size, use_thumbnail=use_thumbnail)
     resized = image.resize((plan.cols * image_size, plan.rows * image_size))
     tiles = []
     for r in range(plan.rows):
@@ -113,8 +115,9 @@ def dynamic_tiles(image: "Image.Image", min_num: int = 1, max_num: int = 12,
     return tiles
 
 
-def image_to_pixel_values(image: "Image.Image", max_num: int = 12, image_size: int = 448,
-                          use_thumbnail: bool = True, min_num: int = 1):
+def image_to_pixel_values(
+    image: Image.Image, max_num: int = 12, image_size: int = 448, use_thumbnail: bool = True, min_num: int = 1
+):
     """Tiles -> normalised float tensor ``(num_tiles, 3, image_size, image_size)``.
 
     Bicubic resize to the tile size, ``ToTensor`` and ImageNet normalisation,
@@ -135,14 +138,18 @@ def image_to_pixel_values(image: "Image.Image", max_num: int = 12, image_size: i
     return torch.stack(out)
 
 
-def image_token_count(width: int, height: int, num_image_token: int = 256,
-                      max_num: int = 12, image_size: int = 448,
-                      use_thumbnail: bool = True) -> int:
+def image_token_count(
+    width: int,
+    height: int,
+    num_image_token: int = 256,
+    max_num: int = 12,
+    image_size: int = 448,
+    use_thumbnail: bool = True,
+) -> int:
     """Number of ``<IMG_CONTEXT>`` tokens an image costs, plus ``<img>``/``</img>``.
 
     >>> image_token_count(448, 448)     # one tile, no thumbnail
     258
     """
-    plan = plan_tiles(width, height, max_num=max_num, image_size=image_size,
-                      use_thumbnail=use_thumbnail)
+    plan = plan_tiles(width, height, max_num=max_num, image_size=image_size, use_thumbnail=use_thumbnail)
     return plan.num_tiles * num_image_token + 2

@@ -24,9 +24,10 @@ import copy
 import json
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from . import PACKAGE_DIR, SAMPLE_DATA_DIR, repo_path
 from .errors import BookError, ModelDirError
@@ -120,23 +121,45 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
-        vision={"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 256,
-                "num_hidden_layers": 2, "patch_size": 28},
-        llm={"hidden_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
-             "intermediate_size": 512, "num_hidden_layers": 2, "max_position_embeddings": 4096},
+        vision={
+            "hidden_size": 64,
+            "num_attention_heads": 4,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "patch_size": 28,
+        },
+        llm={
+            "hidden_size": 128,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "intermediate_size": 512,
+            "num_hidden_layers": 2,
+            "max_position_embeddings": 4096,
+        },
         vocab_size=None,
         description="tiny InternVL2 for CPUs and CI: 2-layer InternViT (patch 28, 64 tokens per tile), "
-                    "2-layer InternLM2 (hidden 128, GQA 4/2)",
+        "2-layer InternLM2 (hidden 128, GQA 4/2)",
     ),
     "internvl2-2b": Preset(
         name="internvl2-2b",
-        vision={"hidden_size": 1024, "num_attention_heads": 16, "intermediate_size": 4096,
-                "num_hidden_layers": 24, "patch_size": 14},
-        llm={"hidden_size": 2048, "num_attention_heads": 16, "num_key_value_heads": 8,
-             "intermediate_size": 8192, "num_hidden_layers": 24, "max_position_embeddings": 32768},
+        vision={
+            "hidden_size": 1024,
+            "num_attention_heads": 16,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "patch_size": 14,
+        },
+        llm={
+            "hidden_size": 2048,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "intermediate_size": 8192,
+            "num_hidden_layers": 24,
+            "max_position_embeddings": 32768,
+        },
         vocab_size=92553,
         description="InternVL2-2B's real sizes (InternViT-300M + InternLM2-1.8B), random weights, "
-                    "for GPU benchmarks only",
+        "for GPU benchmarks only",
     ),
 }
 
@@ -182,7 +205,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
     """Train a SentencePiece-style BPE (``▁`` for spaces, byte fallback) like InternLM2's.
 
     Spaces become ``▁`` and split words; Chinese runs are merged into
-    pieces of up to four characters where the corpus repeats them. Ids 0-2 are ``<unk> <s> </s>``, 3-258 the byte pieces ``<0x00>..<0xFF>``,
+    pieces of up to four characters where the corpus repeats them. Ids 0-2 are ``<unk> <s> </s>``,
+    3-258 the byte pieces ``<0x00>..<0xFF>``,
     then the learned pieces, then the 15 special tokens in the official order.
     BOS is added by the post-processor, as InternLM2's tokenizer does.
     Returns a ``transformers.PreTrainedTokenizerFast``.
@@ -194,8 +218,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
     pre = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
     trainer_tok = Tokenizer(models.BPE(unk_token="<unk>"))
     trainer_tok.pre_tokenizer = pre
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=base, show_progress=False,
-                                  min_frequency=2, max_token_length=4)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=base, show_progress=False, min_frequency=2, max_token_length=4
+    )
     trainer_tok.train_from_iterator(list(texts), trainer=trainer)
     learned = json.loads(trainer_tok.to_str())["model"]
     vocab: dict[str, int] = {tok: i for i, tok in enumerate(base)}
@@ -210,11 +235,17 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
     tok.pre_tokenizer = pre
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
     tok.add_special_tokens(list(SPECIAL_TOKENS))
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                       special_tokens=[("<s>", 1)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>",
-        additional_special_tokens=list(ADDITIONAL_SPECIAL_TOKENS), clean_up_tokenization_spaces=False,
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="</s>",
+        additional_special_tokens=list(ADDITIONAL_SPECIAL_TOKENS),
+        clean_up_tokenization_spaces=False,
         model_max_length=4096,
     )
     fast.chat_template = HF_CHAT_TEMPLATE
@@ -224,8 +255,13 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
 # ----------------------------------------------------------------------------------------------
 # model
 # ----------------------------------------------------------------------------------------------
-def build(preset: str = "tiny", out: str | Path = "_build/models/tiny-internvl2", seed: int = 0,
-          overwrite: bool = False, device: str = "cpu") -> Path:
+def build(
+    preset: str = "tiny",
+    out: str | Path = "_build/models/tiny-internvl2",
+    seed: int = 0,
+    overwrite: bool = False,
+    device: str = "cpu",
+) -> Path:
     """Write a complete InternVL2 model directory and return its path.
 
     The directory holds ``config.json``, ``generation_config.json``,
@@ -270,8 +306,9 @@ def build(preset: str = "tiny", out: str | Path = "_build/models/tiny-internvl2"
     (out / "config.json").write_text(json.dumps(saved, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
     im_end, im_start = tokenizer.convert_tokens_to_ids([IM_END, IM_START])
-    (out / "generation_config.json").write_text(json.dumps(
-        {"_from_model_config": True, "eos_token_id": [im_end, im_start]}, indent=2) + "\n")
+    (out / "generation_config.json").write_text(
+        json.dumps({"_from_model_config": True, "eos_token_id": [im_end, im_start]}, indent=2) + "\n"
+    )
     tokenizer.save_pretrained(out)
     for src in REMOTE_CODE_DIR.glob("*.py"):
         if src.name != "__init__.py":
@@ -330,8 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         path = build(args.preset, args.out, seed=args.seed, overwrite=args.overwrite, device=args.device)
     except BookError as exc:
         return report(exc)
-    print(f"built {args.preset} InternVL2 at {path} in {time.perf_counter() - t0:.1f} s, "
-          f"{_dir_size(path) / 2**20:.1f} MiB")
+    print(
+        f"built {args.preset} InternVL2 at {path} in {time.perf_counter() - t0:.1f} s, "
+        f"{_dir_size(path) / 2**20:.1f} MiB"
+    )
     return 0
 
 

@@ -24,9 +24,10 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from . import REPO_DIR
 from .errors import BookError, RunError
@@ -65,7 +66,7 @@ def parse_log_line(line: str) -> dict[str, Any] | None:
     if not m:
         return None
     out: dict[str, Any] = {"step": int(m.group(1)), "total": int(m.group(2))}
-    for key, value in FIELD_RE.findall(line[m.end():]):
+    for key, value in FIELD_RE.findall(line[m.end() :]):
         try:
             out[key] = value if key == "eta" else float(value)
         except ValueError:
@@ -94,8 +95,11 @@ def check_checkpoint(path: str | Path) -> Path:
     """
     path = Path(path)
     others = [p.name for p in list_checkpoints(path.parent) if p != path]
-    hint = (f" Delete it and resume from an earlier one ({', '.join(others)}), or start afresh with "
-            "resume=False." if others else " Delete it and start afresh with resume=False.")
+    hint = (
+        f" Delete it and resume from an earlier one ({', '.join(others)}), or start afresh with resume=False."
+        if others
+        else " Delete it and start afresh with resume=False."
+    )
     if not path.exists():
         raise BookError(f"checkpoint {path} does not exist.{hint}")
     if path.is_dir():
@@ -108,8 +112,9 @@ def check_checkpoint(path: str | Path) -> Path:
         if bad is not None:
             raise BookError(f"checkpoint {path} is corrupt (bad member {bad}).{hint}")
     except zipfile.BadZipFile as exc:
-        raise BookError(f"checkpoint {path} cannot be read ({exc}); it was probably cut off while "
-                        f"being written.{hint}") from exc
+        raise BookError(
+            f"checkpoint {path} cannot be read ({exc}); it was probably cut off while being written.{hint}"
+        ) from exc
     return path
 
 
@@ -172,21 +177,30 @@ def dataset_settings(config: str | Path) -> dict[str, Any]:
             if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
                 names[node.targets[0].id] = _literal(node.value, names)
     except SyntaxError as exc:
-        raise BookError(f"{config}:{exc.lineno}: the config is not valid Python ({exc.msg}); rewrite it with "
-                        "helpers.config.write(recipe, path)") from exc
-    dataset = names.get("train_dataloader", {}).get("dataset") if isinstance(names.get("train_dataloader"),
-                                                                            dict) else None
+        raise BookError(
+            f"{config}:{exc.lineno}: the config is not valid Python ({exc.msg}); rewrite it with "
+            "helpers.config.write(recipe, path)"
+        ) from exc
+    dataset = (
+        names.get("train_dataloader", {}).get("dataset") if isinstance(names.get("train_dataloader"), dict) else None
+    )
     keys = ("data_paths", "image_folders", "model_path", "max_length")
     if not isinstance(dataset, dict) or any(isinstance(dataset.get(k), _Unknown) for k in keys):
         from mmengine.config import Config
 
         dataset = Config.fromfile(str(config)).get("train_dataloader", {}).get("dataset")
     if not isinstance(dataset, dict) or not all(k in dataset for k in keys[:3]):
-        raise BookError(f"{config} has no train_dataloader.dataset with data_paths, image_folders and model_path "
-                        "(XTuner's InternVL_V1_5_Dataset), so its data cannot be checked before training; write "
-                        "the config with helpers.config.write(recipe, path), or pass check_data=False")
-    return {"data_paths": dataset["data_paths"], "image_folders": dataset["image_folders"],
-            "model_path": dataset["model_path"], "max_length": int(dataset.get("max_length", 8192))}
+        raise BookError(
+            f"{config} has no train_dataloader.dataset with data_paths, image_folders and model_path "
+            "(XTuner's InternVL_V1_5_Dataset), so its data cannot be checked before training; write "
+            "the config with helpers.config.write(recipe, path), or pass check_data=False"
+        )
+    return {
+        "data_paths": dataset["data_paths"],
+        "image_folders": dataset["image_folders"],
+        "model_path": dataset["model_path"],
+        "max_length": int(dataset.get("max_length", 8192)),
+    }
 
 
 #: XTuner's InternVL dataset prints ``Error: <exception>`` and trains on a random other sample instead;
@@ -217,8 +231,11 @@ def _records_using(paths: set[str], settings: dict[str, Any] | None, cwd: Path) 
     from .data import _read_items  # the validator's reader: line numbers, no exceptions on a bad file
 
     files = settings["data_paths"] if isinstance(settings["data_paths"], list) else [settings["data_paths"]]
-    folders = settings["image_folders"] if isinstance(settings["image_folders"], list) else \
-        [settings["image_folders"]] * len(files)
+    folders = (
+        settings["image_folders"]
+        if isinstance(settings["image_folders"], list)
+        else [settings["image_folders"]] * len(files)
+    )
     wanted = {os.path.normpath(p): p for p in paths}
     out: dict[str, list[str]] = {}
     for file, folder in zip(files, folders):
@@ -237,8 +254,9 @@ def _records_using(paths: set[str], settings: dict[str, Any] | None, cwd: Path) 
     return out
 
 
-def check_train_log(log_path: str | Path, *, since: int = 0, settings: dict[str, Any] | None = None,
-                    cwd: str | Path | None = None) -> None:
+def check_train_log(
+    log_path: str | Path, *, since: int = 0, settings: dict[str, Any] | None = None, cwd: str | Path | None = None
+) -> None:
     """Raise :class:`~helpers.errors.RunError` if XTuner's dataset printed ``Error:`` lines in this run.
 
     ``since`` is the byte offset where this run's part of ``log_path`` (the
@@ -354,33 +372,58 @@ def plan_run(config: str | Path, work_dir: str | Path, *, fresh: bool = False) -
     if fresh or not same:
         why = "fresh=True" if fresh else "its config differs from this one"
         kept = _move_aside(work_dir)
-        return RunPlan("start", work_dir, f"starting afresh in {work_dir} ({why}); the earlier run is kept in {kept}",
-                       kept=kept)
+        return RunPlan(
+            "start", work_dir, f"starting afresh in {work_dir} ({why}); the earlier run is kept in {kept}", kept=kept
+        )
     ckpt = last_checkpoint(work_dir)
     logged, total = _logged_steps(work_dir)
     if record.get("finished") and ckpt is not None:
-        return RunPlan("done", work_dir, f"{work_dir} already holds a finished run of this config "
-                       f"({ckpt.name}, {record.get('steps')} iterations): not training again; pass fresh=True "
-                       "to retrain (the old run is kept)", resume_from=ckpt)
+        return RunPlan(
+            "done",
+            work_dir,
+            f"{work_dir} already holds a finished run of this config "
+            f"({ckpt.name}, {record.get('steps')} iterations): not training again; pass fresh=True "
+            "to retrain (the old run is kept)",
+            resume_from=ckpt,
+        )
     if ckpt is None:
-        return RunPlan("start", work_dir, f"the earlier run in {work_dir} left no checkpoint: starting from iteration 1 "
-                       f"(iterations 1-{logged} will run again)" if logged else
-                       f"the earlier run in {work_dir} left no checkpoint: starting from iteration 1",
-                       repeated=(1, logged) if logged else None)
+        return RunPlan(
+            "start",
+            work_dir,
+            f"the earlier run in {work_dir} left no checkpoint: starting from iteration 1 "
+            f"(iterations 1-{logged} will run again)"
+            if logged
+            else f"the earlier run in {work_dir} left no checkpoint: starting from iteration 1",
+            repeated=(1, logged) if logged else None,
+        )
     at = _step(ckpt)
     repeated = (at + 1, logged) if logged > at else None
     again = f"iterations {at + 1}-{logged} will run again" if repeated else "no iteration is repeated"
-    return RunPlan("resume", work_dir, f"resuming the interrupted run in {work_dir} from {ckpt.name} "
-                   f"(iteration {at} of {total or '?'}); {again}", resume_from=ckpt, repeated=repeated)
+    return RunPlan(
+        "resume",
+        work_dir,
+        f"resuming the interrupted run in {work_dir} from {ckpt.name} (iteration {at} of {total or '?'}); {again}",
+        resume_from=ckpt,
+        repeated=repeated,
+    )
 
 
-def _write_run_record(work_dir: Path, config: Path, result: TrainResult, seconds_before: float) -> None:
-    """Keep, in the work dir, which config trained there, how far it got and how long it took."""
-    finished = result.ok and result.total_steps is not None and result.steps >= result.total_steps
-    record = {"config": str(config), "config_sha256": config_hash(config), "steps": result.steps,
-              "total_steps": result.total_steps, "finished": finished,
-              "seconds": round(seconds_before + result.seconds, 1),
-              "last_checkpoint": str(last_checkpoint(work_dir) or "")}
+def _write_run_record(work_dir: Path, config: Path, result: TrainResult | None, seconds_before: float) -> None:
+    """Keep, in the work dir, which config trains there, how far it got and how long it took.
+
+    Written before XTuner starts (``result=None``: a run killed at any moment
+    is still recognised as this config's) and again when it ends.
+    """
+    finished = bool(result and result.ok and result.total_steps is not None and result.steps >= result.total_steps)
+    record = {
+        "config": str(config),
+        "config_sha256": config_hash(config),
+        "steps": result.steps if result else None,
+        "total_steps": result.total_steps if result else None,
+        "finished": finished,
+        "seconds": round(seconds_before + (result.seconds if result else 0.0), 1),
+        "last_checkpoint": str(last_checkpoint(work_dir) or ""),
+    }
     (work_dir / RUN_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
@@ -389,13 +432,26 @@ def previous_result(work_dir: str | Path) -> TrainResult:
     work_dir = Path(work_dir)
     record = read_run_record(work_dir)
     rows = read_scalars(work_dir)
-    return TrainResult(work_dir, 0, float(record.get("seconds", 0.0)), int(record.get("steps", 0)),
-                       record.get("total_steps"), rows[-1]["loss"] if rows else None, list_checkpoints(work_dir),
-                       work_dir / "train.log")
+    return TrainResult(
+        work_dir,
+        0,
+        float(record.get("seconds") or 0.0),
+        int(record.get("steps") or 0),
+        record.get("total_steps"),
+        rows[-1]["loss"] if rows else None,
+        list_checkpoints(work_dir),
+        work_dir / "train.log",
+    )
 
 
-def command(config: str | Path, work_dir: str | Path, *, gpus: int = 0, deepspeed: str | None = None,
-            resume_from: str | Path | None = None) -> list[str]:
+def command(
+    config: str | Path,
+    work_dir: str | Path,
+    *,
+    gpus: int = 0,
+    deepspeed: str | None = None,
+    resume_from: str | Path | None = None,
+) -> list[str]:
     """The command line :func:`train` runs (also useful to copy into a terminal).
 
     >>> command("cfg.py", "work", gpus=2)[:5]   # doctest: +ELLIPSIS
@@ -407,9 +463,20 @@ def command(config: str | Path, work_dir: str | Path, *, gpus: int = 0, deepspee
     if resume_from:
         args += ["--resume", str(resume_from)]
     if gpus > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(gpus),
-                "--master_port", str(29500 + os.getpid() % 1000), "-m", "helpers.xtuner_launch", *args,
-                "--launcher", "pytorch"]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(gpus),
+            "--master_port",
+            str(29500 + os.getpid() % 1000),
+            "-m",
+            "helpers.xtuner_launch",
+            *args,
+            "--launcher",
+            "pytorch",
+        ]
     return [sys.executable, "-m", "helpers.xtuner_launch", *args]
 
 
@@ -419,9 +486,18 @@ def _stream(proc: subprocess.Popen) -> Iterator[str]:
         yield raw.rstrip("\n")
 
 
-def train(config: str | Path, work_dir: str | Path, *, resume: bool | str | Path = "auto", gpus: int = 0,
-          deepspeed: str | None = None, progress: bool = True, stop_after_steps: int | None = None,
-          env: dict[str, str] | None = None, check_data: bool = True) -> TrainResult:
+def train(
+    config: str | Path,
+    work_dir: str | Path,
+    *,
+    resume: bool | str | Path = "auto",
+    gpus: int = 0,
+    deepspeed: str | None = None,
+    progress: bool = True,
+    stop_after_steps: int | None = None,
+    env: dict[str, str] | None = None,
+    check_data: bool = True,
+) -> TrainResult:
     """Train with XTuner; return a :class:`TrainResult`. Raises BookError when the run fails.
 
     ``resume``: ``"auto"`` continues from the last checkpoint in ``work_dir``
@@ -454,8 +530,10 @@ def train(config: str | Path, work_dir: str | Path, *, resume: bool | str | Path
     elif resume:
         resume_from = check_checkpoint(resume)  # type: ignore[arg-type]
     elif list_checkpoints(work_dir):
-        raise BookError(f"{work_dir} already holds checkpoints {[p.name for p in list_checkpoints(work_dir)]}; "
-                        "resume=False would mix two runs there. Use another work_dir, delete them, or resume.")
+        raise BookError(
+            f"{work_dir} already holds checkpoints {[p.name for p in list_checkpoints(work_dir)]}; "
+            "resume=False would mix two runs there. Use another work_dir, delete them, or resume."
+        )
 
     report = None
     if check_data:
@@ -470,6 +548,9 @@ def train(config: str | Path, work_dir: str | Path, *, resume: bool | str | Path
             settings = dataset_settings(config)
         except BookError:
             settings = None
+    prior = read_run_record(work_dir)
+    seconds_before = float(prior.get("seconds") or 0.0) if prior.get("config_sha256") == config_hash(config) else 0.0
+    _write_run_record(work_dir, config, None, seconds_before)
     cmd = command(config, work_dir, gpus=gpus, deepspeed=deepspeed, resume_from=resume_from)
     child_env = {**os.environ, **(env or {})}
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_DIR), child_env.get("PYTHONPATH")]))
@@ -484,8 +565,9 @@ def train(config: str | Path, work_dir: str | Path, *, resume: bool | str | Path
         log.flush()
         # the watchdog puts XTuner in a process group of its own and ends all of it with us (see procgroup)
         watched = [sys.executable, "-m", "helpers.procgroup", str(os.getpid()), "--", *cmd]
-        proc = subprocess.Popen(watched, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=child_env, cwd=work_dir)
+        proc = subprocess.Popen(
+            watched, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env, cwd=work_dir
+        )
         tail: list[str] = []
         try:
             for line in _stream(proc):
@@ -503,8 +585,11 @@ def train(config: str | Path, work_dir: str | Path, *, resume: bool | str | Path
 
                         bar = tqdm(total=total, initial=0, desc="training", unit="step")
                     bar.n = steps
-                    bar.set_postfix(loss=f"{last_loss:.4f}" if last_loss is not None else "-",
-                                    lr=f"{info.get('lr', float('nan')):.2e}", eta=info.get("eta", "?"))
+                    bar.set_postfix(
+                        loss=f"{last_loss:.4f}" if last_loss is not None else "-",
+                        lr=f"{info.get('lr', float('nan')):.2e}",
+                        eta=info.get("eta", "?"),
+                    )
                     bar.refresh()
                 if stop_after_steps is not None and steps >= stop_after_steps:
                     proc.send_signal(signal.SIGTERM)  # the watchdog SIGKILLs all of it: like a crash
@@ -517,14 +602,24 @@ def train(config: str | Path, work_dir: str | Path, *, resume: bool | str | Path
             if bar is not None:
                 bar.close()
     seconds = time.perf_counter() - start
-    result = TrainResult(work_dir, returncode, seconds, steps, total, last_loss, list_checkpoints(work_dir),
-                         log_path, resume_from, report)
-    same = read_run_record(work_dir).get("config_sha256") == config_hash(config)
-    _write_run_record(work_dir, config, result, float(read_run_record(work_dir).get("seconds", 0.0)) if same else 0.0)
+    result = TrainResult(
+        work_dir,
+        returncode,
+        seconds,
+        steps,
+        total,
+        last_loss,
+        list_checkpoints(work_dir),
+        log_path,
+        resume_from,
+        report,
+    )
+    _write_run_record(work_dir, config, result, seconds_before)
     check_train_log(log_path, since=since, settings=settings, cwd=work_dir)
     if returncode != 0 and stop_after_steps is None:
-        raise BookError(f"XTuner training failed (exit code {returncode}); last lines of {log_path}:\n"
-                        + "\n".join(tail[-25:]))
+        raise BookError(
+            f"XTuner training failed (exit code {returncode}); last lines of {log_path}:\n" + "\n".join(tail[-25:])
+        )
     return result
 
 

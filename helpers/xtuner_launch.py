@@ -19,6 +19,9 @@ train`` command for these reasons, each a fix for a real failure:
    projector in float32, so the course's fp16 mixed precision works without
    DeepSpeed; on a CPU, :func:`helpers.compat.fast_4bit_compute_on_cpu` makes
    the 4-bit layers compute in float32 instead of (slow) float16.
+6. :func:`helpers.compat.avoid_bnb_misaligned_4bit_gemm` keeps 4-bit layers
+   with an odd number of outputs (the LM head: both vocabularies are odd) off
+   a bitsandbytes 0.50.2 kernel that crashes on them on a GPU.
 
 Usage (what helpers.train runs)::
 
@@ -28,7 +31,6 @@ Usage (what helpers.train runs)::
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 
@@ -44,9 +46,10 @@ def prepare(argv: list[str]) -> None:
     import torch
     import torch.distributed as dist
 
-    from .compat import train_projector_in_float32, trust_own_checkpoints
+    from .compat import avoid_bnb_misaligned_4bit_gemm, train_projector_in_float32, trust_own_checkpoints
 
     trust_own_checkpoints()
+    avoid_bnb_misaligned_4bit_gemm()
     train_projector_in_float32()
     cuda = torch.cuda.is_available()
     if not cuda:
@@ -57,8 +60,9 @@ def prepare(argv: list[str]) -> None:
     launched = "--launcher" in argv and argv[argv.index("--launcher") + 1] != "none"
     if not launched and "--deepspeed" not in argv and not dist.is_initialized():
         # a fresh port every time: an inherited MASTER_PORT may be held by the parent process
-        dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}",
-                                rank=0, world_size=1)
+        dist.init_process_group(
+            "nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

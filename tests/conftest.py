@@ -38,9 +38,22 @@ def executed_book(tmp_path_factory) -> Path:
     root = Path(__file__).resolve().parents[1]
     tmp = tmp_path_factory.mktemp("book")
     proc = subprocess.run(
-        [sys.executable, "-m", "helpers.book", "run", "--profile", "tiny", "--build-dir", str(tmp / "notebooks"),
-         "-p", "output_dir", str(tmp / "outputs")],
-        cwd=root, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "helpers.book",
+            "run",
+            "--profile",
+            "tiny",
+            "--build-dir",
+            str(tmp / "notebooks"),
+            "-p",
+            "output_dir",
+            str(tmp / "outputs"),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
     )
     print(proc.stdout[-4000:], proc.stderr[-4000:])
     assert proc.returncode == 0, f"the runner failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"

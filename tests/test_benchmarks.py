@@ -12,9 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import flops  # noqa: E402
+import flops
 
-from helpers import internvl, memory, tiny  # noqa: E402
+from helpers import internvl, memory, tiny
 
 
 def test_peak_flops_come_from_the_device_name():
@@ -34,11 +34,14 @@ def test_training_flops_follow_the_written_formula():
     assert f["llm_lora"] == s * 6 * memory.lora_parameters(cfg, 128)
     assert f["llm_attention"] == 12 * 24 * s * s * 2048
     assert f["vision"] == 7 * 1025 * (2 * g["vision_model"] + 4 * 24 * 1025 * 1024)
-    assert f["total"] == pytest.approx(sum(f[k] for k in ("llm_weights", "llm_lora", "llm_attention",
-                                                           "projector", "vision")))
+    assert f["total"] == pytest.approx(
+        sum(f[k] for k in ("llm_weights", "llm_lora", "llm_attention", "projector", "vision"))
+    )
     assert 22e12 < f["total"] < 23.5e12  # about 6 x 1.9e9 parameters x 1,985 tokens, less the frozen weights' grads
-    assert flops.training_flops_per_sample(cfg, text_tokens=193, tiles=7, lora_r=128,
-                                           checkpointing=False)["recompute"] == 0
+    assert (
+        flops.training_flops_per_sample(cfg, text_tokens=193, tiles=7, lora_r=128, checkpointing=False)["recompute"]
+        == 0
+    )
     assert flops.training_flops_per_sample(cfg, text_tokens=193, tiles=8, lora_r=128)["total"] > f["total"]
 
 
@@ -46,7 +49,10 @@ def test_synthetic_samples_all_have_one_length(tiny_model_dir, tmp_path):
     import synthetic
 
     info = synthetic.make(tiny_model_dir, tmp_path / "synth", samples=6, width=1344, height=896, caption_tokens=12)
-    assert info["tiles"] == 7 and info["image_tokens"] == 7 * internvl.TilingSettings.from_config(tiny_model_dir).num_image_token
+    assert (
+        info["tiles"] == 7
+        and info["image_tokens"] == 7 * internvl.TilingSettings.from_config(tiny_model_dir).num_image_token
+    )
     assert info["tokens_per_sample"] == info["tokens_per_sample_min"] > info["image_tokens"]
     records = json.loads((tmp_path / "synth" / "ex_cn.json").read_text(encoding="utf-8"))
     assert len(records) == 6 and all((tmp_path / "synth" / r["image"]).exists() for r in records)

@@ -58,8 +58,9 @@ def ok_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("ok")
     nbs, build, log = tmp / "nbs", tmp / "build", tmp / "log.jsonl"
     make_notebook(nbs / "00_first.ipynb", 'profile = "x"\nalpha = 1\nNAME = "00"', record(log))
-    make_notebook(nbs / "01_second.ipynb", 'beta: str = "b"\ngamma, out_dir = 0, "rel"\nNAME = "01"',
-                  record(log), metadata=True)
+    make_notebook(
+        nbs / "01_second.ipynb", 'beta: str = "b"\ngamma, out_dir = 0, "rel"\nNAME = "01"', record(log), metadata=True
+    )
     make_notebook(nbs / "02_noparams.ipynb", None, 'NAME = "02"\n' + record(log))
     make_notebook(nbs / "notes.ipynb", None, "raise RuntimeError('not a book notebook')")
     params_file = tmp / "p.yaml"
@@ -69,8 +70,24 @@ def ok_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
-        rc = run("run", "--notebooks-dir", str(nbs), "--build-dir", str(build), "--params-file",
-                 str(params_file), "-p", "alpha", "20", "-p", "gamma", "1e-3", "-p", "out_dir", "sub/x")
+        rc = run(
+            "run",
+            "--notebooks-dir",
+            str(nbs),
+            "--build-dir",
+            str(build),
+            "--params-file",
+            str(params_file),
+            "-p",
+            "alpha",
+            "20",
+            "-p",
+            "gamma",
+            "1e-3",
+            "-p",
+            "out_dir",
+            "sub/x",
+        )
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     return {"rc": rc, "out": out.getvalue(), "err": err.getvalue(), "build": build, "log": lines, "nbs": nbs}
 
@@ -125,7 +142,11 @@ def test_failure_stops_run_with_clear_message(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO_DIR)}
     proc = subprocess.run(
         [sys.executable, "-m", "helpers.book", "run", "--notebooks-dir", str(nbs), "--build-dir", str(build)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert proc.returncode == 1
     err = proc.stderr
@@ -148,9 +169,12 @@ def test_failure_stops_run_with_clear_message(tmp_path: Path) -> None:
 
 def test_execute_runs_one_notebook_and_names_the_failing_cell(tmp_path: Path) -> None:
     """book.execute: parameters injected, helpers importable from the notebook's folder, clear failures."""
-    nb = make_notebook(tmp_path / "nbs" / "00_one.ipynb", "x = 1",
-                       "import helpers, os\nassert os.getcwd() == " + repr(str(tmp_path / "nbs")) + "\ny = x * 3",
-                       "assert y == 6, f'y is {y}'")
+    nb = make_notebook(
+        tmp_path / "nbs" / "00_one.ipynb",
+        "x = 1",
+        "import helpers, os\nassert os.getcwd() == " + repr(str(tmp_path / "nbs")) + "\ny = x * 3",
+        "assert y == 6, f'y is {y}'",
+    )
     out = book.execute(nb, tmp_path / "out.ipynb", {"x": 2})
     assert out == tmp_path / "out.ipynb" and out.is_file()
     with pytest.raises(RunError) as info:
@@ -166,8 +190,16 @@ def test_site_uses_only_public_names_of_book() -> None:
     import ast
 
     tree = ast.parse((REPO_DIR / "helpers" / "site.py").read_text(encoding="utf-8"))
-    private = sorted({node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
-                      and isinstance(node.value, ast.Name) and node.value.id == "book" and node.attr.startswith("_")})
+    private = sorted(
+        {
+            node.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "book"
+            and node.attr.startswith("_")
+        }
+    )
     assert private == []
 
 
@@ -219,7 +251,7 @@ def test_profiles_define_common_parameters() -> None:
 
 
 def test_params_file_can_choose_the_profile(tmp_path: Path) -> None:
-    params, user = book._merge_params("tiny", book.PARAMS_DIR / "gpu-internvl2-2b.yaml", [], book.PARAMS_DIR)
+    params, _ = book._merge_params("tiny", book.PARAMS_DIR / "gpu-internvl2-2b.yaml", [], book.PARAMS_DIR)
     assert params["profile"] == "gpu" and params["output_dir"] == "_build/outputs-gpu"
     params, _ = book._merge_params("gpu", None, [("profile", "tiny"), ("seed", "3")], book.PARAMS_DIR)
     assert params["profile"] == "tiny" and params["seed"] == 3
@@ -268,8 +300,7 @@ def test_strip_check_and_strip(tmp_path: Path, capsys: pytest.CaptureFixture) ->
 
     assert run("strip", str(tmp_path)) == 0
     nb = nbformat.read(str(dirty), as_version=4)
-    assert all(not c.get("outputs") and c.get("execution_count") is None
-               for c in nb.cells if c.cell_type == "code")
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
     assert "papermill" not in nb.metadata
     assert nb.cells[1].metadata["tags"] == ["parameters"]  # tags survive
     assert nb.metadata["kernelspec"]["name"] == "python3" and nb.metadata["language_info"]["name"] == "python"

@@ -23,8 +23,12 @@ MISSING = "/nonexistent/book-cli-test"
 
 #: module -> argument lists that are unusable input (exit status 2). ``{tmp}`` is a fresh temporary folder.
 BAD_INPUT: dict[str, list[list[str]]] = {
-    "helpers.book": [["run", "--only", "99"], ["run", "--params-file", f"{MISSING}.yaml"],
-                     ["strip", f"{MISSING}.ipynb"], ["--bogus"]],
+    "helpers.book": [
+        ["run", "--only", "99"],
+        ["run", "--params-file", f"{MISSING}.yaml"],
+        ["strip", f"{MISSING}.ipynb"],
+        ["--bogus"],
+    ],
     "helpers.site": [["check", "--html", MISSING], ["build", "--bogus"]],
     "helpers.data": [["validate", MISSING], ["validate", str(SAMPLE_DATA_DIR), "--model", MISSING]],
     "helpers.infer": [["--model", MISSING, "--image", "x.png"], ["--image", "x.png"]],
@@ -47,8 +51,9 @@ def cli_modules() -> list[str]:
 
 def run_cli(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO_DIR)}
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
 
 
 def test_every_cli_has_cases() -> None:
@@ -59,8 +64,11 @@ def test_every_cli_has_cases() -> None:
     assert not set(BAD_INPUT) - set(modules), "cases for a module that has no main() any more"
 
 
-@pytest.mark.parametrize("module,args", [(m, a) for m, cases in BAD_INPUT.items() for a in cases],
-                         ids=lambda v: v if isinstance(v, str) else " ".join(v) or "(no arguments)")
+@pytest.mark.parametrize(
+    "module,args",
+    [(m, a) for m, cases in BAD_INPUT.items() for a in cases],
+    ids=lambda v: v if isinstance(v, str) else " ".join(v) or "(no arguments)",
+)
 def test_bad_input_exits_2_with_the_message_on_stderr(module: str, args: list[str], tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("mine")
     proc = run_cli(module, [a.replace("{tmp}", str(tmp_path)) for a in args], cwd=tmp_path)
@@ -77,10 +85,12 @@ def test_a_failed_notebook_run_exits_1(tmp_path: Path) -> None:
 
     nbs = tmp_path / "nbs"
     nbs.mkdir()
-    nbformat.write(new_notebook(cells=[new_code_cell("raise ValueError('broken on purpose')")]),
-                   str(nbs / "00_broken.ipynb"))
-    proc = run_cli("helpers.book", ["run", "--notebooks-dir", str(nbs), "--build-dir", str(tmp_path / "b")],
-                   cwd=tmp_path)
+    nbformat.write(
+        new_notebook(cells=[new_code_cell("raise ValueError('broken on purpose')")]), str(nbs / "00_broken.ipynb")
+    )
+    proc = run_cli(
+        "helpers.book", ["run", "--notebooks-dir", str(nbs), "--build-dir", str(tmp_path / "b")], cwd=tmp_path
+    )
     assert proc.returncode == 1, proc.stderr
     assert "error: Notebook 00_broken failed." in proc.stderr and "ValueError: broken on purpose" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -115,9 +125,12 @@ def test_helpers_raise_book_errors_only() -> None:
             if isinstance(node, ast.Raise) and node.exc is not None:
                 exc = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
                 name = exc.id if isinstance(exc, ast.Name) else None
-                if name and isinstance(getattr(builtins, name, None), type) \
-                        and issubclass(getattr(builtins, name), BaseException) \
-                        and (path.name, name) not in ALLOWED_BUILTIN_RAISES:
+                if (
+                    name
+                    and isinstance(getattr(builtins, name, None), type)
+                    and issubclass(getattr(builtins, name), BaseException)
+                    and (path.name, name) not in ALLOWED_BUILTIN_RAISES
+                ):
                     found.append(f"{path.relative_to(REPO_DIR)}:{node.lineno} raises {name}")
     # `raise SystemExit(main())` only hands main's exit status to the interpreter
     found = [f for f in found if not f.endswith("raises SystemExit")]

@@ -47,10 +47,14 @@ def test_chrf_matches_sacrebleu_published_values():
     hyp = "The relationship between Obama and Netanyahu is not exactly friendly."
     ref = "The ties between Obama and Netanyahu are not particularly friendly."
     assert compare.chrf(hyp, ref) == pytest.approx(61.576379378113785, abs=1e-9)
-    hyps = ["The relationship between cats and dogs is not exactly friendly.",
-            "a good bookshop is just a genteel black hole that knows how to read."]
-    refs = ["The relationship between dogs and cats is not exactly friendly.",
-            "A good bookshop is just a genteel Black Hole that knows how to read."]
+    hyps = [
+        "The relationship between cats and dogs is not exactly friendly.",
+        "a good bookshop is just a genteel black hole that knows how to read.",
+    ]
+    refs = [
+        "The relationship between dogs and cats is not exactly friendly.",
+        "A good bookshop is just a genteel Black Hole that knows how to read.",
+    ]
     assert compare.corpus_chrf(hyps, refs) == pytest.approx(84.64214891738334, abs=1e-9)
 
 
@@ -78,7 +82,9 @@ def test_rouge_l_hand_worked():
     assert compare.rouge_l_chars("猫", "狗") == 0.0
     assert compare.rouge_l_chars("", "") == 0.0
     # LCS("你们别打了", "你们不要再打了") = 你们打了 = 4: P = 4/5, R = 4/7
-    assert compare.rouge_l_chars("你们别打了", "你们不要再打了") == pytest.approx(2 * (4 / 5) * (4 / 7) / (4 / 5 + 4 / 7))
+    assert compare.rouge_l_chars("你们别打了", "你们不要再打了") == pytest.approx(
+        2 * (4 / 5) * (4 / 7) / (4 / 5 + 4 / 7)
+    )
 
 
 def test_repetition_and_distinct():
@@ -93,7 +99,12 @@ def test_repetition_and_distinct():
 
 def test_length_stats():
     assert compare.length_stats(["住手", "你们 不要再打了", "好"]) == {
-        "count": 3, "mean": pytest.approx(10 / 3), "median": 2.0, "min": 1, "max": 7}
+        "count": 3,
+        "mean": pytest.approx(10 / 3),
+        "median": 2.0,
+        "min": 1,
+        "max": 7,
+    }
     assert compare.length_stats([])["count"] == 0
 
 
@@ -128,7 +139,8 @@ def test_summary_table():
     assert s["before"]["repetition"] > s["after"]["repetition"]
     assert s["before"]["distinct_2"] < s["after"]["distinct_2"]
     assert s["after"]["corpus_chrf"] == pytest.approx(
-        compare.corpus_chrf([AFTER[k] for k in "abc"], [r["reference"] for r in RECORDS]))
+        compare.corpus_chrf([AFTER[k] for k in "abc"], [r["reference"] for r in RECORDS])
+    )
     assert s["reference_length"] == pytest.approx((10 + 4 + 7) / 3)
     with pytest.raises(BookError, match="no rows"):
         compare.summary_table([])
@@ -183,8 +195,13 @@ def _hand_loss(model, tok, pixels, question, reference):
     ids = torch.tensor([prompt + answer])
     labels = torch.tensor([[-100] * len(prompt) + answer])
     with torch.no_grad():
-        out = model(pixel_values=pixels, input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels,
-                    image_flags=torch.ones(pixels.shape[0], 1, dtype=torch.long))
+        out = model(
+            pixel_values=pixels,
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            labels=labels,
+            image_flags=torch.ones(pixels.shape[0], 1, dtype=torch.long),
+        )
     return math.exp(out.loss.item())
 
 
@@ -194,8 +211,10 @@ def test_perplexity_on_references(tiny_model):
     from helpers.tiling import image_to_pixel_values
 
     model, tok = tiny_model
-    pixels = [image_to_pixel_values(Image.new("RGB", (448, 448), (200, 30, 30)), max_num=1),
-              image_to_pixel_values(Image.new("RGB", (300, 600), (10, 90, 200)), max_num=2)]
+    pixels = [
+        image_to_pixel_values(Image.new("RGB", (448, 448), (200, 30, 30)), max_num=1),
+        image_to_pixel_values(Image.new("RGB", (300, 600), (10, 90, 200)), max_num=2),
+    ]
     questions = ["请你根据这张图片，讲一个脑洞大开的梗", "<image>\n这是什么？"]
     refs = ["住手！你们不要再打了", "我太难了"]
     # the hand-built prompt is the remote code's chat() prompt, so score with its system message
@@ -207,8 +226,15 @@ def test_perplexity_on_references(tiny_model):
     assert 10 < ppl[0] < 20 * len(tok)
     assert not model.training
     # explicit tile counts give the same result
-    again = compare.perplexity_on_references(model, tok, pixels[:1], questions[:1], refs[:1],
-                                             num_patches_list=[pixels[0].shape[0]], system=internvl.INTERNVL_SYSTEM)
+    again = compare.perplexity_on_references(
+        model,
+        tok,
+        pixels[:1],
+        questions[:1],
+        refs[:1],
+        num_patches_list=[pixels[0].shape[0]],
+        system=internvl.INTERNVL_SYSTEM,
+    )
     assert again[0] == pytest.approx(ppl[0], rel=1e-6)
     with pytest.raises(BookError, match="tiles"):
         compare.perplexity_on_references(model, tok, pixels[:1], questions[:1], refs[:1], num_patches_list=[5])

@@ -26,8 +26,7 @@ def test_defaults_are_the_course_values():
 def test_rendered_config_is_loaded_by_mmengine_with_the_recipe_values(tmp_path):
     from mmengine.config import Config
 
-    path = config.write(recipe(lora_r=64, lr=1e-4, optimizer="DAdaptAdam"), tmp_path / "cfg.py",
-                        check_dataset=False)
+    path = config.write(recipe(lora_r=64, lr=1e-4, optimizer="DAdaptAdam"), tmp_path / "cfg.py", check_dataset=False)
     cfg = Config.fromfile(str(path))
     assert cfg.model.llm_lora.r == 64 and cfg.model.llm_lora.lora_alpha == 256
     assert cfg.model.quantization_llm is True and cfg.model.llm_lora.target_modules is None
@@ -43,19 +42,29 @@ def test_max_iters_schedule_and_short_warmup(tmp_path):
 
     written = config.write(recipe(max_iters=100, warmup_ratio=0.1), tmp_path / "a.py", check_dataset=False)
     cfg = Config.fromfile(str(written))
-    assert cfg.train_cfg.max_iters == 100 and [s.type.__name__ for s in cfg.param_scheduler] == \
-        ["LinearLR", "CosineAnnealingLR"]
+    assert cfg.train_cfg.max_iters == 100 and [s.type.__name__ for s in cfg.param_scheduler] == [
+        "LinearLR",
+        "CosineAnnealingLR",
+    ]
     # a one-step warm-up would freeze the lr at start_factor * lr in mmengine: it is left out
     written = config.write(recipe(max_iters=10, warmup_ratio=0.1), tmp_path / "b.py", check_dataset=False)
     cfg = Config.fromfile(str(written))
     assert [s.type.__name__ for s in cfg.param_scheduler] == ["CosineAnnealingLR"]
 
 
-@pytest.mark.parametrize("field,value,words", [
-    ("lora_r", 0, "rank"), ("lora_r", -4, "rank"), ("lr", 0.0, "learning rate"), ("lr", -1e-5, "learning rate"),
-    ("optimizer", "SGD", "unknown"), ("batch_size", 0, "at least 1"), ("amp_dtype", "int8", "float16"),
-    ("lora_dropout", 1.0, "probability"),
-])
+@pytest.mark.parametrize(
+    "field,value,words",
+    [
+        ("lora_r", 0, "rank"),
+        ("lora_r", -4, "rank"),
+        ("lr", 0.0, "learning rate"),
+        ("lr", -1e-5, "learning rate"),
+        ("optimizer", "SGD", "unknown"),
+        ("batch_size", 0, "at least 1"),
+        ("amp_dtype", "int8", "float16"),
+        ("lora_dropout", 1.0, "probability"),
+    ],
+)
 def test_invalid_values_are_rejected_with_the_field_and_the_fix(field, value, words):
     with pytest.raises(BookError, match=field) as exc:
         config.validate(recipe(**{field: value}))
@@ -70,8 +79,11 @@ def test_max_length_shorter_than_one_image_is_rejected():
 
 def test_cpu_overrides_are_explicit():
     new, changes = config.fit_to_hardware(recipe(), cuda=False, bnb_4bit=True, cpu_cores=2)
-    assert {c.field: c.after for c in changes} == {"amp_dtype": None, "dist_backend": "gloo",
-                                                    "dataloader_num_workers": 1}
+    assert {c.field: c.after for c in changes} == {
+        "amp_dtype": None,
+        "dist_backend": "gloo",
+        "dataloader_num_workers": 1,
+    }
     assert all(c.reason for c in changes) and new.quantization_llm
     same, none = config.fit_to_hardware(recipe(), cuda=True, bnb_4bit=True, deepspeed="deepspeed_zero1")
     assert none == [] and same == recipe()
@@ -94,8 +106,9 @@ def test_4bit_where_it_cannot_run_is_refused():
 
 
 def test_recipe_json_reads_back_as_the_recipe_written(tmp_path):
-    written = recipe(lora_r=16, lora_targets=["wqkv", "wo"], betas=(0.8, 0.95), max_iters=12,
-                     extra={"note": "x"}, amp_dtype=None)
+    written = recipe(
+        lora_r=16, lora_targets=["wqkv", "wo"], betas=(0.8, 0.95), max_iters=12, extra={"note": "x"}, amp_dtype=None
+    )
     config.write(written, tmp_path / "qlora" / "config.py", check_dataset=False)
     assert config.Recipe.load(tmp_path / "qlora" / "recipe.json") == written
     assert config.Recipe.load(tmp_path / "qlora") == written
@@ -112,14 +125,36 @@ def test_recipe_json_reads_back_as_the_recipe_written(tmp_path):
 #: Recipes whose rendered config is kept in tests/data/xtuner_configs/NAME.txt, byte for byte: a change
 #: to the generated file shows up there (regenerate a file only when the change is meant).
 GOLDEN = {
-    "course": lambda: config.course_recipe("/models/InternVL2-2B", "/data/CLoT_cn_2000/ex_cn.json",
-                                           "/data/CLoT_cn_2000/"),
-    "iters_dadapt_targets": lambda: config.Recipe("/m/tiny", "/d/train.json", "/d", max_iters=40, warmup_ratio=0.1,
-                                                  optimizer="DAdaptAdam", lr=1.0, lora_r=8, lora_alpha=16,
-                                                  lora_targets=["wqkv", "wo"], persistent_workers=True, seed=3),
-    "cpu_short_warmup": lambda: config.Recipe("/m/tiny", "/d/train.json", "/d", max_iters=10, warmup_ratio=0.1,
-                                              amp_dtype=None, dist_backend="gloo", dataloader_num_workers=0,
-                                              persistent_workers=True, quantization_llm=False, betas=(0.8, 0.95)),
+    "course": lambda: config.course_recipe(
+        "/models/InternVL2-2B", "/data/CLoT_cn_2000/ex_cn.json", "/data/CLoT_cn_2000/"
+    ),
+    "iters_dadapt_targets": lambda: config.Recipe(
+        "/m/tiny",
+        "/d/train.json",
+        "/d",
+        max_iters=40,
+        warmup_ratio=0.1,
+        optimizer="DAdaptAdam",
+        lr=1.0,
+        lora_r=8,
+        lora_alpha=16,
+        lora_targets=["wqkv", "wo"],
+        persistent_workers=True,
+        seed=3,
+    ),
+    "cpu_short_warmup": lambda: config.Recipe(
+        "/m/tiny",
+        "/d/train.json",
+        "/d",
+        max_iters=10,
+        warmup_ratio=0.1,
+        amp_dtype=None,
+        dist_backend="gloo",
+        dataloader_num_workers=0,
+        persistent_workers=True,
+        quantization_llm=False,
+        betas=(0.8, 0.95),
+    ),
 }
 
 
@@ -138,5 +173,6 @@ def test_the_config_template_is_package_data():
     root = Path(config.__file__).resolve().parent
     patterns = tomllib.loads((root.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert config.TEMPLATE.is_file()
-    assert any(config.TEMPLATE.relative_to(root).match(p) for p in patterns["helpers"]), \
+    assert any(config.TEMPLATE.relative_to(root).match(p) for p in patterns["helpers"]), (
         "pyproject.toml must ship helpers/templates/*.tmpl, or an installed helpers cannot render configs"
+    )

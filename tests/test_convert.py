@@ -18,8 +18,12 @@ def _xtuner_checkpoint(model_dir, path, r=8, seed=0):
 
     torch.manual_seed(seed)
     model = AutoModel.from_pretrained(model_dir, trust_remote_code=True, torch_dtype=torch.float32)
-    model.language_model = get_peft_model(model.language_model, LoraConfig(
-        r=r, lora_alpha=2 * r, target_modules=["wqkv", "wo", "w1", "w2", "w3", "output"], task_type="CAUSAL_LM"))
+    model.language_model = get_peft_model(
+        model.language_model,
+        LoraConfig(
+            r=r, lora_alpha=2 * r, target_modules=["wqkv", "wo", "w1", "w2", "w3", "output"], task_type="CAUSAL_LM"
+        ),
+    )
     state = {}
     for name, p in model.named_parameters():
         if "lora_" in name or name.startswith("mlp1."):
@@ -31,8 +35,14 @@ def _xtuner_checkpoint(model_dir, path, r=8, seed=0):
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("work")
-    recipe = config.Recipe(str(tiny_model_dir), str(SAMPLE_DATA_DIR / "train.json"), str(SAMPLE_DATA_DIR),
-                           lora_r=8, lora_alpha=16, lora_dropout=0.05)
+    recipe = config.Recipe(
+        str(tiny_model_dir),
+        str(SAMPLE_DATA_DIR / "train.json"),
+        str(SAMPLE_DATA_DIR),
+        lora_r=8,
+        lora_alpha=16,
+        lora_dropout=0.05,
+    )
     config.write(recipe, work / "config.py")
     return _xtuner_checkpoint(tiny_model_dir, work / "iter_4.pth")
 

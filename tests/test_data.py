@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from helpers import REPO_DIR, SAMPLE_DATA_DIR
-from helpers import data, internvl
+from helpers import REPO_DIR, SAMPLE_DATA_DIR, data, internvl
 from helpers.errors import DatasetError
 from helpers.tiling import image_token_count
 
@@ -192,9 +191,13 @@ def test_perceptual_check_catches_altered_copies():
             image = raw.convert("RGB")
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=40)
-        copies = [Image.open(buffer), image.resize((max(1, image.width // 3), max(1, image.height // 3))),
-                  ImageEnhance.Brightness(image).enhance(1.3), ImageEnhance.Contrast(image).enhance(0.7),
-                  image.convert("L")]
+        copies = [
+            Image.open(buffer),
+            image.resize((max(1, image.width // 3), max(1, image.height // 3))),
+            ImageEnhance.Brightness(image).enhance(1.3),
+            ImageEnhance.Contrast(image).enhance(0.7),
+            image.convert("L"),
+        ]
         for copy in copies:
             assert _near_duplicate(_thumb(copy), _thumb(image)), path.name
 
@@ -235,8 +238,11 @@ def test_load_fake_clot_folder(root: Path):
 
 
 def test_load_jsonl_file(root: Path):
-    lines = [json.dumps(rec("ex_images/a.jpg", id="x1"), ensure_ascii=False),
-             "", json.dumps(rec("ex_images/b.jpg", id="x2"), ensure_ascii=False)]
+    lines = [
+        json.dumps(rec("ex_images/a.jpg", id="x1"), ensure_ascii=False),
+        "",
+        json.dumps(rec("ex_images/b.jpg", id="x2"), ensure_ascii=False),
+    ]
     path = root / "data.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     ds = data.load_dataset(path)
@@ -255,18 +261,26 @@ def make_foodie(folder: Path) -> Path:
     """Minimal files shaped like the FoodieQA hub dataset: sivqa_tidy.json + images/."""
     (folder / "images").mkdir(parents=True)
     Image.new("RGB", (80, 60), (90, 60, 30)).save(folder / "images" / "mapo.jpeg")
-    items = [{
-        "question": "图片中的食物通常属于哪个菜系?",
-        "choices": ["川菜", "粤菜", "鲁菜", "苏菜"],
-        "answer": "0",
-        "question_type": "cuisine_type",
-        "food_name": "麻婆豆腐",
-        "question_id": "sivqa_1",
-        "food_meta": {"main_ingredient": ["豆腐"], "id": 12, "food_name": "麻婆豆腐",
-                      "food_type": "tofu", "food_location": "餐馆", "food_file": "images/mapo.jpeg"},
-        "question_en": "Which cuisine does the food in the picture usually belong to?",
-        "choices_en": ["Sichuan", "Cantonese", "Shandong", "Jiangsu"],
-    }]
+    items = [
+        {
+            "question": "图片中的食物通常属于哪个菜系?",
+            "choices": ["川菜", "粤菜", "鲁菜", "苏菜"],
+            "answer": "0",
+            "question_type": "cuisine_type",
+            "food_name": "麻婆豆腐",
+            "question_id": "sivqa_1",
+            "food_meta": {
+                "main_ingredient": ["豆腐"],
+                "id": 12,
+                "food_name": "麻婆豆腐",
+                "food_type": "tofu",
+                "food_location": "餐馆",
+                "food_file": "images/mapo.jpeg",
+            },
+            "question_en": "Which cuisine does the food in the picture usually belong to?",
+            "choices_en": ["Sichuan", "Cantonese", "Shandong", "Jiangsu"],
+        }
+    ]
     path = folder / "sivqa_tidy.json"
     path.write_text(json.dumps(items, ensure_ascii=False, indent=4), encoding="utf-8")
     (folder / "mivqa_tidy.json").write_text("[]", encoding="utf-8")
@@ -301,11 +315,14 @@ def test_foodieqa_bad_items_and_missing_image(tmp_path: Path):
     assert report.problems[0].line == data.record_start_lines(path.read_text(encoding="utf-8"))[1]
 
 
-@pytest.mark.parametrize("make", [
-    lambda p: p / "missing",
-    lambda p: (p / "notes.txt").write_text("hi") and p / "notes.txt",
-    lambda p: (p / "junk").mkdir() or (p / "junk" / "x.csv").write_text("a") and p / "junk",
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: p / "missing",
+        lambda p: (p / "notes.txt").write_text("hi") and p / "notes.txt",
+        lambda p: (p / "junk").mkdir() or ((p / "junk" / "x.csv").write_text("a") and p / "junk"),
+    ],
+)
 def test_unknown_layout_lists_accepted_layouts(tmp_path: Path, make):
     path = make(tmp_path)
     with pytest.raises(DatasetError) as err:
@@ -333,7 +350,7 @@ def test_load_refuses_unparseable_file_and_points_to_validate(root: Path):
 def test_train_eval_split_is_disjoint_and_deterministic():
     ds = data.load_sample()
     a_train, a_eval = data.train_eval_split(ds, 0.25, seed=3)
-    b_train, b_eval = data.train_eval_split(ds, 0.25, seed=3)
+    _, b_eval = data.train_eval_split(ds, 0.25, seed=3)
     assert [r.id for r in a_eval] == [r.id for r in b_eval] and len(a_eval) == 12  # round(46 * 0.25)
     assert {r.id for r in a_train}.isdisjoint({r.id for r in a_eval})
     assert len(a_train) + len(a_eval) == len(ds)
@@ -354,8 +371,7 @@ def test_record_start_lines_handles_tricky_strings():
 def test_malformed_json(root: Path):
     path = root / "ex_cn.json"
     bad_line = '{"image": "ex_images/b.jpg" "conversations": []}'
-    path.write_text('[\n{"image": "ex_images/a.jpg", "conversations": []},\n' + bad_line + "\n]\n",
-                    encoding="utf-8")
+    path.write_text('[\n{"image": "ex_images/a.jpg", "conversations": []},\n' + bad_line + "\n]\n", encoding="utf-8")
     p = only(data.validate(root), "malformed_json")
     assert (p.file, p.line, p.column) == (path, 3, bad_line.index('"conv') + 1)
     assert "delimiter" in p.message and p.fix
@@ -387,7 +403,7 @@ def test_truncated_at_a_line_boundary(root: Path):
     path = root / "ex_cn.json"
     full = _sample_bytes(root)
     lines = full.split(b"\n")
-    cut = b"\n".join(lines[:20]) + b"\n"            # a copy that stopped after line 20
+    cut = b"\n".join(lines[:20]) + b"\n"  # a copy that stopped after line 20
     path.write_bytes(cut)
     p = only(data.validate(root), "truncated")
     assert (p.file, p.line) == (path, 20)
@@ -400,7 +416,7 @@ def test_truncated_at_a_line_boundary(root: Path):
 def test_truncated_inside_a_multibyte_character(root: Path):
     path = root / "ex_cn.json"
     full = _sample_bytes(root)
-    at = full.index("住".encode("utf-8")) + 1            # keep the first of its three bytes only
+    at = full.index("住".encode()) + 1  # keep the first of its three bytes only
     path.write_bytes(full[:at])
     p = only(data.validate(root), "truncated")
     line = full[:at].count(b"\n") + 1
@@ -444,7 +460,7 @@ def test_random_invalid_bytes_do_not_suggest_gbk(root: Path):
 
 
 def test_problem_kinds_document_every_kind_and_warnings_are_known():
-    assert "truncated" in data.PROBLEM_KINDS and data.WARNING_KINDS <= set(data.PROBLEM_KINDS)
+    assert "truncated" in data.PROBLEM_KINDS and set(data.PROBLEM_KINDS) >= data.WARNING_KINDS
 
 
 def test_top_level_not_list(root: Path):
@@ -483,11 +499,14 @@ def test_image_unreadable_garbage_and_truncated(root: Path):
     whole = root / "ex_images" / "whole.jpg"
     Image.effect_noise((300, 300), 60).convert("RGB").save(whole, quality=90)
     (root / "ex_images" / "cut.jpg").write_bytes(whole.read_bytes()[:2000])
-    write_records(root / "ex_cn.json", [rec("ex_images/garbage.jpg"), rec("ex_images/whole.jpg"),
-                                        rec("ex_images/cut.jpg")])
+    write_records(
+        root / "ex_cn.json", [rec("ex_images/garbage.jpg"), rec("ex_images/whole.jpg"), rec("ex_images/cut.jpg")]
+    )
     report = data.validate(root)
     assert [(p.kind, p.index, p.field) for p in report.problems] == [
-        ("image_unreadable", 0, "image"), ("image_unreadable", 2, "image")]
+        ("image_unreadable", 0, "image"),
+        ("image_unreadable", 2, "image"),
+    ]
     assert "truncated" in report.problems[1].message
 
 
@@ -513,33 +532,44 @@ def test_empty_conversations(root: Path):
     write_records(root / "ex_cn.json", [dict(rec(), conversations=[]), missing, dict(rec(), conversations="hi")])
     report = data.validate(root)
     assert [(p.kind, p.index, p.line, p.field) for p in report.problems] == [
-        ("empty_conversations", i, i + 2, "conversations") for i in range(3)]
+        ("empty_conversations", i, i + 2, "conversations") for i in range(3)
+    ]
 
 
 def test_bad_roles(root: Path):
     def convo(*turns):
         return dict(rec(), conversations=[{"from": f, "value": v} for f, v in turns])
 
-    write_records(root / "ex_cn.json", [
-        convo(("gpt", "梗"), ("human", PROMPT)),                    # starts with gpt
-        convo(("human", PROMPT), ("human", "再来"), ("gpt", "梗")),  # not alternating
-        convo(("human", PROMPT), ("gpt", "梗"), ("human", "再来")),  # ends with human
-        convo(("user", PROMPT), ("assistant", "梗")),               # wrong role names
-    ])
+    write_records(
+        root / "ex_cn.json",
+        [
+            convo(("gpt", "梗"), ("human", PROMPT)),  # starts with gpt
+            convo(("human", PROMPT), ("human", "再来"), ("gpt", "梗")),  # not alternating
+            convo(("human", PROMPT), ("gpt", "梗"), ("human", "再来")),  # ends with human
+            convo(("user", PROMPT), ("assistant", "梗")),  # wrong role names
+        ],
+    )
     report = data.validate(root)
     bad = report.by_kind("bad_roles")
     assert [(p.index, p.field) for p in bad] == [
-        (0, "conversations[0].from"), (1, "conversations[1].from"),
-        (2, "conversations[2].from"), (3, "conversations[0].from")]
+        (0, "conversations[0].from"),
+        (1, "conversations[1].from"),
+        (2, "conversations[2].from"),
+        (3, "conversations[0].from"),
+    ]
     assert "user, assistant" in bad[3].message
 
 
 def test_empty_turn(root: Path):
-    write_records(root / "ex_cn.json", [rec(gpt="   "), dict(rec(), conversations=[
-        {"from": "human", "value": PROMPT}, {"from": "gpt"}])])
+    write_records(
+        root / "ex_cn.json",
+        [rec(gpt="   "), dict(rec(), conversations=[{"from": "human", "value": PROMPT}, {"from": "gpt"}])],
+    )
     report = data.validate(root)
     assert [(p.kind, p.index, p.field) for p in report.problems] == [
-        ("empty_turn", 0, "conversations[1].value"), ("empty_turn", 1, "conversations[1].value")]
+        ("empty_turn", 0, "conversations[1].value"),
+        ("empty_turn", 1, "conversations[1].value"),
+    ]
 
 
 def test_too_long_counts_text_and_image_tokens(root: Path):
@@ -563,37 +593,57 @@ def test_too_long_counts_text_and_image_tokens(root: Path):
 
 def test_jsonl_reports_every_broken_line(root: Path):
     path = root / "d.jsonl"
-    path.write_text("\n".join([
-        json.dumps(rec()), "{broken", json.dumps(rec("ex_images/gone.jpg")), '{"image": }',
-    ]) + "\n", encoding="utf-8")
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps(rec()),
+                "{broken",
+                json.dumps(rec("ex_images/gone.jpg")),
+                '{"image": }',
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     report = data.validate(path)
     assert [(p.kind, p.line, p.index) for p in report.problems] == [
-        ("malformed_json", 2, None), ("malformed_json", 4, None), ("image_not_found", 3, 1)]
+        ("malformed_json", 2, None),
+        ("malformed_json", 4, None),
+        ("image_not_found", 3, 1),
+    ]
 
 
 def test_all_problems_reported_together_and_files_untouched(root: Path):
     no_image = rec()
     del no_image["image"]
     records = [
-        rec(),                                        # 0 fine
-        42,                                           # 1 record_not_object
-        no_image,                                     # 2 missing_image_field
-        rec("ex_images/gone.jpg"),                    # 3 image_not_found
-        rec(human="没有占位符"),                        # 4 missing_image_token
-        rec(human="<image><image>"),                  # 5 extra_image_token
-        dict(rec(), conversations=[]),                # 6 empty_conversations
+        rec(),  # 0 fine
+        42,  # 1 record_not_object
+        no_image,  # 2 missing_image_field
+        rec("ex_images/gone.jpg"),  # 3 image_not_found
+        rec(human="没有占位符"),  # 4 missing_image_token
+        rec(human="<image><image>"),  # 5 extra_image_token
+        dict(rec(), conversations=[]),  # 6 empty_conversations
         dict(rec(), conversations=[{"from": "gpt", "value": "x"}]),  # 7 bad_roles
-        rec(gpt=""),                                  # 8 empty_turn
+        rec(gpt=""),  # 8 empty_turn
     ]
     (root / "ex_images" / "bad.jpg").write_bytes(b"\x00" * 10)
-    records.append(rec("ex_images/bad.jpg"))          # 9 image_unreadable
+    records.append(rec("ex_images/bad.jpg"))  # 9 image_unreadable
     path = write_records(root / "ex_cn.json", records)
     before = snapshot(root)
     report = data.validate(root)
     assert snapshot(root) == before
-    expected = {1: "record_not_object", 2: "missing_image_field", 3: "image_not_found",
-                4: "missing_image_token", 5: "extra_image_token", 6: "empty_conversations",
-                7: "bad_roles", 8: "empty_turn", 9: "image_unreadable"}
+    expected = {
+        1: "record_not_object",
+        2: "missing_image_field",
+        3: "image_not_found",
+        4: "missing_image_token",
+        5: "extra_image_token",
+        6: "empty_conversations",
+        7: "bad_roles",
+        8: "empty_turn",
+        9: "image_unreadable",
+    }
     assert {(p.index, p.kind) for p in report.problems} == set(expected.items())
     assert all(p.file == path and p.line == p.index + 2 for p in report.problems)
     assert not report.ok and report.records == 10
@@ -641,15 +691,15 @@ def test_chat_text_matches_xtuner_internvl_template():
     record = data.load_sample("eval")[0]
     assert data.chat_text(record, system="SYS", image_context_tokens=2) == (
         "<|im_start|>system\nSYS<|im_end|><|im_start|>user\n<img><IMG_CONTEXT><IMG_CONTEXT></img>\n"
-        "请你根据这张图片，讲一个脑洞大开的梗<|im_end|><|im_start|>assistant\n" + record.caption + "<|im_end|>")
+        "请你根据这张图片，讲一个脑洞大开的梗<|im_end|><|im_start|>assistant\n" + record.caption + "<|im_end|>"
+    )
 
 
 def test_caption_lengths_and_stats_without_tokenizer():
     ds = data.load_sample()
     assert data.caption_lengths(ds) == [len(r.caption) for r in ds]
     stats = data.dataset_stats(ds)
-    assert set(stats) == {"id", "width", "height", "tiles", "text_tokens", "image_tokens", "total",
-                          "caption_chars"}
+    assert set(stats) == {"id", "width", "height", "tiles", "text_tokens", "image_tokens", "total", "caption_chars"}
     assert all(len(v) == len(ds) for v in stats.values())
     assert stats["text_tokens"] == [None] * len(ds) and stats["total"] == stats["image_tokens"]
 
@@ -670,14 +720,23 @@ def test_to_xtuner_and_llava_json_round_trip(tmp_path: Path):
 
 def test_to_swift_jsonl(tmp_path: Path):
     ds = data.load_sample("eval")
-    rows = [json.loads(line) for line in
-            data.to_swift_jsonl(ds, tmp_path / "s.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = [
+        json.loads(line)
+        for line in data.to_swift_jsonl(ds, tmp_path / "s.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert len(rows) == len(ds)
     assert rows[0]["query"] == PROMPT and rows[0]["response"] == ds[0].caption
     assert Path(rows[0]["images"][0]).is_absolute() and Path(rows[0]["images"][0]).is_file()
-    multi = data.Record("m", ds[0].image, (
-        data.Conversation("human", PROMPT), data.Conversation("gpt", "一"),
-        data.Conversation("human", "再来"), data.Conversation("gpt", "二")))
+    multi = data.Record(
+        "m",
+        ds[0].image,
+        (
+            data.Conversation("human", PROMPT),
+            data.Conversation("gpt", "一"),
+            data.Conversation("human", "再来"),
+            data.Conversation("gpt", "二"),
+        ),
+    )
     data.to_swift_jsonl(data.SampleSet((multi,), ds.root, ds.source, ds.format), tmp_path / "m.jsonl")
     row = json.loads((tmp_path / "m.jsonl").read_text(encoding="utf-8"))
     assert row["query"] == "再来" and row["history"] == [[PROMPT, "一"]]

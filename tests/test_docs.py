@@ -25,8 +25,11 @@ def _chat_template_block() -> str:
 
 def test_documented_chat_template_config_is_the_books_template():
     """The fields the troubleshooting page tells learners to pass are exactly helpers.internvl's."""
-    call = next(node for node in ast.walk(ast.parse(_chat_template_block()))
-                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ChatTemplateConfig")
+    call = next(
+        node
+        for node in ast.walk(ast.parse(_chat_template_block()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ChatTemplateConfig"
+    )
     documented = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
     assert documented == internvl.chat_template_fields(template="internlm2-chat")
 
@@ -37,11 +40,18 @@ def test_documented_chat_template_config_renders_the_models_prompt(tiny_model_di
     from lmdeploy import ChatTemplateConfig
     from lmdeploy.model import get_chat_template
 
-    code = _chat_template_block().split("pipe = pipeline(")[0].replace("from lmdeploy import ChatTemplateConfig, pipeline", "")
+    code = (
+        _chat_template_block()
+        .split("pipe = pipeline(")[0]
+        .replace("from lmdeploy import ChatTemplateConfig, pipeline", "")
+    )
     scope = {"ChatTemplateConfig": ChatTemplateConfig}
-    exec(code, scope)  # noqa: S102 - the documented snippet itself is what is tested
+    exec(code, scope)
     template = get_chat_template(str(tiny_model_dir), scope["chat_template_config"])
-    messages = [{"role": "user", "content": internvl.COURSE_PROMPT}, {"role": "assistant", "content": "a1"},
-                {"role": "user", "content": "q2"}]
+    messages = [
+        {"role": "user", "content": internvl.COURSE_PROMPT},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q2"},
+    ]
     expected = internvl.build_prompt([(internvl.COURSE_PROMPT, "a1"), ("q2", None)]).text
     assert template.messages2prompt(messages) == expected

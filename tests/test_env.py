@@ -19,9 +19,17 @@ def report() -> env.EnvReport:
 def fake_report(cuda: bool = False, gpu_gb: float = 80.0, **probes: env.Probe) -> env.EnvReport:
     gpus = [env.GPUInfo("Fake GPU", gpu_gb, (9, 0))] if cuda else []
     return env.EnvReport(
-        python="3.11.7", os="Linux", versions={"torch": "2.14.1", "xtuner": "0.2.0", "lmdeploy": None},
-        cpu_cores=2, ram_total_gb=23.0, ram_available_gb=20.0, disk_free_gb=50.0,
-        cuda_available=cuda, gpus=gpus, cuda_version="13.0" if cuda else None, bf16_supported=cuda,
+        python="3.11.7",
+        os="Linux",
+        versions={"torch": "2.14.1", "xtuner": "0.2.0", "lmdeploy": None},
+        cpu_cores=2,
+        ram_total_gb=23.0,
+        ram_available_gb=20.0,
+        disk_free_gb=50.0,
+        cuda_available=cuda,
+        gpus=gpus,
+        cuda_version="13.0" if cuda else None,
+        bf16_supported=cuda,
         probes=probes,
     )
 

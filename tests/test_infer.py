@@ -65,8 +65,12 @@ def test_max_num_override_changes_the_tiles(tiny_model_dir):
 def test_greedy_is_the_default_and_maps_the_same_way():
     g = infer.GenSettings()
     assert g.greedy and g.temperature == 0
-    assert g.transformers_kwargs() == {"max_new_tokens": 128, "do_sample": False, "num_beams": 1,
-                                       "repetition_penalty": 1.0}
+    assert g.transformers_kwargs() == {
+        "max_new_tokens": 128,
+        "do_sample": False,
+        "num_beams": 1,
+        "repetition_penalty": 1.0,
+    }
     assert g.lmdeploy_kwargs() == {"max_new_tokens": 128, "random_seed": 0, "ignore_eos": False, "do_sample": False}
 
 
@@ -101,8 +105,17 @@ def test_transformers_accepts_the_kwargs_without_warnings():
             GenerationConfig(**g.transformers_kwargs()).validate()
 
 
-@pytest.mark.parametrize("kw", [{"max_new_tokens": 0}, {"temperature": -1}, {"temperature": 3}, {"top_p": 0},
-                                {"top_k": -1}, {"repetition_penalty": 0}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"max_new_tokens": 0},
+        {"temperature": -1},
+        {"temperature": 3},
+        {"top_p": 0},
+        {"top_k": -1},
+        {"repetition_penalty": 0},
+    ],
+)
 def test_bad_generation_settings_are_explained(kw):
     with pytest.raises(infer.InferenceError, match="invalid generation settings"):
         infer.GenSettings(**kw)
@@ -110,8 +123,11 @@ def test_bad_generation_settings_are_explained(kw):
 
 @needs_lmdeploy
 def test_lmdeploy_generation_config_fields():
-    for g in (infer.GenSettings(), infer.GenSettings(temperature=0.7, top_p=0.9, top_k=20, seed=3),
-              infer.GenSettings(repetition_penalty=1.3)):
+    for g in (
+        infer.GenSettings(),
+        infer.GenSettings(temperature=0.7, top_p=0.9, top_k=20, seed=3),
+        infer.GenSettings(repetition_penalty=1.3),
+    ):
         cfg = g.to_lmdeploy()
         for key, value in g.lmdeploy_kwargs().items():
             assert getattr(cfg, key) == value, key
@@ -134,12 +150,15 @@ def test_chat_template_fields_match_our_models_template(tiny_model, tiny_model_d
     assert tok.convert_tokens_to_ids(fields["stop_words"]) == gen_cfg["eos_token_id"]
 
 
-@pytest.mark.parametrize("history, question, patches", [
-    ([], PROMPT, [7]),
-    ([(PROMPT, "第一个梗")], "再讲一个", [7]),
-    ([], "Image-1: <image>\nImage-2: <image>\n有什么不同？", [3, 1]),
-    ([], "没有图片的问题", []),
-])
+@pytest.mark.parametrize(
+    "history, question, patches",
+    [
+        ([], PROMPT, [7]),
+        ([(PROMPT, "第一个梗")], "再讲一个", [7]),
+        ([], "Image-1: <image>\nImage-2: <image>\n有什么不同？", [3, 1]),
+        ([], "没有图片的问题", []),
+    ],
+)
 def test_build_prompt_is_the_remote_codes_query(tiny_model, history, question, patches):
     model, _ = tiny_model
     query, _ = model._build_query(question, history, patches, "<img>", "</img>", "<IMG_CONTEXT>")
@@ -150,7 +169,9 @@ def test_build_prompt_is_the_remote_codes_query(tiny_model, history, question, p
 def test_rendered_prompt_is_abbreviated(pipe):
     shown = pipe.render(PROMPT, IMAGE)
     assert shown.count("<IMG_CONTEXT>") == 1 and "<img><IMG_CONTEXT>×448</img>\n请你" in shown
-    assert shown.startswith("<|im_start|>system\n你是由上海人工智能实验室") and shown.endswith("<|im_start|>assistant\n")
+    assert shown.startswith("<|im_start|>system\n你是由上海人工智能实验室") and shown.endswith(
+        "<|im_start|>assistant\n"
+    )
 
 
 @needs_lmdeploy
@@ -160,8 +181,11 @@ def test_lmdeploy_chat_template_config_renders_the_same_prompt(tiny_model_dir):
     cfg = infer.chat_template_config(tiny_model_dir)
     assert {k: v for k, v in vars(cfg).items() if v is not None} == internvl.chat_template_fields(tiny_model_dir)
     template = get_chat_template(str(tiny_model_dir), cfg)
-    messages = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": "a1"},
-                {"role": "user", "content": "q2"}]
+    messages = [
+        {"role": "user", "content": PROMPT},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q2"},
+    ]
     assert template.messages2prompt(messages) == internvl.build_prompt([(PROMPT, "a1"), ("q2", None)]).text
 
 
@@ -182,8 +206,9 @@ def test_lmdeploy_preprocessing_gives_our_token_ids_and_pixels(pipe, tiny_model_
     template = get_chat_template(str(tiny_model_dir), infer.chat_template_config(tiny_model_dir))
     for history, question in [([], PROMPT), ([(PROMPT, "a1")], "q2")]:
         req = pipe._request(IMAGE, question, history, FAST)
-        messages = asyncio.run(MultimodalProcessor.async_parse_multimodal_item(
-            infer.LMDeployPipeline._messages(pipe, req), None))
+        messages = asyncio.run(
+            MultimodalProcessor.async_parse_multimodal_item(infer.LMDeployPipeline._messages(pipe, req), None)
+        )
         messages = vision.preprocess(messages)
         out = vision.to_pytorch(messages, template, Tokenizer(str(tiny_model_dir)))
         assert out["input_ids"] == pipe.tokenizer(req.full_prompt).input_ids
@@ -236,8 +261,9 @@ def test_multi_turn_chat_keeps_history(pipe, tiny_model):
     assert "<|im_start|>user\n再讲一个<|im_end|>" in chat.render("第三个")
     with infer.load_image(IMAGE) as im:
         pixels = tiling.image_to_pixel_values(im, max_num=12)
-    expected = model.chat(tok, pixels, "再讲一个", {"max_new_tokens": 6, "do_sample": False},
-                          history=[(PROMPT, first.text)])
+    expected = model.chat(
+        tok, pixels, "再讲一个", {"max_new_tokens": 6, "do_sample": False}, history=[(PROMPT, first.text)]
+    )
     assert second.text == expected
 
 
@@ -258,8 +284,17 @@ def test_answer_dataset_and_files(pipe, tmp_path):
     ds = data.load_sample("eval").subset([0, 1], split="eval")
     rows = infer.answer_dataset(pipe, ds, FAST, progress=False)
     assert [r["id"] for r in rows] == [ds[0].id, ds[1].id]
-    assert set(rows[0]) == {"split", "id", "image", "prompt", "reference", "answer", "seconds", "tokens",
-                            "prompt_tokens"}
+    assert set(rows[0]) == {
+        "split",
+        "id",
+        "image",
+        "prompt",
+        "reference",
+        "answer",
+        "seconds",
+        "tokens",
+        "prompt_tokens",
+    }
     assert rows[0]["reference"] == ds[0].caption and rows[0]["split"] == "eval"
     path = infer.save_answers(tmp_path / "baseline_answers.json", rows, backend="transformers")
     back = infer.load_answers(path)
@@ -377,8 +412,9 @@ def test_lmdeploy_engine_errors_are_book_errors(tiny_model_dir, monkeypatch):
     fake.__version__ = "0.0-fake"
     fake.PytorchEngineConfig = fake.TurbomindEngineConfig = fake.ChatTemplateConfig = Cfg
 
-    def pipeline(model_path, backend_config=None, chat_template_config=None, log_level="ERROR",
-                 trust_remote_code=False):
+    def pipeline(
+        model_path, backend_config=None, chat_template_config=None, log_level="ERROR", trust_remote_code=False
+    ):
         raise ImportError("libcublas.so.12: cannot open shared object file: No such file or directory")
 
     fake.pipeline = pipeline
@@ -393,8 +429,21 @@ def test_lmdeploy_engine_errors_are_book_errors(tiny_model_dir, monkeypatch):
 
 
 def test_cli_answers(tiny_model_dir, capsys):
-    code = infer.main(["--model", str(tiny_model_dir), "--image", str(IMAGE), "--prompt", PROMPT,
-                       "--backend", "transformers", "--max-new-tokens", "4", "--json"])
+    code = infer.main(
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--image",
+            str(IMAGE),
+            "--prompt",
+            PROMPT,
+            "--backend",
+            "transformers",
+            "--max-new-tokens",
+            "4",
+            "--json",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     answer = json.loads(out)
@@ -402,8 +451,24 @@ def test_cli_answers(tiny_model_dir, capsys):
 
 
 def test_cli_streams_and_reports_bad_input(tiny_model_dir, capsys):
-    assert infer.main(["--model", str(tiny_model_dir), "--image", str(IMAGE), "--prompt", "讲个梗",
-                       "--device", "cpu", "--max-new-tokens", "3", "--stream"]) == 0
+    assert (
+        infer.main(
+            [
+                "--model",
+                str(tiny_model_dir),
+                "--image",
+                str(IMAGE),
+                "--prompt",
+                "讲个梗",
+                "--device",
+                "cpu",
+                "--max-new-tokens",
+                "3",
+                "--stream",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "backend: transformers on cpu" in captured.out and "tokens/s" in captured.err
     assert "note: the prompt has no <image>" in captured.err

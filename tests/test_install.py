@@ -21,8 +21,9 @@ def _pins(name: str) -> dict[str, str]:
 
 
 def test_environment_yml_is_generated_from_the_pins():
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "sync_env.py"), "--check"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "sync_env.py"), "--check"], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,18 +13,33 @@ from helpers import REPO_DIR, internvl, tiling, tiny
 from helpers.errors import ModelDirError
 
 # The facts this module owns, as literals nobody else may write down.
-FACTS = [internvl.IMG_CONTEXT, internvl.IMG_START, internvl.IMG_END, internvl.IM_START, internvl.IM_END,
-         internvl.COURSE_QUESTION, internvl.XTUNER_SYSTEM]
+FACTS = [
+    internvl.IMG_CONTEXT,
+    internvl.IMG_START,
+    internvl.IMG_END,
+    internvl.IM_START,
+    internvl.IM_END,
+    internvl.COURSE_QUESTION,
+    internvl.XTUNER_SYSTEM,
+]
 
 
 def _code_strings(path: Path) -> list[tuple[int, str]]:
     """Every string literal of a Python file that is not a docstring."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    docs = {id(node.body[0].value) for node in ast.walk(tree)
-            if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-            and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
-    return [(node.lineno, node.value) for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs]
+    docs = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs
+    ]
 
 
 def test_each_token_and_prompt_is_written_down_once():
@@ -33,8 +49,11 @@ def test_each_token_and_prompt_is_written_down_once():
         for path in sorted((REPO_DIR / folder).rglob("*.py")):
             if "remote_code" in path.parts or path.name == "internvl.py":
                 continue
-            offenders += [f"{path.relative_to(REPO_DIR)}:{line} {text[:50]!r}"
-                          for line, text in _code_strings(path) if any(fact in text for fact in FACTS)]
+            offenders += [
+                f"{path.relative_to(REPO_DIR)}:{line} {text[:50]!r}"
+                for line, text in _code_strings(path)
+                if any(fact in text for fact in FACTS)
+            ]
     assert not offenders, "use helpers.internvl's constants instead:\n" + "\n".join(offenders)
 
 
@@ -78,7 +97,7 @@ def test_tiling_settings_from_the_real_config():
     assert (s.num_image_token, s.max_num, s.min_num, s.image_size, s.use_thumbnail) == (256, 12, 1, 448, True)
     assert s.image_tokens(451, 300) == tiling.image_token_count(451, 300) == 7 * 256 + 2
     assert s.with_max_num(1).tiles(451, 300) == 1 and s.with_max_num(None) is s
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.max_num = 6  # frozen: one value per model, changed only through with_max_num
 
 

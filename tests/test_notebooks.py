@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_notebooks_in_git_carry_no_outputs():
-    proc = subprocess.run([sys.executable, "-m", "helpers.book", "strip", "--check"], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "helpers.book", "strip", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -58,12 +59,28 @@ def test_the_whole_book_runs_on_the_tiny_profile(executed_book):
 @pytest.mark.notebooks
 def test_a_sweep_trains_each_run_and_overlays_them(tmp_path):
     sweep = tmp_path / "sweep-lr.yaml"
-    sweep.write_text("base: {max_steps: 4, save_steps: 4, log_interval: 1, lora_r: 8, lora_alpha: 16}\n"
-                     "runs:\n  - {name: lr-small, lr: 0.001}\n  - {name: lr-large, lr: 0.01}\n")
+    sweep.write_text(
+        "base: {max_steps: 4, save_steps: 4, log_interval: 1, lora_r: 8, lora_alpha: 16}\n"
+        "runs:\n  - {name: lr-small, lr: 0.001}\n  - {name: lr-large, lr: 0.01}\n"
+    )
     out = tmp_path / "outputs"
     proc = subprocess.run(
-        [sys.executable, "-m", "helpers.book", "sweep", str(sweep), "--build-dir", str(tmp_path / "nb"),
-         "-p", "output_dir", str(out)], cwd=ROOT, capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "helpers.book",
+            "sweep",
+            str(sweep),
+            "--build-dir",
+            str(tmp_path / "nb"),
+            "-p",
+            "output_dir",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     print(proc.stdout[-3000:], proc.stderr[-3000:])
     assert proc.returncode == 0
     sweep_dir = out / "sweeps" / "sweep-lr"

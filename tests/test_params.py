@@ -18,11 +18,15 @@ def _notebook_defaults() -> dict[str, dict[str, object]]:
     """Each notebook's parameters cell, as the values it assigns."""
     out = {}
     for nb in book.discover():
-        cell = next(c for c in json.loads(nb.read_text(encoding="utf-8"))["cells"]
-                    if "parameters" in c.get("metadata", {}).get("tags", []))
+        cell = next(
+            c
+            for c in json.loads(nb.read_text(encoding="utf-8"))["cells"]
+            if "parameters" in c.get("metadata", {}).get("tags", [])
+        )
         tree = ast.parse("".join(cell["source"]))
-        out[nb.stem] = {node.targets[0].id: ast.literal_eval(node.value)
-                        for node in tree.body if isinstance(node, ast.Assign)}
+        out[nb.stem] = {
+            node.targets[0].id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+        }
     return out
 
 
@@ -47,18 +51,31 @@ def test_the_profiles_follow_the_rules():
         else:
             sets = [values]
         for v in sets:
-            found = [p for p in params.check(v, cuda=True)
-                     if p.name not in ("data_path", "model_path", "runs_dir", "checkpoint")]  # paths of another machine
+            found = [
+                p
+                for p in params.check(v, cuda=True)
+                if p.name not in ("data_path", "model_path", "runs_dir", "checkpoint")
+            ]  # paths of another machine
             assert found == [], f"{path.name}: {[str(p) for p in found]}"
 
 
 def test_every_problem_is_named_with_rule_and_fix():
-    found = params.check({"lora_r": -5, "lr": "fast", "batch_size": 0, "device": "gpu", "fresh": "yes",
-                          "data_path": "/nonexistent/CLoT"}, cuda=False)
+    found = params.check(
+        {
+            "lora_r": -5,
+            "lr": "fast",
+            "batch_size": 0,
+            "device": "gpu",
+            "fresh": "yes",
+            "data_path": "/nonexistent/CLoT",
+        },
+        cuda=False,
+    )
     text = {p.name: str(p) for p in found}
     assert set(text) == {"lora_r", "lr", "batch_size", "device", "fresh", "data_path"}
-    assert text["lora_r"] == ("lora_r=-5: the LoRA rank must be a positive integer, e.g. 8, 64 or 128. "
-                              "Fix: -p lora_r 128")
+    assert text["lora_r"] == (
+        "lora_r=-5: the LoRA rank must be a positive integer, e.g. 8, 64 or 128. Fix: -p lora_r 128"
+    )
     assert "must be int or float, not str" in text["lr"] and "Fix: -p lr" in text["lr"]
     assert "must be true or false" in text["fresh"]
 
@@ -73,8 +90,25 @@ def test_gpu_only_values_on_a_cpu_machine():
 def test_bad_values_stop_the_runner_before_any_notebook(tmp_path: Path):
     """As a user would run it: exit 2, every problem on stderr, nothing executed."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "helpers.book", "run", "-p", "lora_r", "-5", "-p", "lr", "0",
-                           "--build-dir", str(tmp_path / "nb")], cwd=REPO_DIR, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "helpers.book",
+            "run",
+            "-p",
+            "lora_r",
+            "-5",
+            "-p",
+            "lr",
+            "0",
+            "--build-dir",
+            str(tmp_path / "nb"),
+        ],
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - start
     assert proc.returncode == 2, proc.stderr
     assert "lora_r=-5: the LoRA rank must be a positive integer" in proc.stderr
@@ -84,7 +118,20 @@ def test_bad_values_stop_the_runner_before_any_notebook(tmp_path: Path):
 
 
 def test_a_missing_params_file_lists_the_ones_there(tmp_path: Path):
-    proc = subprocess.run([sys.executable, "-m", "helpers.book", "run", "--params-file", "params/nope.yaml",
-                           "--build-dir", str(tmp_path / "nb")], cwd=REPO_DIR, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "helpers.book",
+            "run",
+            "--params-file",
+            "params/nope.yaml",
+            "--build-dir",
+            str(tmp_path / "nb"),
+        ],
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "params/nope.yaml does not exist" in proc.stderr and "tiny.yaml" in proc.stderr

@@ -24,9 +24,31 @@ pytestmark = pytest.mark.notebooks
 
 
 def _command(out: Path, build: Path) -> list[str]:
-    return [sys.executable, "-m", "helpers.book", "run", "--only", "03,04", "--build-dir", str(build),
-            "-p", "output_dir", str(out), "-p", "max_steps", "48", "-p", "save_steps", "8",
-            "-p", "log_interval", "2", "-p", "demo_interrupt", "false"]
+    return [
+        sys.executable,
+        "-m",
+        "helpers.book",
+        "run",
+        "--only",
+        "03,04",
+        "--build-dir",
+        str(build),
+        "-p",
+        "output_dir",
+        str(out),
+        "-p",
+        "max_steps",
+        "48",
+        "-p",
+        "save_steps",
+        "8",
+        "-p",
+        "log_interval",
+        "2",
+        "-p",
+        "demo_interrupt",
+        "false",
+    ]
 
 
 def _training_processes(marker: str) -> list[str]:
@@ -51,15 +73,23 @@ def _notebook_text(path: Path) -> str:
 
 def test_killed_runner_leaves_no_orphan_and_the_rerun_resumes(tmp_path: Path):
     out, work = tmp_path / "outputs", tmp_path / "outputs" / "qlora" / "work"
-    runner = subprocess.Popen(_command(out, tmp_path / "nb1"), cwd=REPO_DIR, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    runner = subprocess.Popen(
+        _command(out, tmp_path / "nb1"),
+        cwd=REPO_DIR,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 600
     try:
         while time.time() < deadline:  # a checkpoint on disk and a few iterations after it
             ckpts = train.list_checkpoints(work)
             if ckpts and (work / "train.log").exists():
-                logged = [info["step"] for line in (work / "train.log").read_text(errors="replace").splitlines()
-                          if (info := train.parse_log_line(line))]
+                logged = [
+                    info["step"]
+                    for line in (work / "train.log").read_text(errors="replace").splitlines()
+                    if (info := train.parse_log_line(line))
+                ]
                 if logged and max(logged) >= train._step(ckpts[-1]) + 4:
                     break
             assert runner.poll() is None, "the runner ended before it could be interrupted"
@@ -69,8 +99,11 @@ def test_killed_runner_leaves_no_orphan_and_the_rerun_resumes(tmp_path: Path):
     finally:
         runner.send_signal(signal.SIGKILL)  # as a closed terminal or an OOM killer would
         runner.wait()
-    killed_at = max(train.parse_log_line(line)["step"] for line in (work / "train.log").read_text().splitlines()
-                    if train.parse_log_line(line))
+    killed_at = max(
+        train.parse_log_line(line)["step"]
+        for line in (work / "train.log").read_text().splitlines()
+        if train.parse_log_line(line)
+    )
     deadline = time.time() + 15
     while _training_processes(str(work)) and time.time() < deadline:
         time.sleep(0.5)

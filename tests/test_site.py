@@ -13,8 +13,6 @@ the browser with ``tools/install-browser.sh``.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -46,18 +44,23 @@ def test_concept_notebooks_are_stored_clean_and_start_without_parameters():
         assert nb.metadata.kernelspec["name"] == "python3" and nb.metadata.language_info["name"] == "python"
         code = [c for c in nb.cells if c.cell_type == "code"]
         assert code, path.name
-        assert all("parameters" not in c.metadata.get("tags", []) for c in code), \
+        assert all("parameters" not in c.metadata.get("tags", []) for c in code), (
             f"{path.name}: concept chapters have no parameters cell; the site executes them as they are"
-        assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), \
+        )
+        assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), (
             f"{path.name}: the first cell is the chapter's title"
+        )
 
 
 def test_every_page_of_book_is_in_the_toc_and_every_toc_entry_exists():
     from helpers import site
 
     toc = site.toc_files(ROOT / "_toc.yml")
-    pages = sorted(str(p.relative_to(ROOT).with_suffix("")) for p in (ROOT / "book").rglob("*")
-                   if p.suffix in (".md", ".ipynb") and not {"_ext", "_static", ".ipynb_checkpoints"} & set(p.parts))
+    pages = sorted(
+        str(p.relative_to(ROOT).with_suffix(""))
+        for p in (ROOT / "book").rglob("*")
+        if p.suffix in (".md", ".ipynb") and not {"_ext", "_static", ".ipynb_checkpoints"} & set(p.parts)
+    )
     missing = [p for p in pages if p not in toc]
     assert not missing, f"pages not in _toc.yml (only_build_toc_files drops them silently): {missing}"
     for entry in toc:
@@ -108,9 +111,10 @@ def test_link_checker_reports_missing_files_and_anchors(tmp_path: Path):
         '<a href="sub/page.html#there">ok</a> <a href="sub/page.html#nowhere">bad anchor</a>'
         '<a href="gone.html">missing</a> <a href="https://example.org/x.html">external</a>'
         '<img src="sub/pic.png" alt="a picture"> <img src="sub/lost.png" alt="">'
-        '<a href="#top" id="top">self</a> <a href="mailto:a@b.c">mail</a>', encoding="utf-8")
-    (tmp_path / "sub" / "page.html").write_text('<h1 id="there">T</h1><a href="../index.html">up</a>',
-                                                 encoding="utf-8")
+        '<a href="#top" id="top">self</a> <a href="mailto:a@b.c">mail</a>',
+        encoding="utf-8",
+    )
+    (tmp_path / "sub" / "page.html").write_text('<h1 id="there">T</h1><a href="../index.html">up</a>', encoding="utf-8")
     (tmp_path / "sub" / "pic.png").write_bytes(b"\x89PNG")
     broken = site.check_links(tmp_path)
     assert len(broken) == 3, broken
@@ -187,13 +191,15 @@ def test_every_page_loads_in_headless_chromium(request):
     except ImportError:
         browser = None
     if browser is None:
-        reason = ("no Chromium/chromedriver (or no selenium): run `sudo bash tools/install-browser.sh` "
-                  "and `pip install selenium`")
+        reason = (
+            "no Chromium/chromedriver (or no selenium): run `sudo bash tools/install-browser.sh` "
+            "and `pip install selenium`"
+        )
         if in_ci():
             pytest.fail(f"CI must run the browser test: {reason}")
         pytest.skip(reason)
 
-    built_site = request.getfixturevalue("built_site")   # built only when there is a browser to check it
+    built_site = request.getfixturevalue("built_site")  # built only when there is a browser to check it
     report = site.check_in_browser(built_site, SCREENSHOTS)
     print(report)
     assert len(report.pages) == len(site.html_pages(built_site))
@@ -201,6 +207,10 @@ def test_every_page_loads_in_headless_chromium(request):
     assert not report.broken_images, report.broken_images
     assert report.images_seen >= 6, "the figures of the concept chapters and notebook 01"
     assert report.sidebar_ok, report.sidebar
+    # every workflow notebook and concept chapter ends with exercises whose answers stay hidden until clicked
+    assert report.solutions_checked >= 8, report.solutions_checked
+    assert not report.solutions_visible, report.solutions_visible
+    assert not report.solutions_not_revealed, report.solutions_not_revealed
 
     from PIL import Image
 

@@ -12,9 +12,9 @@ HAND_CASES = [
     ((448, 448, 12), (1, 1)),
     ((896, 448, 12), (2, 1)),
     ((448, 896, 12), (1, 2)),
-    ((640, 480, 12), (4, 3)),   # 4:3 exactly -> 12 tiles, even for a small photo
+    ((640, 480, 12), (4, 3)),  # 4:3 exactly -> 12 tiles, even for a small photo
     ((1000, 100, 12), (10, 1)),  # 10:1 exists exactly
-    ((512, 512, 12), (1, 1)),   # ties (1:1, 2:2, 3:3) -> larger grid only if the image fills > half of it
+    ((512, 512, 12), (1, 1)),  # ties (1:1, 2:2, 3:3) -> larger grid only if the image fills > half of it
     ((1344, 1344, 12), (3, 3)),
 ]
 
@@ -30,8 +30,22 @@ def test_six_tile_cap_changes_the_grid():
     assert tiling.closest_grid(640, 480, max_num=6) == (3, 2)
 
 
-@pytest.mark.parametrize("w,h", [(448, 448), (500, 300), (300, 500), (640, 480), (1920, 1080), (100, 1000),
-                                 (1000, 100), (333, 777), (1344, 896), (2000, 2000), (50, 60)])
+@pytest.mark.parametrize(
+    "w,h",
+    [
+        (448, 448),
+        (500, 300),
+        (300, 500),
+        (640, 480),
+        (1920, 1080),
+        (100, 1000),
+        (1000, 100),
+        (333, 777),
+        (1344, 896),
+        (2000, 2000),
+        (50, 60),
+    ],
+)
 @pytest.mark.parametrize("max_num", [1, 6, 12])
 def test_matches_the_official_implementation(w, h, max_num):
     """Same tiles as InternVL's dynamic_preprocess (as copied into XTuner)."""
@@ -46,8 +60,8 @@ def test_matches_the_official_implementation(w, h, max_num):
 
 def test_tiles_are_cut_row_major_with_thumbnail_last():
     img = Image.new("RGB", (896, 448))
-    img.paste((255, 0, 0), (0, 0, 448, 448))      # left half red
-    img.paste((0, 0, 255), (448, 0, 896, 448))    # right half blue
+    img.paste((255, 0, 0), (0, 0, 448, 448))  # left half red
+    img.paste((0, 0, 255), (448, 0, 896, 448))  # right half blue
     tiles = tiling.dynamic_tiles(img, max_num=12)
     assert len(tiles) == 3
     assert tiles[0].getpixel((10, 10)) == (255, 0, 0)

@@ -39,43 +39,99 @@ OFFICIAL_TOP_LEVEL = {
 }
 # InternVL2-2B's real sizes (checked against its config.json)
 OFFICIAL_2B_LLM = {
-    "architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2", "hidden_size": 2048,
-    "intermediate_size": 8192, "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 8,
-    "vocab_size": 92553, "max_position_embeddings": 32768, "rope_theta": 1000000,
-    "rope_scaling": {"factor": 2.0, "type": "dynamic"}, "rms_norm_eps": 1e-05, "hidden_act": "silu",
-    "bias": False, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2,
+    "architectures": ["InternLM2ForCausalLM"],
+    "model_type": "internlm2",
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "vocab_size": 92553,
+    "max_position_embeddings": 32768,
+    "rope_theta": 1000000,
+    "rope_scaling": {"factor": 2.0, "type": "dynamic"},
+    "rms_norm_eps": 1e-05,
+    "hidden_act": "silu",
+    "bias": False,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 2,
     "attn_implementation": "flash_attention_2",
 }
 OFFICIAL_2B_VISION = {
-    "architectures": ["InternVisionModel"], "model_type": "intern_vit_6b", "hidden_size": 1024,
-    "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16, "patch_size": 14,
-    "image_size": 448, "qkv_bias": True, "qk_normalization": False, "norm_type": "layer_norm",
-    "layer_norm_eps": 1e-06, "hidden_act": "gelu", "use_flash_attn": True,
+    "architectures": ["InternVisionModel"],
+    "model_type": "intern_vit_6b",
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+    "image_size": 448,
+    "qkv_bias": True,
+    "qk_normalization": False,
+    "norm_type": "layer_norm",
+    "layer_norm_eps": 1e-06,
+    "hidden_act": "gelu",
+    "use_flash_attn": True,
 }
 OFFICIAL_2B_PARAMS = 2_205_754_368  # InternViT-300M + mlp1 + InternLM2-1.8B
 OFFICIAL_SPECIAL_TOKENS_IN_ID_ORDER = [
-    "<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>", "<|im_end|>", "<|im_start|>",
-    "<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>",
+    "<|plugin|>",
+    "<|interpreter|>",
+    "<|action_end|>",
+    "<|action_start|>",
+    "<|im_end|>",
+    "<|im_start|>",
+    "<img>",
+    "</img>",
+    "<IMG_CONTEXT>",
+    "<quad>",
+    "</quad>",
+    "<ref>",
+    "</ref>",
+    "<box>",
+    "</box>",
 ]
-OFFICIAL_SYSTEM = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
+OFFICIAL_SYSTEM = (
+    "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
+)
 # weight-name patterns: every official tensor family must be present (layer index -> N)
 OFFICIAL_WEIGHT_NAMES = {
-    "vision_model.embeddings.class_embedding", "vision_model.embeddings.position_embedding",
-    "vision_model.embeddings.patch_embedding.weight", "vision_model.embeddings.patch_embedding.bias",
-    "vision_model.encoder.layers.N.ls1", "vision_model.encoder.layers.N.ls2",
-    "vision_model.encoder.layers.N.attn.qkv.weight", "vision_model.encoder.layers.N.attn.qkv.bias",
-    "vision_model.encoder.layers.N.attn.proj.weight", "vision_model.encoder.layers.N.attn.proj.bias",
-    "vision_model.encoder.layers.N.mlp.fc1.weight", "vision_model.encoder.layers.N.mlp.fc1.bias",
-    "vision_model.encoder.layers.N.mlp.fc2.weight", "vision_model.encoder.layers.N.mlp.fc2.bias",
-    "vision_model.encoder.layers.N.norm1.weight", "vision_model.encoder.layers.N.norm1.bias",
-    "vision_model.encoder.layers.N.norm2.weight", "vision_model.encoder.layers.N.norm2.bias",
-    "mlp1.0.weight", "mlp1.0.bias", "mlp1.1.weight", "mlp1.1.bias", "mlp1.3.weight", "mlp1.3.bias",
+    "vision_model.embeddings.class_embedding",
+    "vision_model.embeddings.position_embedding",
+    "vision_model.embeddings.patch_embedding.weight",
+    "vision_model.embeddings.patch_embedding.bias",
+    "vision_model.encoder.layers.N.ls1",
+    "vision_model.encoder.layers.N.ls2",
+    "vision_model.encoder.layers.N.attn.qkv.weight",
+    "vision_model.encoder.layers.N.attn.qkv.bias",
+    "vision_model.encoder.layers.N.attn.proj.weight",
+    "vision_model.encoder.layers.N.attn.proj.bias",
+    "vision_model.encoder.layers.N.mlp.fc1.weight",
+    "vision_model.encoder.layers.N.mlp.fc1.bias",
+    "vision_model.encoder.layers.N.mlp.fc2.weight",
+    "vision_model.encoder.layers.N.mlp.fc2.bias",
+    "vision_model.encoder.layers.N.norm1.weight",
+    "vision_model.encoder.layers.N.norm1.bias",
+    "vision_model.encoder.layers.N.norm2.weight",
+    "vision_model.encoder.layers.N.norm2.bias",
+    "mlp1.0.weight",
+    "mlp1.0.bias",
+    "mlp1.1.weight",
+    "mlp1.1.bias",
+    "mlp1.3.weight",
+    "mlp1.3.bias",
     "language_model.model.tok_embeddings.weight",
-    "language_model.model.layers.N.attention.wqkv.weight", "language_model.model.layers.N.attention.wo.weight",
-    "language_model.model.layers.N.feed_forward.w1.weight", "language_model.model.layers.N.feed_forward.w2.weight",
+    "language_model.model.layers.N.attention.wqkv.weight",
+    "language_model.model.layers.N.attention.wo.weight",
+    "language_model.model.layers.N.feed_forward.w1.weight",
+    "language_model.model.layers.N.feed_forward.w2.weight",
     "language_model.model.layers.N.feed_forward.w3.weight",
-    "language_model.model.layers.N.attention_norm.weight", "language_model.model.layers.N.ffn_norm.weight",
-    "language_model.model.norm.weight", "language_model.output.weight",
+    "language_model.model.layers.N.attention_norm.weight",
+    "language_model.model.layers.N.ffn_norm.weight",
+    "language_model.model.norm.weight",
+    "language_model.output.weight",
 }
 
 
@@ -114,8 +170,8 @@ def test_weight_names_match_official(tiny_model_dir):
     from safetensors import safe_open
 
     with safe_open(tiny_model_dir / "model.safetensors", "pt") as f:
-        names = {_pattern(k) for k in f.keys()}
-        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+        names = {_pattern(k) for k in f.keys()}  # noqa: SIM118 - safe_open is no dict: keys() is its API
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118
     assert names == OFFICIAL_WEIGHT_NAMES
     assert dtypes == {torch.bfloat16}
 
@@ -178,8 +234,7 @@ def test_chat_batch_chat_and_history(tiny_model):
     assert isinstance(answer, str)
     again = model.chat(tok, pv, "请你根据这张图片，讲一个脑洞大开的梗", gen)
     assert again == answer, "greedy decoding is deterministic"
-    answer2, history = model.chat(tok, pv, "再讲一个", gen, history=[("<image>\n讲个梗", answer)],
-                                  return_history=True)
+    answer2, history = model.chat(tok, pv, "再讲一个", gen, history=[("<image>\n讲个梗", answer)], return_history=True)
     assert len(history) == 2 and history[-1] == ("再讲一个", answer2)
     answers = model.batch_chat(tok, torch.cat([pv, pv[:1]]), ["讲个梗", "描述一下"], gen, num_patches_list=[3, 1])
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
@@ -189,17 +244,28 @@ def test_forward_with_labels_gives_finite_loss_and_gradients(tiny_model):
     model, tok = tiny_model
     pv = _pixels(model, 2)
     model.img_context_token_id = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
-    text = ("<|im_start|>user\n<img>" + "<IMG_CONTEXT>" * model.num_image_token * 2
-            + "</img>\n讲个梗<|im_end|><|im_start|>assistant\n哈哈<|im_end|>")
+    text = (
+        "<|im_start|>user\n<img>"
+        + "<IMG_CONTEXT>" * model.num_image_token * 2
+        + "</img>\n讲个梗<|im_end|><|im_start|>assistant\n哈哈<|im_end|>"
+    )
     batch = tok(text, return_tensors="pt")
     model.train()
     try:
-        out = model(pixel_values=pv, input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    labels=batch.input_ids, image_flags=torch.ones(2, 1, dtype=torch.long))
+        out = model(
+            pixel_values=pv,
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            labels=batch.input_ids,
+            image_flags=torch.ones(2, 1, dtype=torch.long),
+        )
         assert torch.isfinite(out.loss)
         out.loss.backward()
-        for p in (model.mlp1[1].weight, model.language_model.model.layers[0].attention.wqkv.weight,
-                  model.vision_model.embeddings.patch_embedding.weight):
+        for p in (
+            model.mlp1[1].weight,
+            model.language_model.model.layers[0].attention.wqkv.weight,
+            model.vision_model.embeddings.patch_embedding.weight,
+        ):
             assert p.grad is not None and p.grad.abs().sum() > 0
     finally:
         model.zero_grad(set_to_none=True)
@@ -220,8 +286,9 @@ def test_peft_lora_attaches_to_the_llm_linear_layers(tiny_model_dir):
 
     model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True, torch_dtype=torch.float32)
     targets = ["wqkv", "wo", "w1", "w2", "w3"]
-    lm = get_peft_model(model.language_model, LoraConfig(r=4, lora_alpha=8, target_modules=targets,
-                                                         task_type="CAUSAL_LM"))
+    lm = get_peft_model(
+        model.language_model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, task_type="CAUSAL_LM")
+    )
     wrapped = {name.rsplit(".", 1)[-1] for name, mod in lm.named_modules() if hasattr(mod, "lora_A")}
     assert wrapped == set(targets)
     trainable = [n for n, p in lm.named_parameters() if p.requires_grad]
@@ -253,8 +320,8 @@ def test_build_refuses_to_overwrite(tmp_path):
 def test_xtuner_builds_the_model_and_its_dataset(tiny_model_dir, tmp_path):
     """XTuner's own InternVL wrapper and dataset load the tiny model (no 4-bit here)."""
     import torch.distributed as dist
-    from PIL import Image
     from peft import LoraConfig
+    from PIL import Image
     from xtuner.dataset import InternVL_V1_5_Dataset
     from xtuner.dataset.collate_fns import default_collate_fn
     from xtuner.model import InternVL_V1_5
@@ -262,13 +329,21 @@ def test_xtuner_builds_the_model_and_its_dataset(tiny_model_dir, tmp_path):
 
     (tmp_path / "ex_images").mkdir()
     Image.new("RGB", (500, 300), (200, 120, 40)).save(tmp_path / "ex_images" / "a.jpg")
-    rec = {"image": "ex_images/a.jpg", "conversations": [
-        {"from": "human", "value": "<image>\n请你根据这张图片，讲一个脑洞大开的梗"},
-        {"from": "gpt", "value": "今天也是元气满满的一天"}]}
+    rec = {
+        "image": "ex_images/a.jpg",
+        "conversations": [
+            {"from": "human", "value": "<image>\n请你根据这张图片，讲一个脑洞大开的梗"},
+            {"from": "gpt", "value": "今天也是元气满满的一天"},
+        ],
+    }
     (tmp_path / "ex_cn.json").write_text(json.dumps([rec, rec], ensure_ascii=False), encoding="utf-8")
-    ds = InternVL_V1_5_Dataset(model_path=str(tiny_model_dir), template=PROMPT_TEMPLATE.internlm2_chat,
-                               data_paths=str(tmp_path / "ex_cn.json"), image_folders=str(tmp_path) + "/",
-                               max_length=4096)
+    ds = InternVL_V1_5_Dataset(
+        model_path=str(tiny_model_dir),
+        template=PROMPT_TEMPLATE.internlm2_chat,
+        data_paths=str(tmp_path / "ex_cn.json"),
+        image_folders=str(tmp_path) + "/",
+        max_length=4096,
+    )
     if not dist.is_initialized():  # XTuner's InternVL wrapper calls get_rank(); a group of one, on a free port
         import socket
 
@@ -283,6 +358,7 @@ def test_xtuner_builds_the_model_and_its_dataset(tiny_model_dir, tmp_path):
     tiles = len(ds[0]["pixel_values"])
     per_tile = internvl.TilingSettings.from_config(tiny_model_dir).num_image_token
     ids, labels = book_data.training_ids(record, ds.tokenizer, tiles * per_tile)
+
     def as_list(x):
         return x.tolist() if hasattr(x, "tolist") else list(x)
 
@@ -291,17 +367,23 @@ def test_xtuner_builds_the_model_and_its_dataset(tiny_model_dir, tmp_path):
     from helpers import compat
 
     assert compat.train_projector_in_float32()
-    model = InternVL_V1_5(model_path=str(tiny_model_dir), freeze_llm=True, freeze_visual_encoder=True,
-                          llm_lora=dict(type=LoraConfig, r=8, lora_alpha=16, lora_dropout=0.0,
-                                        target_modules=None, task_type="CAUSAL_LM"))
+    model = InternVL_V1_5(
+        model_path=str(tiny_model_dir),
+        freeze_llm=True,
+        freeze_visual_encoder=True,
+        llm_lora=dict(
+            type=LoraConfig, r=8, lora_alpha=16, lora_dropout=0.0, target_modules=None, task_type="CAUSAL_LM"
+        ),
+    )
     model.train()
     loss = model(default_collate_fn([ds[0], ds[1]])["data"])["loss"]
     assert torch.isfinite(loss)
     loss.backward()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     # XTuner's recipe: LoRA adapters on the frozen LLM, and the projector mlp1 trained in full
-    assert {n for n in trainable if "lora_" not in n} == {f"model.mlp1.{i}.{w}" for i in (0, 1, 3)
-                                                         for w in ("weight", "bias")}
+    assert {n for n in trainable if "lora_" not in n} == {
+        f"model.mlp1.{i}.{w}" for i in (0, 1, 3) for w in ("weight", "bias")
+    }
     assert all(p.dtype == torch.float32 and p.grad is not None for p in model.model.mlp1.parameters())
     assert any("lora_" in n for n in trainable)
     targets = set(model.model.language_model.peft_config["default"].target_modules)
@@ -338,3 +420,27 @@ def test_an_unknown_attention_fallback_is_refused(tiny_model_dir, monkeypatch):
     cfg.llm_config.attn_implementation = "flash_attention_2"
     with pytest.raises(ValueError, match="INTERNVL_ATTN_FALLBACK"):
         AutoModel.from_pretrained(tiny_model_dir, config=cfg, trust_remote_code=True)
+
+
+def test_odd_width_4bit_layers_are_kept_off_the_fused_bnb_kernel():
+    """Both LM heads are odd (the tiny vocabulary's 805 pieces, InternVL2-2B's 92,553): bitsandbytes
+    0.50.2's fused 4-bit kernel stops a GPU on them with 'misaligned address' (seen on an H200 for 33-512
+    rows of the tiny head and 16 rows of the 2B head), so the training launcher routes such layers to
+    dequantise + matmul. Only the routing is checked here; the kernel needs a GPU."""
+    pytest.importorskip("bitsandbytes")
+    from bitsandbytes.backends.cuda import ops
+
+    from helpers import compat
+
+    saved = ops._gemm_4bit_use_custom_fn
+    try:
+        assert compat.avoid_bnb_misaligned_4bit_gemm()
+        guard = ops._gemm_4bit_use_custom_fn
+        assert compat.avoid_bnb_misaligned_4bit_gemm() and ops._gemm_4bit_use_custom_fn is guard
+        for rows in (4, 33, 306, 512):
+            assert guard(0, torch.float16, rows, 805, 128) is False
+            assert guard(0, torch.bfloat16, rows, 92553, 2048) is False
+        assert guard(0, torch.float16, 3, 805, 128) is True  # 1-3 rows: one value per store, unaffected
+        assert guard(0, torch.float16, 4, 806, 128) is True  # even widths: bitsandbytes' own choice
+    finally:
+        ops._gemm_4bit_use_custom_fn = saved

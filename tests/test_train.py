@@ -12,8 +12,10 @@ from helpers.errors import BookError
 
 
 def test_parse_log_line():
-    line = ("11/23 10:41:00 - mmengine - INFO - Iter(train) [ 3/16]  lr: 1.9781e-08  eta: 0:00:12  "
-            "time: 0.9512  data_time: 0.0483  grad_norm: 1.8441  loss: 6.6033")
+    line = (
+        "11/23 10:41:00 - mmengine - INFO - Iter(train) [ 3/16]  lr: 1.9781e-08  eta: 0:00:12  "
+        "time: 0.9512  data_time: 0.0483  grad_norm: 1.8441  loss: 6.6033"
+    )
     info = train.parse_log_line(line)
     assert info["step"] == 3 and info["total"] == 16 and info["loss"] == pytest.approx(6.6033)
     assert info["lr"] == pytest.approx(1.9781e-08) and info["eta"] == "0:00:12"
@@ -45,9 +47,20 @@ def test_missing_config_and_mixed_work_dirs_are_refused(tmp_path):
 
 
 def _recipe(model_dir: Path, **kw) -> config.Recipe:
-    r = config.Recipe(str(model_dir), str(SAMPLE_DATA_DIR / "train.json"), str(SAMPLE_DATA_DIR) + "/",
-                      max_length=2048, batch_size=2, accumulative_counts=1, lora_r=8, lora_alpha=16,
-                      lr=5e-3, log_interval=1, save_total_limit=-1, **kw)
+    r = config.Recipe(
+        str(model_dir),
+        str(SAMPLE_DATA_DIR / "train.json"),
+        str(SAMPLE_DATA_DIR) + "/",
+        max_length=2048,
+        batch_size=2,
+        accumulative_counts=1,
+        lora_r=8,
+        lora_alpha=16,
+        lr=5e-3,
+        log_interval=1,
+        save_total_limit=-1,
+        **kw,
+    )
     return config.fit_to_hardware(r, cuda=False, bnb_4bit=True)[0]
 
 
@@ -113,12 +126,19 @@ def test_cpu_training_computes_4bit_layers_in_float32():
     import subprocess
     import sys
 
-    code = ("import torch, transformers; from helpers import compat; "
-            "before = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float16); "
-            "compat.fast_4bit_compute_on_cpu(); compat.fast_4bit_compute_on_cpu(); "
-            "after = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float16); "
-            "bf = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16); "
-            "print(before.bnb_4bit_compute_dtype, after.bnb_4bit_compute_dtype, bf.bnb_4bit_compute_dtype)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    code = (
+        "import torch, transformers; from helpers import compat; "
+        "before = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float16); "
+        "compat.fast_4bit_compute_on_cpu(); compat.fast_4bit_compute_on_cpu(); "
+        "after = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float16); "
+        "bf = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16); "
+        "print(before.bnb_4bit_compute_dtype, after.bnb_4bit_compute_dtype, bf.bnb_4bit_compute_dtype)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    ).stdout.split()
     assert out == ["torch.float16", "torch.float32", "torch.bfloat16"]

@@ -32,8 +32,19 @@ def dataset(tmp_path: Path) -> Path:
 
 
 def _recipe(model_dir: Path, data: Path, **kw) -> config.Recipe:
-    r = config.Recipe(str(model_dir), str(data / "ex_cn.json"), str(data) + "/", max_length=2048, batch_size=2,
-                      accumulative_counts=1, lora_r=8, lora_alpha=16, lr=5e-3, log_interval=1, **kw)
+    r = config.Recipe(
+        str(model_dir),
+        str(data / "ex_cn.json"),
+        str(data) + "/",
+        max_length=2048,
+        batch_size=2,
+        accumulative_counts=1,
+        lora_r=8,
+        lora_alpha=16,
+        lr=5e-3,
+        log_interval=1,
+        **kw,
+    )
     return config.fit_to_hardware(r, cuda=False, bnb_4bit=True)[0]
 
 
@@ -64,8 +75,9 @@ def _delete_an_image(data: Path) -> str:
 
 
 @pytest.mark.parametrize("breakage", ["truncated", "missing_image"])
-def test_a_broken_dataset_stops_config_write_before_anything(tiny_model_dir, dataset, tmp_path, no_model_load,
-                                                             breakage):
+def test_a_broken_dataset_stops_config_write_before_anything(
+    tiny_model_dir, dataset, tmp_path, no_model_load, breakage
+):
     what = _truncate(dataset) if breakage == "truncated" else _delete_an_image(dataset)
     start = time.perf_counter()
     with pytest.raises(DatasetError) as err:
@@ -90,8 +102,9 @@ def test_a_broken_dataset_stops_train_before_anything(tiny_model_dir, dataset, t
         train.train(cfg, tmp_path / "work", progress=False)
     assert time.perf_counter() - start < 10
     if breakage == "truncated":
-        assert f"ends early at line {what} (the file is probably truncated: was it copied completely?)" \
-            in str(err.value)
+        assert f"ends early at line {what} (the file is probably truncated: was it copied completely?)" in str(
+            err.value
+        )
     else:
         assert f"{what} does not exist" in str(err.value)
     assert not (tmp_path / "work" / "train.log").exists(), "XTuner was not started"
@@ -105,20 +118,25 @@ def test_warnings_are_returned_not_raised(tiny_model_dir, dataset, tmp_path):
 
 def test_dataset_settings_are_read_without_importing_xtuner(tiny_model_dir, dataset, tmp_path):
     cfg = config.write(_recipe(tiny_model_dir, dataset), tmp_path / "cfg.py")
-    assert train.dataset_settings(cfg) == {"data_paths": str(dataset / "ex_cn.json"),
-                                           "image_folders": str(dataset) + "/",
-                                           "model_path": str(tiny_model_dir), "max_length": 2048}
+    assert train.dataset_settings(cfg) == {
+        "data_paths": str(dataset / "ex_cn.json"),
+        "image_folders": str(dataset) + "/",
+        "model_path": str(tiny_model_dir),
+        "max_length": 2048,
+    }
 
 
 def test_xtuner_error_lines_fail_the_run_naming_the_records(dataset, tmp_path):
     log = tmp_path / "train.log"
     gone = dataset / "ex_images" / "astronaut.jpg"
     old = "Error: [Errno 2] No such file or directory: '/elsewhere/old.jpg'\n"  # an earlier run's line
-    log.write_text(old + "$ python -m helpers.xtuner_launch cfg.py\n"
-                   "12/02 10:00:01 - mmengine - INFO - Iter(train) [ 1/8]  lr: 1e-3  loss: 6.1\n"
-                   f"Error: [Errno 2] No such file or directory: '{gone}'\n"
-                   f"12/02 10:00:02 - mmengine - INFO - Error: [Errno 2] No such file or directory: '{gone}'\n"
-                   "Error: image file is truncated (3 bytes not processed)\n")
+    log.write_text(
+        old + "$ python -m helpers.xtuner_launch cfg.py\n"
+        "12/02 10:00:01 - mmengine - INFO - Iter(train) [ 1/8]  lr: 1e-3  loss: 6.1\n"
+        f"Error: [Errno 2] No such file or directory: '{gone}'\n"
+        f"12/02 10:00:02 - mmengine - INFO - Error: [Errno 2] No such file or directory: '{gone}'\n"
+        "Error: image file is truncated (3 bytes not processed)\n"
+    )
     settings = {"data_paths": str(dataset / "ex_cn.json"), "image_folders": str(dataset) + "/"}
     with pytest.raises(RunError) as err:
         train.check_train_log(log, since=len(old), settings=settings)
@@ -158,18 +176,25 @@ def _wait_for(predicate, seconds: float, step: float = 0.2) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_no_training_process_outlives_its_caller(tiny_model_dir, tmp_path, sig):
     """Kill (or interrupt) the process that called train.train mid-run: within 5 s nothing of the run is left."""
-    cfg = config.write(_recipe(tiny_model_dir, SAMPLE_DATA_DIR, max_iters=500, save_steps=1000).changed(
-        data_path=str(SAMPLE_DATA_DIR / "train.json")), tmp_path / "cfg.py")
+    cfg = config.write(
+        _recipe(tiny_model_dir, SAMPLE_DATA_DIR, max_iters=500, save_steps=1000).changed(
+            data_path=str(SAMPLE_DATA_DIR / "train.json")
+        ),
+        tmp_path / "cfg.py",
+    )
     work = tmp_path / "work"
     script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(REPO)!r})  # this checkout's helpers, not an installed copy
         from helpers import train
         train.train({str(cfg)!r}, {str(work)!r}, progress=False)
-    """))
-    caller = subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    """)
+    )
+    caller = subprocess.Popen(
+        [sys.executable, str(script)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         log = work / "train.log"
         started = _wait_for(lambda: log.exists() and "Iter(train)" in log.read_text(errors="replace"), 240, 0.5)
@@ -189,8 +214,10 @@ def test_no_training_process_outlives_its_caller(tiny_model_dir, tmp_path, sig):
 
 def test_a_sample_xtuner_could_not_read_fails_the_run(tiny_model_dir, dataset, tmp_path):
     """An image removed after the check: XTuner prints Error and substitutes; the run must not pass as OK."""
-    cfg = config.write(_recipe(tiny_model_dir, dataset, max_iters=2).changed(
-        data_path=str(dataset / "eval.json"), batch_size=4), tmp_path / "cfg.py")
+    cfg = config.write(
+        _recipe(tiny_model_dir, dataset, max_iters=2).changed(data_path=str(dataset / "eval.json"), batch_size=4),
+        tmp_path / "cfg.py",
+    )
     gone = sorted((dataset / "ex_images").glob("*"))
     used = [line for line in (dataset / "eval.json").read_text().splitlines() if '"image"' in line]
     for path in gone:

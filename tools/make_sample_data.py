@@ -49,7 +49,8 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers.internvl import COURSE_PROMPT as PROMPT  # noqa: E402  (the course's prompt, defined once)
+from helpers.internvl import COURSE_PROMPT as PROMPT
+
 MAX_SIDE = 640
 JPEG_QUALITY = 85
 MIN_CAPTION, MAX_CAPTION = 8, 40
@@ -89,8 +90,10 @@ class DebSource:
         'apt-get download mate-backgrounds=1.26.0-1 && dpkg-deb --fsys-tarfile mate-backgrounds_1.26.0-1_all.deb
          | tar -xO ./usr/share/backgrounds/mate/nature/LadyBird.jpg > ladybird.orig.jpg'
         """
-        return (f"apt-get download {self.package}={self.version} && dpkg-deb --fsys-tarfile {self.deb} "
-                f"| tar -xO .{self.path} > {out}")
+        return (
+            f"apt-get download {self.package}={self.version} && dpkg-deb --fsys-tarfile {self.deb} "
+            f"| tar -xO .{self.path} > {out}"
+        )
 
 
 @dataclass(frozen=True)
@@ -106,60 +109,124 @@ class Item:
 
 _SK = "scikit-image"
 SOURCES: dict[str, Source] = {
-    "astronaut": Source("skimage", _SK, "data/astronaut.png",
-                        "Eileen Collins, NASA Great Images database; 'No known copyright restrictions, "
-                        "released into the public domain' (docstring of `skimage.data.astronaut`)"),
-    "chelsea": Source("skimage", _SK, "data/chelsea.png",
-                      "Chelsea the cat; 'No copyright restrictions. CC0 by the photographer "
-                      "(Stefan van der Walt)' (`skimage.data.chelsea`)"),
-    "coffee": Source("skimage", _SK, "data/coffee.png",
-                     "Courtesy of Pikolo Espresso Bar; 'No copyright restrictions. CC0 by the "
-                     "photographer (Rachel Michetti)' (`skimage.data.coffee`)"),
-    "rocket": Source("skimage", _SK, "data/rocket.jpg",
-                     "DSCOVR on Falcon 9, SpaceX Photos on Flickr; 'captured by SpaceX and released "
-                     "in the public domain' (`skimage.data.rocket`)"),
-    "hubble": Source("skimage", _SK, "data/hubble_deep_field.jpg",
-                     "Hubble eXtreme Deep Field, HubbleSite; 'captured by NASA and may be freely used "
-                     "in the public domain' (`skimage.data.hubble_deep_field`)"),
-    "ihc": Source("skimage", _SK, "data/ihc.png",
-                  "Immunohistochemistry of colonic glands, Center for Microscopy And Molecular "
-                  "Imaging (CMMI); 'No known copyright restrictions' "
-                  "(`skimage.data.immunohistochemistry`)"),
-    "camera": Source("skimage", _SK, "data/camera.png",
-                     "'No copyright restrictions. CC0 by the photographer (Lav Varshney)' "
-                     "(`skimage.data.camera`)"),
-    "coins": Source("skimage", _SK, "data/coins.png",
-                    "Greek coins from Pompeii, Brooklyn Museum Collection; 'No known copyright "
-                    "restrictions' (`skimage.data.coins`)"),
-    "text": Source("skimage", _SK, "data/text.png",
-                   "Wikipedia File:Corner.png; 'No known copyright restrictions, released into the "
-                   "public domain' (`skimage.data.text`)"),
-    "grass": Source("skimage", _SK, "data/grass.png",
-                    "linolafett on DeviantArt, 'licensed under the Creative Commons CC0 License' "
-                    "(`skimage.data.grass`)"),
-    "gravel": Source("skimage", _SK, "data/gravel.png",
-                     "CC0Textures (Gravel04), 'licensed under the Creative Commons CC0 License' "
-                     "(`skimage.data.gravel`)"),
-    "brick": Source("skimage", _SK, "data/brick.png",
-                    "CC0Textures (Bricks25), 'licensed under the Creative Commons CC0 License' "
-                    "(`skimage.data.brick`)"),
-    "clock": Source("skimage", _SK, "data/clock_motion.png",
-                    "Motion-blurred wall clock; 'Released into the public domain by the photographer "
-                    "(Stefan van der Walt)' (`skimage.data.clock`)"),
-    "retina": Source("skimage", _SK, "data/retina.jpg",
-                     "Fundus photograph of a normal left eye, Mikael Häggström via Wikimedia Commons; "
-                     "'Creative Commons CC0 1.0 Universal Public Domain Dedication' "
-                     "(`skimage.data.retina`)"),
-    "china": Source("sklearn", "scikit-learn", "datasets/images/china.jpg",
-                    "danielbuechele on Flickr, CC BY 2.0, 'Retrieved 21st August, 2011 ... by Robert "
-                    "Layton' (`sklearn/datasets/images/README.txt`)"),
-    "flower": Source("sklearn", "scikit-learn", "datasets/images/flower.jpg",
-                     "vultilion on Flickr, CC BY 2.0 (`sklearn/datasets/images/README.txt`; its "
-                     "attribution line names danielbuechele, its link vultilion)"),
-    "grace_hopper": Source("matplotlib", "matplotlib", "mpl-data/sample_data/grace_hopper.jpg",
-                           "Official U.S. Navy portrait of Commodore Grace M. Hopper (public domain as "
-                           "a work of the U.S. federal government); matplotlib ships it without a "
-                           "licence note (`mpl-data/sample_data/README.txt` only names its purpose)"),
+    "astronaut": Source(
+        "skimage",
+        _SK,
+        "data/astronaut.png",
+        "Eileen Collins, NASA Great Images database; 'No known copyright restrictions, "
+        "released into the public domain' (docstring of `skimage.data.astronaut`)",
+    ),
+    "chelsea": Source(
+        "skimage",
+        _SK,
+        "data/chelsea.png",
+        "Chelsea the cat; 'No copyright restrictions. CC0 by the photographer "
+        "(Stefan van der Walt)' (`skimage.data.chelsea`)",
+    ),
+    "coffee": Source(
+        "skimage",
+        _SK,
+        "data/coffee.png",
+        "Courtesy of Pikolo Espresso Bar; 'No copyright restrictions. CC0 by the "
+        "photographer (Rachel Michetti)' (`skimage.data.coffee`)",
+    ),
+    "rocket": Source(
+        "skimage",
+        _SK,
+        "data/rocket.jpg",
+        "DSCOVR on Falcon 9, SpaceX Photos on Flickr; 'captured by SpaceX and released "
+        "in the public domain' (`skimage.data.rocket`)",
+    ),
+    "hubble": Source(
+        "skimage",
+        _SK,
+        "data/hubble_deep_field.jpg",
+        "Hubble eXtreme Deep Field, HubbleSite; 'captured by NASA and may be freely used "
+        "in the public domain' (`skimage.data.hubble_deep_field`)",
+    ),
+    "ihc": Source(
+        "skimage",
+        _SK,
+        "data/ihc.png",
+        "Immunohistochemistry of colonic glands, Center for Microscopy And Molecular "
+        "Imaging (CMMI); 'No known copyright restrictions' "
+        "(`skimage.data.immunohistochemistry`)",
+    ),
+    "camera": Source(
+        "skimage",
+        _SK,
+        "data/camera.png",
+        "'No copyright restrictions. CC0 by the photographer (Lav Varshney)' (`skimage.data.camera`)",
+    ),
+    "coins": Source(
+        "skimage",
+        _SK,
+        "data/coins.png",
+        "Greek coins from Pompeii, Brooklyn Museum Collection; 'No known copyright "
+        "restrictions' (`skimage.data.coins`)",
+    ),
+    "text": Source(
+        "skimage",
+        _SK,
+        "data/text.png",
+        "Wikipedia File:Corner.png; 'No known copyright restrictions, released into the "
+        "public domain' (`skimage.data.text`)",
+    ),
+    "grass": Source(
+        "skimage",
+        _SK,
+        "data/grass.png",
+        "linolafett on DeviantArt, 'licensed under the Creative Commons CC0 License' (`skimage.data.grass`)",
+    ),
+    "gravel": Source(
+        "skimage",
+        _SK,
+        "data/gravel.png",
+        "CC0Textures (Gravel04), 'licensed under the Creative Commons CC0 License' (`skimage.data.gravel`)",
+    ),
+    "brick": Source(
+        "skimage",
+        _SK,
+        "data/brick.png",
+        "CC0Textures (Bricks25), 'licensed under the Creative Commons CC0 License' (`skimage.data.brick`)",
+    ),
+    "clock": Source(
+        "skimage",
+        _SK,
+        "data/clock_motion.png",
+        "Motion-blurred wall clock; 'Released into the public domain by the photographer "
+        "(Stefan van der Walt)' (`skimage.data.clock`)",
+    ),
+    "retina": Source(
+        "skimage",
+        _SK,
+        "data/retina.jpg",
+        "Fundus photograph of a normal left eye, Mikael Häggström via Wikimedia Commons; "
+        "'Creative Commons CC0 1.0 Universal Public Domain Dedication' "
+        "(`skimage.data.retina`)",
+    ),
+    "china": Source(
+        "sklearn",
+        "scikit-learn",
+        "datasets/images/china.jpg",
+        "danielbuechele on Flickr, CC BY 2.0, 'Retrieved 21st August, 2011 ... by Robert "
+        "Layton' (`sklearn/datasets/images/README.txt`)",
+    ),
+    "flower": Source(
+        "sklearn",
+        "scikit-learn",
+        "datasets/images/flower.jpg",
+        "vultilion on Flickr, CC BY 2.0 (`sklearn/datasets/images/README.txt`; its "
+        "attribution line names danielbuechele, its link vultilion)",
+    ),
+    "grace_hopper": Source(
+        "matplotlib",
+        "matplotlib",
+        "mpl-data/sample_data/grace_hopper.jpg",
+        "Official U.S. Navy portrait of Commodore Grace M. Hopper (public domain as "
+        "a work of the U.S. federal government); matplotlib ships it without a "
+        "licence note (`mpl-data/sample_data/README.txt` only names its purpose)",
+    ),
 }
 
 # every training image comes from SOURCES (pip wheels); every held-out image from DEB_SOURCES
@@ -195,30 +262,42 @@ ITEMS: list[Item] = [
     Item("flower_bud", "flower", (280, 360, 460, 427), "train", "我也是花，只是还没轮到我C位出道"),
     Item("flower_center", "flower", (230, 130, 390, 290), "train", "从花心往外卷，一层比一层卷"),
     Item("grace_hopper", "grace_hopper", None, "train", "我找到的第一个bug，真的是一只虫子"),
-    Item("grace_hopper_ribbons", "grace_hopper", (60, 470, 470, 545), "train", "胸前的勋章条：每一条都是一次上线没出事故"),
+    Item(
+        "grace_hopper_ribbons", "grace_hopper", (60, 470, 470, 545), "train", "胸前的勋章条：每一条都是一次上线没出事故"
+    ),
 ]
 
 _LOMIRI_CR = "`/usr/share/doc/{pkg}/copyright`"
 _MATE_CR = "`/usr/share/doc/mate-backgrounds/copyright`"
-_PLASMA_CR = ("the wallpaper's `metadata.json`; the package's copyright file says GPL-2+, "
-              "KDE Visual Design Group")
+_PLASMA_CR = "the wallpaper's `metadata.json`; the package's copyright file says GPL-2+, KDE Visual Design Group"
 _L16, _L20 = "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04"
 _PLASMA = "plasma-workspace-wallpapers"
 
 
 def _lomiri(pkg: str, name: str, author: str, licence: str) -> DebSource:
-    return DebSource(pkg, "20.04.0-2", f"/usr/share/backgrounds/{name}", author, licence,
-                     _LOMIRI_CR.format(pkg=pkg))
+    return DebSource(pkg, "20.04.0-2", f"/usr/share/backgrounds/{name}", author, licence, _LOMIRI_CR.format(pkg=pkg))
 
 
 def _plasma(name: str, author: str) -> DebSource:
-    return DebSource(_PLASMA, "4:5.27.5-2", f"/usr/share/wallpapers/{name}/contents/images/2560x1600.jpg",
-                     author, "LGPL-3.0", _PLASMA_CR)
+    return DebSource(
+        _PLASMA,
+        "4:5.27.5-2",
+        f"/usr/share/wallpapers/{name}/contents/images/2560x1600.jpg",
+        author,
+        "LGPL-3.0",
+        _PLASMA_CR,
+    )
 
 
 def _mate(name: str, author: str) -> DebSource:
-    return DebSource("mate-backgrounds", "1.26.0-1", f"/usr/share/backgrounds/mate/nature/{name}", author,
-                     "GPL-2.0-or-later", _MATE_CR)
+    return DebSource(
+        "mate-backgrounds",
+        "1.26.0-1",
+        f"/usr/share/backgrounds/mate/nature/{name}",
+        author,
+        "GPL-2.0-or-later",
+        _MATE_CR,
+    )
 
 
 DEB_SOURCES: dict[str, DebSource] = {
@@ -293,8 +372,10 @@ def deb_photo(source: DebSource, cache: Path) -> bytes:
         try:
             subprocess.run(["apt-get", "download", f"{source.package}={source.version}"], cwd=cache, check=True)
         except (OSError, subprocess.CalledProcessError) as err:
-            raise SystemExit(f"cannot download {source.package}={source.version} ({err}); "
-                             f"run `apt-get update` on a Debian 12 machine, or put {source.deb} in {cache}")
+            raise SystemExit(
+                f"cannot download {source.package}={source.version} ({err}); "
+                f"run `apt-get update` on a Debian 12 machine, or put {source.deb} in {cache}"
+            ) from err
     tar_bytes = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], check=True, capture_output=True).stdout
     with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
         member = tar.extractfile("." + source.path)
@@ -381,8 +462,7 @@ def sources_markdown(items: list[Item], sizes: dict[str, tuple[int, int]]) -> st
     train = [i for i in items if i.split == "train"]
     heldout = [i for i in items if i.split == "eval"]
     used = {i.source for i in train}
-    versions = {s.distribution: importlib.metadata.version(s.distribution)
-                for k, s in SOURCES.items() if k in used}
+    versions = {s.distribution: importlib.metadata.version(s.distribution) for k, s in SOURCES.items() if k in used}
     debs = sorted({(DEB_SOURCES[i.source].package, DEB_SOURCES[i.source].version) for i in heldout})
     lines = [
         "# Sources of the sample dataset",
@@ -395,7 +475,7 @@ def sources_markdown(items: list[Item], sizes: dict[str, tuple[int, int]]) -> st
         f"quality {JPEG_QUALITY}. Crop boxes are `(left, top, right, bottom)` in pixels of the source photo.",
         "",
         "The captions are original jokes written for this book in the style of CLoT's",
-        "\"脑洞大开的梗\"; they are released with the book.",
+        '"脑洞大开的梗"; they are released with the book.',
         "",
         "## Held-out property",
         "",
@@ -412,7 +492,8 @@ def sources_markdown(items: list[Item], sizes: dict[str, tuple[int, int]]) -> st
         "## Training images",
         "",
         f"{len(train)} images from {len(used)} distinct photographs that installed packages ship offline: "
-        + ", ".join(f"{d} {v}" for d, v in sorted(versions.items())) + ".",
+        + ", ".join(f"{d} {v}" for d, v in sorted(versions.items()))
+        + ".",
         "The images that are not full photos are crops of those photos, each of a different region and with",
         "a deliberately different aspect ratio (tall, wide, square, very wide) to exercise InternVL2's",
         "dynamic tiling. They are regenerated from the installed wheels on every run of the tool.",
@@ -435,7 +516,8 @@ def sources_markdown(items: list[Item], sizes: dict[str, tuple[int, int]]) -> st
         "## Held-out (eval) images",
         "",
         f"{len(heldout)} photographs from wallpaper packages of Debian 12 (bookworm): "
-        + ", ".join(f"{p} {v}" for p, v in debs) + ".",
+        + ", ".join(f"{p} {v}" for p, v in debs)
+        + ".",
         "Debian packages are not Python dependencies, so these downscaled JPEGs are committed and an",
         "ordinary run of the tool copies them unchanged. Each is a modified version (downscaled and",
         "re-encoded, some cropped) of the original and is distributed under the original's licence,",
@@ -445,7 +527,8 @@ def sources_markdown(items: list[Item], sizes: dict[str, tuple[int, int]]) -> st
         "copyright file states per file; LGPL-3.0 for plasma-workspace-wallpapers as each wallpaper's",
         "`metadata.json` states (the package's copyright file says GPL-2+ for all its files).",
         "",
-        "| file | split | Debian package (version): path | crop box | size | author | licence (where stated) | caption |",
+        "| file | split | Debian package (version): path | crop box | size | author | licence (where stated) "
+        "| caption |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for item in heldout:
@@ -472,8 +555,9 @@ def sources_markdown(items: list[Item], sizes: dict[str, tuple[int, int]]) -> st
     return "\n".join(lines) + "\n"
 
 
-def build(out_dir: Path, items: list[Item] = ALL_ITEMS, debs: Path | None = None,
-          committed: Path = COMMITTED_DIR) -> None:
+def build(
+    out_dir: Path, items: list[Item] = ALL_ITEMS, debs: Path | None = None, committed: Path = COMMITTED_DIR
+) -> None:
     """Write the whole dataset folder into ``out_dir`` (replacing it).
 
     Training images are made from the installed wheels. Held-out images are re-derived from
@@ -514,9 +598,13 @@ def build(out_dir: Path, items: list[Item] = ALL_ITEMS, debs: Path | None = None
 def differences(a: Path, b: Path) -> list[str]:
     """Relative paths whose bytes differ between two dataset folders (or exist in one only)."""
     names = {p.relative_to(a) for p in a.rglob("*") if p.is_file()} | {
-        p.relative_to(b) for p in b.rglob("*") if p.is_file()}
-    return sorted(str(n) for n in names
-                  if not ((a / n).is_file() and (b / n).is_file() and (a / n).read_bytes() == (b / n).read_bytes()))
+        p.relative_to(b) for p in b.rglob("*") if p.is_file()
+    }
+    return sorted(
+        str(n)
+        for n in names
+        if not ((a / n).is_file() and (b / n).is_file() and (a / n).read_bytes() == (b / n).read_bytes())
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -524,9 +612,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=COMMITTED_DIR)
     parser.add_argument("--check", action="store_true", help="compare with a fresh build, change nothing")
-    parser.add_argument("--debs", type=Path, default=None, metavar="DIR",
-                        help="re-derive the held-out images from their Debian packages, cached in DIR "
-                             "(needs apt-get and dpkg-deb); without it they are copied from the committed folder")
+    parser.add_argument(
+        "--debs",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="re-derive the held-out images from their Debian packages, cached in DIR "
+        "(needs apt-get and dpkg-deb); without it they are copied from the committed folder",
+    )
     args = parser.parse_args(argv)
     if args.check:
         with tempfile.TemporaryDirectory() as tmp:

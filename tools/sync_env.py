@@ -1,7 +1,7 @@
 """Write environment.yml from requirements/base.txt + requirements/no-deps.txt.
 
-    python tools/sync_env.py          # rewrite environment.yml
-    python tools/sync_env.py --check  # exit 1 if it is out of date (tests use this)
+python tools/sync_env.py          # rewrite environment.yml
+python tools/sync_env.py --check  # exit 1 if it is out of date (tests use this)
 """
 
 from __future__ import annotations
