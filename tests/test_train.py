@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import short_recipe
 
 from helpers import SAMPLE_DATA_DIR, config, train
 from helpers.errors import BookError
@@ -47,21 +48,7 @@ def test_missing_config_and_mixed_work_dirs_are_refused(tmp_path):
 
 
 def _recipe(model_dir: Path, **kw) -> config.Recipe:
-    r = config.Recipe(
-        str(model_dir),
-        str(SAMPLE_DATA_DIR / "train.json"),
-        str(SAMPLE_DATA_DIR) + "/",
-        max_length=2048,
-        batch_size=2,
-        accumulative_counts=1,
-        lora_r=8,
-        lora_alpha=16,
-        lr=5e-3,
-        log_interval=1,
-        save_total_limit=-1,
-        **kw,
-    )
-    return config.fit_to_hardware(r, cuda=False, bnb_4bit=True)[0]
+    return short_recipe(model_dir, SAMPLE_DATA_DIR / "train.json", SAMPLE_DATA_DIR, save_total_limit=-1, **kw)
 
 
 def _runs(work_dir: Path) -> list[dict[int, float]]:

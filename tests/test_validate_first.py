@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import short_recipe
 
 from helpers import SAMPLE_DATA_DIR, config, data, train
 from helpers.errors import DatasetError, RunError
@@ -32,20 +33,7 @@ def dataset(tmp_path: Path) -> Path:
 
 
 def _recipe(model_dir: Path, data: Path, **kw) -> config.Recipe:
-    r = config.Recipe(
-        str(model_dir),
-        str(data / "ex_cn.json"),
-        str(data) + "/",
-        max_length=2048,
-        batch_size=2,
-        accumulative_counts=1,
-        lora_r=8,
-        lora_alpha=16,
-        lr=5e-3,
-        log_interval=1,
-        **kw,
-    )
-    return config.fit_to_hardware(r, cuda=False, bnb_4bit=True)[0]
+    return short_recipe(model_dir, data / "ex_cn.json", data, **kw)
 
 
 @pytest.fixture
