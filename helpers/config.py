@@ -444,3 +444,120 @@ def diff(recipe: Recipe, reference: Recipe) -> list[tuple[str, Any, Any]]:
 def describe(recipe: Recipe) -> str:
     """A readable dump of every field (for notebooks)."""
     return pprint.pformat(dataclasses.asdict(recipe), sort_dicts=False, width=100)
+
+
+# --------------------------------------------------------------------------- the course's own file, edited
+
+#: The XTuner 0.2.0 config the course copies with ``xtuner copy-cfg`` and edits by hand (seed 000).
+STOCK_CONFIG = "internvl_v2_internlm2_2b_qlora_finetune"
+
+
+def course_edits(model_path: str | Path, data_root: str | Path) -> dict[str, str]:
+    """The course's edits of :data:`STOCK_CONFIG`: ``{name: new Python source}`` of top-level assignments.
+
+    The practice notes (seed 000) change nine lines of the copied file: the
+    four paths, with the CLoT_cn_2000 layout (``data_root/ex_cn.json``, image
+    paths relative to ``data_root``), and five hyper-parameters, whose values
+    are :class:`Recipe`'s defaults (the one place they are written down).
+
+    >>> edits = course_edits("/m", "/d")
+    >>> edits["data_path"], edits["batch_size"], edits["lr"]
+    ("data_root + 'ex_cn.json'", '4', '2e-05')
+    """
+    course = Recipe(str(model_path), "", "")
+    return {
+        "path": repr(str(model_path)),
+        "data_root": repr(str(data_root).rstrip("/") + "/"),
+        "data_path": "data_root + 'ex_cn.json'",
+        "image_folder": "data_root",
+        "max_length": str(course.max_length),
+        "batch_size": str(course.batch_size),
+        "accumulative_counts": str(course.accumulative_counts),
+        "max_epochs": repr(course.max_epochs),
+        "lr": repr(course.lr),
+    }
+
+
+def edit_config(
+    text: str, assignments: dict[str, str] | None = None, replacements: list[tuple[str, str]] | None = None
+) -> str:
+    """Edit an XTuner config's text the way a person would: change whole assignments and exact lines.
+
+    ``assignments`` maps a top-level name to the new source of its value
+    (``lr = 1e-6  # comment`` keeps its comment); ``replacements`` are
+    ``(old, new)`` pieces of text. Each target must occur exactly once, or
+    :class:`BookError` says which did not, so an edit never lands in the
+    wrong place or silently nowhere (another XTuner version's file).
+
+    >>> print(edit_config("lr = 1e-6  # note\\nx = dict(a=1)\\n", {"lr": "2e-05"}, [("a=1", "a=2")]), end="")
+    lr = 2e-05  # note
+    x = dict(a=2)
+    """
+    import re
+
+    for name, value in (assignments or {}).items():
+        pattern = re.compile(rf"^({re.escape(name)} = )([^#\n]*?)(\s*#.*)?$", re.MULTILINE)
+        found = len(pattern.findall(text))
+        if found != 1:
+            raise BookError(f"the config assigns {name!r} {found} times on one line, not once: edit it by hand.")
+        text = pattern.sub(lambda m, value=value: m.group(1) + value + (m.group(3) or ""), text)
+    for old, new in replacements or []:
+        found = text.count(old)
+        if found != 1:
+            raise BookError(f"{old!r} occurs {found} times in the config, not once: edit it by hand.")
+        text = text.replace(old, new)
+    return text
+
+
+def _readable(value: Any) -> Any:
+    """A config value as a table shows it: classes and functions by name, the rest unchanged."""
+    if isinstance(value, type) or callable(value):
+        return getattr(value, "__qualname__", repr(value))
+    return value
+
+
+def config_fields(path: str | Path) -> dict[str, Any]:
+    """Every value of an XTuner config file, flattened to dotted names (``model.llm_lora.r``).
+
+    The file is loaded by mmengine exactly as ``xtuner train`` loads it;
+    classes and functions are shown by name, lists of dicts by index
+    (``param_scheduler[1].end``). Two configs compare field by field with
+    this: names only one has are simply absent from the other.
+    """
+    from mmengine.config import Config
+
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, (list, tuple)) and any(isinstance(v, dict) for v in value):
+            for i, item in enumerate(value):
+                walk(f"{prefix}[{i}]", item)
+        else:
+            out[prefix] = _readable(value)
+
+    walk("", Config.fromfile(str(path)).to_dict())
+    return out
+
+
+def compare_configs(files: dict[str, str | Path]) -> list[tuple[list[str], tuple[Any, ...]]]:
+    """The fields whose values differ between XTuner config files, grouped; ``"(absent)"`` where a file lacks one.
+
+    ``files`` maps a label to a config file (read with :func:`config_fields`).
+    Each group is ``(names, values)``: fields with the same values in every
+    file are one group, because the config derives them from one setting
+    (``path`` is also ``model.model_path``, ``tokenizer.pretrained_model_name_or_path`` ...);
+    the first name is the setting. Values that are equal (``1`` and ``1.0``)
+    do not differ.
+    """
+    fields = [config_fields(path) for path in files.values()]
+    names = list(dict.fromkeys(name for f in fields for name in f))
+    groups: dict[str, tuple[list[str], tuple[Any, ...]]] = {}
+    for name in names:
+        values = tuple(f.get(name, "(absent)") for f in fields)
+        if all(v == values[0] for v in values):
+            continue
+        groups.setdefault(repr(values), ([], values))[0].append(name)
+    return list(groups.values())

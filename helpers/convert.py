@@ -319,3 +319,86 @@ def convert(
         Path(adapter_dir) if adapter_dir else None,
         notes,
     )
+
+
+def _weights(model_dir: Path) -> dict[str, Any]:
+    """Every tensor of a saved model folder (one or several ``*.safetensors`` files), by name."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise BookError(f"{model_dir} holds no *.safetensors weights; it is not a saved model folder.")
+    out: dict[str, Any] = {}
+    for file in files:
+        out.update(load_file(file))
+    return out
+
+
+def bf16_ulp(x: Any) -> Any:
+    """The spacing of bfloat16 numbers at ``|x|`` (one unit in the last place; 8 significant bits).
+
+    >>> import torch
+    >>> bf16_ulp(torch.tensor([1.0, 3.0, 0.01])).tolist()
+    [0.0078125, 0.015625, 6.103515625e-05]
+    """
+    import torch
+
+    x = x.float().abs().clamp_min(torch.finfo(torch.bfloat16).tiny)
+    return torch.exp2(torch.floor(torch.log2(x)) - 7)
+
+
+def compare_models(a_dir: str | Path, b_dir: str | Path, base_dir: str | Path | None = None) -> dict[str, Any]:
+    """Compare the weights of two saved model folders tensor by tensor (e.g. two conversions of one checkpoint).
+
+    Returns the names only one folder has, shape or dtype mismatches, the
+    largest absolute difference and where it is, the largest difference of a
+    tensor measured in bf16 units in the last place at that tensor's largest
+    value (``max_diff_ulps``: 1.0 means one bf16 step of its biggest weight),
+    which tensors and how many elements differ at all, and, with
+    ``base_dir``, how many tensors each folder changed from the base model
+    (so two conversions that both changed nothing are visible as such).
+    """
+    import torch
+
+    a, b = _weights(Path(a_dir)), _weights(Path(b_dir))
+    common = sorted(set(a) & set(b))
+    result: dict[str, Any] = {
+        "tensors": len(common),
+        "only_in_a": sorted(set(a) - set(b)),
+        "only_in_b": sorted(set(b) - set(a)),
+        "mismatched": [],
+        "dtypes": sorted({str(t.dtype) for t in (*a.values(), *b.values())}),
+        "max_abs_diff": 0.0,
+        "max_abs_diff_tensor": None,
+        "max_diff_ulps": 0.0,
+        "tensors_differing": [],
+        "elements": 0,
+        "elements_differing": 0,
+    }
+    for name in common:
+        x, y = a[name], b[name]
+        if x.shape != y.shape or x.dtype != y.dtype:
+            result["mismatched"].append(f"{name}: {tuple(x.shape)} {x.dtype} vs {tuple(y.shape)} {y.dtype}")
+            continue
+        diff = (x.float() - y.float()).abs()
+        result["elements"] += diff.numel()
+        differing = int((diff > 0).sum())
+        if not differing:
+            continue
+        result["tensors_differing"].append(name)
+        result["elements_differing"] += differing
+        biggest = torch.maximum(x.float().abs().max(), y.float().abs().max())
+        result["max_diff_ulps"] = max(result["max_diff_ulps"], float(diff.max() / bf16_ulp(biggest)))
+        if float(diff.max()) > result["max_abs_diff"]:
+            result["max_abs_diff"], result["max_abs_diff_tensor"] = float(diff.max()), name
+    if base_dir is not None:
+        base = _weights(Path(base_dir))
+        result["changed_from_base"] = {
+            label: sum(
+                1
+                for name, t in weights.items()
+                if name in base and (t.shape != base[name].shape or not torch.equal(t.float(), base[name].float()))
+            )
+            for label, weights in (("a", a), ("b", b))
+        }
+    return result
