@@ -108,6 +108,7 @@ RULES: dict[str, Rule] = {
         lambda v: v is None or Path(v).exists(),
     ),
     "tiny_preset": Rule((str,), "must be a preset of helpers.tiny", "tiny"),
+    "course_steps": Rule((int,), "must be a positive integer (iterations of the course's config)", 4, lambda v: v >= 1),
 }
 
 #: Notebook 03's training parameters, by the :class:`helpers.config.Recipe` field each one sets.
