@@ -176,3 +176,39 @@ def test_the_config_template_is_package_data():
     assert any(config.TEMPLATE.relative_to(root).match(p) for p in patterns["helpers"]), (
         "pyproject.toml must ship helpers/templates/*.tmpl, or an installed helpers cannot render configs"
     )
+
+
+def _stock_config():
+    import importlib.util
+    from pathlib import Path
+
+    package = Path(importlib.util.find_spec("xtuner").submodule_search_locations[0])
+    return package / "configs" / "internvl" / "v2" / f"{config.STOCK_CONFIG}.py"
+
+
+def test_the_course_edits_turn_xtuners_stock_file_into_the_course_values(tmp_path):
+    stock = _stock_config()
+    edited = tmp_path / "course.py"
+    edited.write_text(config.edit_config(stock.read_text(), config.course_edits("/m/InternVL2-2B", "/d/CLoT_cn_2000")))
+    before, after = config.config_fields(stock), config.config_fields(edited)
+    changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    assert {k: changed[k] for k in ("batch_size", "accumulative_counts", "max_epochs", "lr", "max_length")} == {
+        "batch_size": (8, 4),
+        "accumulative_counts": (2, 4),
+        "max_epochs": (1, 6),
+        "lr": (1e-6, 2e-5),
+        "max_length": (8192, 6656),
+    }
+    assert after["data_path"] == "/d/CLoT_cn_2000/ex_cn.json" and after["image_folder"] == "/d/CLoT_cn_2000/"
+    # the book's course_recipe writes the same values (data_root is a name its template does not use)
+    book = tmp_path / "book.py"
+    book.write_text(config.render(config.course_recipe("/m/InternVL2-2B", after["data_path"], after["image_folder"])))
+    groups = config.compare_configs({"course": edited, "book": book})
+    assert [names[0] for names, _ in groups] == ["data_root"]
+
+
+def test_edit_config_refuses_a_target_that_is_not_there_exactly_once():
+    with pytest.raises(BookError, match="'lr' 0 times"):
+        config.edit_config("x = 1\n", {"lr": "2e-5"})
+    with pytest.raises(BookError, match="occurs 2 times"):
+        config.edit_config("a = 1\nb = 1\n", replacements=[("= 1", "= 2")])

@@ -95,3 +95,20 @@ def test_nothing_is_overwritten_without_asking(trained, tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
     with pytest.raises(BookError, match="does not exist"):
         convert.convert(tmp_path / "iter_404.pth", tmp_path / "x", config=trained.parent / "config.py")
+
+
+def test_compare_models_reports_names_differences_and_bf16_steps(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from helpers import convert
+
+    base = {"w": torch.tensor([1.0, 0.5, -2.0]).bfloat16(), "v": torch.zeros(2).bfloat16()}
+    a = dict(base, w=torch.tensor([1.0, 0.5, -2.015625]).bfloat16())  # one bf16 step at 2.0
+    for name, weights in (("base", base), ("a", a), ("b", dict(base, extra=torch.ones(1).bfloat16()))):
+        (tmp_path / name).mkdir()
+        save_file(weights, tmp_path / name / "model.safetensors")
+    result = convert.compare_models(tmp_path / "a", tmp_path / "b", base_dir=tmp_path / "base")
+    assert result["only_in_b"] == ["extra"] and result["tensors_differing"] == ["w"]
+    assert result["max_abs_diff"] == 0.015625 and result["max_diff_ulps"] == 1.0
+    assert result["changed_from_base"] == {"a": 1, "b": 0}

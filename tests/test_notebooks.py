@@ -49,6 +49,13 @@ def test_the_whole_book_runs_on_the_tiny_profile(executed_book):
     # the tiny model memorises its training captions: character F-score against them rises clearly
     train = json.loads((out / "comparison.json").read_text())["summary"]["train"]
     assert train["after"]["corpus_chrf"] > train["before"]["corpus_chrf"] + 20, train
+    # notebook 10: XTuner's own convert_to_official.py and helpers.convert wrote the same tensors, up to bf16 rounding
+    course = json.loads((out / "course_commands" / "comparison.json").read_text())
+    tensors = course["tensor_comparison"]
+    assert course["within_tolerance"] and tensors["max_diff_ulps"] <= course["tolerance_ulps"] == 2.0, tensors
+    assert not (tensors["only_in_a"] or tensors["only_in_b"] or tensors["mismatched"]), tensors
+    assert min(tensors["changed_from_base"].values()) > 0, "both conversions merged a trained adapter"
+    assert course["course_vs_book_course_recipe"] == ["data_root"], course["course_vs_book_course_recipe"]
     import nbformat
 
     nb04 = nbformat.read(build / "04_qlora_training.ipynb", as_version=4)
