@@ -59,6 +59,7 @@ __all__ = [
     "dataset_stats",
     "to_xtuner_json",
     "to_llava_json",
+    "to_clot_folder",
     "to_swift_jsonl",
 ]
 
@@ -1371,6 +1372,35 @@ def _export(ds: SampleSet, record: Record, with_id: bool, absolute: bool) -> dic
     if absolute:
         out["image"] = str(ds.image_path(record))
     return out
+
+
+def to_clot_folder(ds: SampleSet, folder: str | Path) -> Path:
+    """Write the records as a CLoT_cn_2000 folder (``ex_cn.json`` + ``ex_images/``) and return ``ex_cn.json``.
+
+    Each image is copied into ``ex_images/`` under its own file name (prefixed
+    with the record's position when two different images share a name), and
+    the records point at the copies, whatever layout ``ds`` came from. Images
+    already in ``folder`` are never overwritten by themselves.
+
+    >>> import tempfile; path = to_clot_folder(load_sample("eval").subset([0, 1]), tempfile.mkdtemp())
+    >>> load_dataset(path.parent).format, len(list((path.parent / "ex_images").iterdir()))
+    ('clot', 2)
+    """
+    import shutil
+
+    root = Path(folder)
+    (root / "ex_images").mkdir(parents=True, exist_ok=True)
+    taken: dict[str, Path] = {}
+    records = []
+    for i, record in enumerate(ds):
+        source = ds.image_path(record)
+        name = source.name if taken.get(source.name, source) == source else f"{i}_{source.name}"
+        taken[name] = source
+        target = root / "ex_images" / name
+        if target.resolve() != source:
+            shutil.copyfile(source, target)
+        records.append({**record.to_dict(), "image": f"ex_images/{name}"})
+    return _write_json(records, root / "ex_cn.json")
 
 
 def to_swift_jsonl(ds: SampleSet, path: str | Path) -> Path:
