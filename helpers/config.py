@@ -262,7 +262,7 @@ def fit_to_hardware(
 
     >>> r, changes = fit_to_hardware(Recipe("/m", "/d.json", "/d"), cuda=False, bnb_4bit=True)
     >>> [c.field for c in changes]
-    ['amp_dtype', 'dist_backend', 'dataloader_num_workers', 'persistent_workers']
+    ['amp_dtype', 'dist_backend', 'dataloader_num_workers']
     >>> fit_to_hardware(Recipe("/m", "/d.json", "/d"), cuda=True, bnb_4bit=True, deepspeed="deepspeed_zero1")[1]
     []
     """
@@ -290,13 +290,6 @@ def fit_to_hardware(
         change("dist_backend", "gloo", "NCCL needs GPUs; gloo is PyTorch's CPU communication backend")
         workers = min(recipe.dataloader_num_workers, max(cpu_cores - 1, 0))
         change("dataloader_num_workers", workers, f"{cpu_cores} CPU cores: leave one for the training process")
-        if workers:
-            change(
-                "persistent_workers",
-                True,
-                "keep the loader's worker between epochs: starting a new one (a fork of the whole "
-                "training process) at every epoch costs seconds on a CPU, and small datasets have many epochs",
-            )
     new = dataclasses.replace(recipe, **{c.field: c.after for c in changes})
     return new, changes
 
