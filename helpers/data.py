@@ -59,6 +59,7 @@ __all__ = [
     "dataset_stats",
     "to_xtuner_json",
     "to_llava_json",
+    "to_clot_folder",
     "to_swift_jsonl",
 ]
 
@@ -677,7 +678,8 @@ def prepare_splits(
     The book's sample keeps its own split (its eval photos appear nowhere in
     train). Any other layout is split by :func:`train_eval_split`: seeded, so
     the same ``seed`` always holds out the same records, ``eval_fraction`` of
-    them but at least ``min_eval``. Both splits are written to ``out_dir`` as
+    them but at least ``min_eval``, by photo (records that share an image stay
+    on one side, so no eval photo is trained on). Both splits are written to ``out_dir`` as
     XTuner JSON with absolute image paths (``train.json``, ``eval.json``), with
     ``split.json`` recording the source file, its SHA-256, the seed and the
     counts. Training reads ``train_file`` only; notebooks 02 and 07 answer and
@@ -703,7 +705,7 @@ def prepare_splits(
                 "evaluation and train on the rest. Fix: use a larger dataset or lower min_eval."
             )
         train, evl = train_eval_split(everything, n_eval / len(everything), seed)
-        method = f"train_eval_split(seed={seed}, eval_fraction={n_eval / len(everything):.4f})"
+        method = f"train_eval_split(seed={seed}, eval_fraction={n_eval / len(everything):.4f}), by photo"
     out = repo_path(out_dir)
     files = {
         name: to_xtuner_json(ds, out / f"{name}.json", absolute_images=True)
@@ -806,8 +808,33 @@ def _to_record(obj: Any, index: int, line: int | None) -> Record | None:
     return Record(rid, image, tuple(Conversation(t["from"], t["value"]) for t in turns), index, line)
 
 
+def _photo_key(ds: SampleSet, index: int) -> str:
+    """What makes two records "the same photo": the SHA-256 of the image file's bytes.
+
+    Falls back to the resolved path when the file cannot be read, and to the
+    record itself when it names no image.
+    """
+    import hashlib
+
+    record = ds[index]
+    if not record.image:
+        return f"record {index}"
+    path = ds.image_path(record)
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return str(path)
+
+
 def train_eval_split(ds: SampleSet, eval_fraction: float = 0.2, seed: int = 0) -> tuple[SampleSet, SampleSet]:
     """Split a SampleSet into disjoint train and eval sets, the same way for the same seed.
+
+    The split is by photo: records that show the same image (the same file,
+    or a file with identical bytes under another name, as when FoodieQA asks
+    several questions about one dish) always land on the same side, so no
+    eval photo is ever trained on. The photos are shuffled with ``seed`` and
+    held out until at least ``eval_fraction`` of the records are; when every
+    record has its own photo, that is exactly ``round(len(ds) * eval_fraction)``.
 
     >>> train, evl = train_eval_split(load_sample(), eval_fraction=0.25)
     >>> len(train) + len(evl) == len(load_sample())
@@ -815,10 +842,24 @@ def train_eval_split(ds: SampleSet, eval_fraction: float = 0.2, seed: int = 0) -
     """
     if not 0 < eval_fraction < 1:
         raise DatasetError(f"eval_fraction={eval_fraction}: choose a fraction between 0 and 1, e.g. 0.2")
-    order = list(range(len(ds)))
+    photos: dict[str, list[int]] = {}
+    for index in range(len(ds)):
+        photos.setdefault(_photo_key(ds, index), []).append(index)
+    order = list(photos.values())
     random.Random(seed).shuffle(order)
     n_eval = max(1, round(len(ds) * eval_fraction))
-    return ds.subset(sorted(order[n_eval:]), "train"), ds.subset(sorted(order[:n_eval]), "eval")
+    held: list[int] = []
+    for group in order:
+        if len(held) >= n_eval:
+            break
+        held += group
+    if len(held) >= len(ds):
+        raise DatasetError(
+            f"{ds.source}: its {len(ds)} records show {len(order)} distinct photo(s), too few to hold some out "
+            "for evaluation and train on the others. Fix: use a dataset with more photos."
+        )
+    kept = set(held)
+    return ds.subset([i for i in range(len(ds)) if i not in kept], "train"), ds.subset(sorted(kept), "eval")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1331,6 +1372,35 @@ def _export(ds: SampleSet, record: Record, with_id: bool, absolute: bool) -> dic
     if absolute:
         out["image"] = str(ds.image_path(record))
     return out
+
+
+def to_clot_folder(ds: SampleSet, folder: str | Path) -> Path:
+    """Write the records as a CLoT_cn_2000 folder (``ex_cn.json`` + ``ex_images/``) and return ``ex_cn.json``.
+
+    Each image is copied into ``ex_images/`` under its own file name (prefixed
+    with the record's position when two different images share a name), and
+    the records point at the copies, whatever layout ``ds`` came from. Images
+    already in ``folder`` are never overwritten by themselves.
+
+    >>> import tempfile; path = to_clot_folder(load_sample("eval").subset([0, 1]), tempfile.mkdtemp())
+    >>> load_dataset(path.parent).format, len(list((path.parent / "ex_images").iterdir()))
+    ('clot', 2)
+    """
+    import shutil
+
+    root = Path(folder)
+    (root / "ex_images").mkdir(parents=True, exist_ok=True)
+    taken: dict[str, Path] = {}
+    records = []
+    for i, record in enumerate(ds):
+        source = ds.image_path(record)
+        name = source.name if taken.get(source.name, source) == source else f"{i}_{source.name}"
+        taken[name] = source
+        target = root / "ex_images" / name
+        if target.resolve() != source:
+            shutil.copyfile(source, target)
+        records.append({**record.to_dict(), "image": f"ex_images/{name}"})
+    return _write_json(records, root / "ex_cn.json")
 
 
 def to_swift_jsonl(ds: SampleSet, path: str | Path) -> Path:

@@ -18,8 +18,15 @@ train`` command for these reasons, each a fix for a real failure:
 5. :func:`helpers.compat.train_projector_in_float32` keeps the trained
    projector in float32, so the course's fp16 mixed precision works without
    DeepSpeed; on a CPU, :func:`helpers.compat.fast_4bit_compute_on_cpu` makes
-   the 4-bit layers compute in float32 instead of (slow) float16.
-6. :func:`helpers.compat.avoid_bnb_misaligned_4bit_gemm` keeps 4-bit layers
+   the 4-bit layers compute in float32 instead of (slow) float16, and
+   :func:`helpers.compat.float32_weights_on_cpu` loads the rest of the model in
+   float32 instead of bfloat16 (slow on most CPUs).
+6. On a CPU, PyTorch's own threads and the dataloader workers share the
+   cores (:func:`cpu_threads`): by default PyTorch starts one thread per core,
+   and on 2 cores with 1 worker process those 3 compete, so each parallel
+   operation waits for a thread that is not running. A tiny-profile
+   iteration then took several times the CPU time it takes with one thread.
+7. :func:`helpers.compat.avoid_bnb_misaligned_4bit_gemm` keeps 4-bit layers
    with an odd number of outputs (the LM head: both vocabularies are odd) off
    a bitsandbytes 0.50.2 kernel that crashes on them on a GPU.
 
@@ -31,6 +38,7 @@ Usage (what helpers.train runs)::
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 
@@ -39,6 +47,25 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cpu_threads(config: str | None, cores: int | None = None) -> int:
+    """PyTorch threads for CPU training: the cores the dataloader workers leave free, at least 1.
+
+    ``config`` is the XTuner config (its ``train_dataloader.num_workers``
+    is read; none: no workers), ``cores`` those this process may use.
+
+    >>> cpu_threads(None, cores=2)
+    2
+    """
+    workers = 0
+    if config:
+        from mmengine.config import Config
+
+        workers = int(Config.fromfile(config).get("train_dataloader", {}).get("num_workers", 0) or 0)
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores - workers)
 
 
 def prepare(argv: list[str]) -> None:
@@ -53,10 +80,16 @@ def prepare(argv: list[str]) -> None:
     train_projector_in_float32()
     cuda = torch.cuda.is_available()
     if not cuda:
-        from .compat import allow_bnb_4bit_on_cpu, fast_4bit_compute_on_cpu
+        from .compat import allow_bnb_4bit_on_cpu, fast_4bit_compute_on_cpu, float32_weights_on_cpu
 
         allow_bnb_4bit_on_cpu()
         fast_4bit_compute_on_cpu()
+        float32_weights_on_cpu()
+        if "OMP_NUM_THREADS" not in os.environ:  # a value set by hand wins
+            config = argv[0] if argv and not argv[0].startswith("-") else None
+            threads = cpu_threads(config)
+            torch.set_num_threads(threads)
+            print(f"helpers.xtuner_launch: CPU training with {threads} PyTorch thread(s)", flush=True)
     launched = "--launcher" in argv and argv[argv.index("--launcher") + 1] != "none"
     if not launched and "--deepspeed" not in argv and not dist.is_initialized():
         # a fresh port every time: an inherited MASTER_PORT may be held by the parent process

@@ -7,7 +7,9 @@ import hashlib
 import importlib.util
 import io
 import json
+import random
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -356,6 +358,27 @@ def test_train_eval_split_is_disjoint_and_deterministic():
     assert len(a_train) + len(a_eval) == len(ds)
     with pytest.raises(DatasetError):
         data.train_eval_split(ds, 1.5)
+
+
+def test_train_eval_split_keeps_each_photo_on_one_side(tmp_path: Path):
+    sample = data.load_sample()
+    shutil.copytree(data.SAMPLE_DATA_DIR / "ex_images", tmp_path / "ex_images")
+    records = [r.to_dict() for r in sample]
+    # FoodieQA-like: a second question about every photo, and one photo copied under another name
+    records += [{**r.to_dict(), "id": f"{r.id}_again"} for r in sample]
+    shutil.copy(tmp_path / sample[0].image, tmp_path / "ex_images" / "copy.jpg")
+    records.append({**sample[0].to_dict(), "id": "copy", "image": "ex_images/copy.jpg"})
+    ds = data.load_dataset(write_records(tmp_path / "ex_cn.json", records))
+    for seed in range(4):
+        train, evl = data.train_eval_split(ds, 0.1, seed)
+        assert len(evl) >= round(0.1 * len(ds)) and len(train) + len(evl) == len(ds)
+        photos = [{(tmp_path / r.image).read_bytes() for r in part} for part in (train, evl)]
+        assert photos[0].isdisjoint(photos[1]), seed
+    # one record per photo: exactly the record-level split of before (the same seed holds out the same records)
+    _, evl = data.train_eval_split(sample, 0.25, seed=3)
+    order = list(range(len(sample)))
+    random.Random(3).shuffle(order)
+    assert [r.id for r in evl] == [sample[i].id for i in sorted(order[:12])]
 
 
 def test_record_start_lines_handles_tricky_strings():

@@ -3,14 +3,16 @@ the notebooks in git carry no outputs, and the site builds from the executed cop
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from layouts import assert_no_eval_in_train
 
-from helpers import config
+from helpers import config, data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,6 +44,11 @@ def test_the_whole_book_runs_on_the_tiny_profile(executed_book):
     assert (out / "env.json").exists()
     stats = json.loads((out / "dataset_stats.json").read_text())
     assert stats["validation_ok"] and stats["records"] == 46
+    # training read splits/train.json, which holds no eval record and no eval photo (by path and by bytes)
+    info = assert_no_eval_in_train(out)
+    assert info["format"] == "clot_sample" and info["seed"] == 0 and info["eval"] == 14 >= data.MIN_EVAL
+    source = data.resolve_layout(data.SAMPLE_DATA_DIR).file
+    assert info["source"] == str(source) and info["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
     trained = json.loads((out / "qlora" / "train_summary.json").read_text())
     assert trained["loss_last_fifth"] < trained["loss_first_fifth"] - 0.5, "the tiny QLoRA run clearly learned"
     assert trained["interrupted_at"] and trained["resumed_from"], "notebook 04 demonstrated the resume"

@@ -129,3 +129,35 @@ def test_cpu_training_computes_4bit_layers_in_float32():
         cwd=Path(__file__).resolve().parents[1],
     ).stdout.split()
     assert out == ["torch.float16", "torch.float32", "torch.bfloat16"]
+
+
+def test_cpu_training_loads_the_model_in_float32(tiny_model_dir):
+    """XTuner loads InternVL2 in bfloat16; on a CPU the launcher loads it in float32 (in its process)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, transformers; from helpers import compat; "
+        "compat.float32_weights_on_cpu(); compat.float32_weights_on_cpu(); "
+        "m = transformers.AutoModel.from_pretrained(sys.argv[1], torch_dtype=torch.bfloat16, trust_remote_code=True); "
+        "print(sorted({str(p.dtype) for p in m.parameters()}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_model_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    ).stdout
+    assert out.strip() == "['torch.float32']"
+
+
+def test_cpu_training_leaves_a_core_to_each_dataloader_worker(tmp_path):
+    from helpers.xtuner_launch import cpu_threads
+
+    cfg = tmp_path / "config.py"
+    cfg.write_text("train_dataloader = dict(batch_size=2, num_workers=1)\n")
+    assert cpu_threads(str(cfg), cores=2) == 1  # the tiny profile on 2 cores: 1 thread + 1 worker
+    assert cpu_threads(str(cfg), cores=8) == 7
+    cfg.write_text("train_dataloader = dict(batch_size=2, num_workers=4)\n")
+    assert cpu_threads(str(cfg), cores=2) == 1 and cpu_threads(None, cores=2) == 2
