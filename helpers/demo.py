@@ -58,7 +58,7 @@ from typing import Any
 from . import REPO_DIR, SAMPLE_DATA_DIR, repo_path
 from .errors import BookError, ModelDirError, UsageError
 from .infer import BACKENDS, DEFAULT_SESSION_LEN, GenSettings, Pipeline, PromptWarning, load, load_image
-from .internvl import COURSE_PROMPT
+from .internvl import COURSE_PROMPT, IMAGE_TOKEN
 
 __all__ = [
     "DEFAULT_HOST",
@@ -157,12 +157,30 @@ def format_stats(answer: Any) -> str:
     )
 
 
+#: What the chat shows for an answer without text (the model's first token was its stop token).
+EMPTY_ANSWER = "∅ (no text: the model stopped at once)"
+
+
 def _messages(history: Sequence[tuple[str, str]], pending: tuple[str, str] | None = None) -> list[dict[str, str]]:
-    """A chat history as Gradio's ``messages`` (what ``gr.Chatbot`` shows), the pending turn last."""
+    """A chat history as Gradio's ``messages`` (what ``gr.Chatbot`` shows), the pending turn last.
+
+    The chat renders Markdown, where ``<image>`` would vanish as an unknown
+    HTML tag: it is shown as code. A finished empty answer shows
+    :data:`EMPTY_ANSWER`.
+
+    >>> [m["content"] for m in _messages([("<image>\\nhi", "")])]
+    ['`<image>`\\nhi', '∅ (no text: the model stopped at once)']
+    """
     out = []
-    for q, a in [*history, *([pending] if pending else [])]:
-        out += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    for q, a in history:
+        out += [{"role": "user", "content": _shown(q)}, {"role": "assistant", "content": a or EMPTY_ANSWER}]
+    if pending:
+        out += [{"role": "user", "content": _shown(pending[0])}, {"role": "assistant", "content": pending[1]}]
     return out
+
+
+def _shown(question: str) -> str:
+    return question.replace(IMAGE_TOKEN, f"`{IMAGE_TOKEN}`")
 
 
 def _fresh_state() -> dict[str, Any]:
@@ -539,6 +557,13 @@ class Server:
         self.stop()
 
 
+def _die_with_parent() -> None:
+    """``preexec_fn``: the kernel sends the server SIGTERM when the process that started it dies (Linux)."""
+    from .procgroup import PR_SET_PDEATHSIG, _prctl
+
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _free_port(host: str) -> int:
     import socket
 
@@ -576,7 +601,10 @@ def start(
         p for p in (str(REPO_DIR), os.environ.get("PYTHONPATH", "")) if p
     )}  # fmt: skip
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        # its own process group (stop() ends all of it), and SIGTERM when this process dies: no orphan server
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=_die_with_parent
+        )
     server = Server(f"http://{host}:{port}/", proc, log)
     deadline = time.monotonic() + timeout
     while True:
@@ -627,7 +655,9 @@ def upload(driver: Any, path: str | Path) -> None:
 def screenshot(url: str, image: str | Path, out: str | Path, timeout: float = 300.0) -> dict[str, str]:
     """Open the demo in headless Chromium, upload ``image``, send the prefilled prompt, save a PNG of the answers.
 
-    Returns the page's status line and each side's answer statistics. Uses
+    Returns the page's status line, each side's answer statistics (``base``,
+    ``tuned``) and the last answer as the page shows it (``base_answer``,
+    ``tuned_answer``). Uses
     the book's Chromium set-up (:data:`helpers.site.CHROMIUM_FLAGS`); a
     :class:`~helpers.errors.UsageError` when Chromium is not installed
     (``bash tools/install-browser.sh``).
@@ -660,7 +690,15 @@ def screenshot(url: str, image: str | Path, out: str | Path, timeout: float = 30
             driver.execute_script("document.getElementById('prompt').scrollIntoView();")
             time.sleep(0.5)
             driver.save_screenshot(str(out))
-            return {"status": status, **{k: page_text(driver, f"stats-{k}") for k in SIDES}}
+            answers = driver.execute_script(
+                "return ['base', 'tuned'].map(k => Array.from(document.querySelectorAll("
+                "`#chat-${k} [data-testid=bot]`)).map(e => e.innerText.trim()).pop() || '');"
+            )
+            return {
+                "status": status,
+                **{k: page_text(driver, f"stats-{k}") for k in SIDES},
+                **{f"{k}_answer": a for k, a in zip(SIDES, answers)},
+            }
         finally:
             driver.quit()
 
