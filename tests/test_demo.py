@@ -98,8 +98,15 @@ def _set_prompt(driver, text: str) -> None:
     box = driver.find_element(By.CSS_SELECTOR, "#prompt textarea")
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys(Keys.DELETE)
-    if text:
+    if "\n" in text:  # typed, Enter would send the prompt: paste it, as the browser's input event
+        driver.execute_script(
+            "arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input', {bubbles: true}));",
+            box,
+            text,
+        )
+    elif text:
         box.send_keys(text)
+    assert box.get_attribute("value") == text
 
 
 def _prompt_tokens(stats: str) -> int:
@@ -110,6 +117,16 @@ def _prompt_tokens(stats: str) -> int:
 
 def test_the_demo_in_chromium(server, models, driver, tmp_path: Path):
     """Upload, ask, stream both answers, a second turn that uses the history, reset, then every bad input."""
+    try:
+        _chromium_session(server, models, driver, tmp_path)
+    except BaseException:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(SCREENSHOTS / "demo-failure.png"))
+        print(server.log.read_text(errors="replace")[-3000:])
+        raise
+
+
+def _chromium_session(server, models, driver, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -191,6 +208,10 @@ def test_the_demo_in_chromium(server, models, driver, tmp_path: Path):
     finally:
         moved.rename(tuned)
     assert server.alive(), "the server keeps serving after every bad input"
+    # nothing phones home: every resource the page loaded came from the demo itself
+    loaded = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name);")
+    outside = [u for u in loaded if not u.startswith((server.url, "data:", "blob:"))]
+    assert loaded and not outside, outside
     assert time.monotonic() - t0 < 240
 
 
