@@ -249,3 +249,22 @@ def test_four_sessions_at_once_keep_their_own_histories(server):
         others = [j for j in range(4) if j != i]
         assert not any(f"第{j}号" in q for q in questions for j in others), "another session's turn leaked in"
     assert server.alive()
+
+
+def test_a_folder_that_is_not_internvl2_stops_the_command_with_status_2(tmp_path: Path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "helpers.demo", "--base", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "not InternVL2" in proc.stderr and "Traceback" not in proc.stderr
