@@ -108,6 +108,12 @@ RULES: dict[str, Rule] = {
         lambda v: v is None or Path(v).exists(),
     ),
     "tiny_preset": Rule((str,), "must be a preset of helpers.tiny", "tiny"),
+    "demo_port": Rule(
+        (int,),
+        "must be 0 (any free port) or a port number from 1024 to 65535",
+        0,
+        lambda v: v == 0 or 1024 <= v <= 65535,
+    ),
     "course_steps": Rule((int,), "must be a positive integer (iterations of the course's config)", 4, lambda v: v >= 1),
 }
 

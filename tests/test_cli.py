@@ -33,6 +33,8 @@ BAD_INPUT: dict[str, list[list[str]]] = {
     "helpers.data": [["validate", MISSING], ["validate", str(SAMPLE_DATA_DIR), "--model", MISSING]],
     "helpers.infer": [["--model", MISSING, "--image", "x.png"], ["--image", "x.png"]],
     "helpers.tiny": [["--out", "{tmp}"]],  # a non-empty folder, not overwritten without --overwrite
+    # a model folder that is not InternVL2 (no config.json), one that does not exist, a bad port
+    "helpers.demo": [["--base", "{tmp}"], ["--base", MISSING], ["--base", "{tmp}", "--port", "x"]],
     "helpers.env": [["--bogus"]],
     # XTuner's own argument parser, after the launcher's preparation (slow: imports xtuner)
     "helpers.xtuner_launch": [[]],

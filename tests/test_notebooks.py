@@ -53,6 +53,8 @@ def test_the_whole_book_runs_on_the_tiny_profile(executed_book):
     assert trained["loss_last_fifth"] < trained["loss_first_fifth"] - 0.5, "the tiny QLoRA run clearly learned"
     assert trained["interrupted_at"] and trained["resumed_from"], "notebook 04 demonstrated the resume"
     assert (out / "merged" / "model.safetensors").exists() and (out / "comparison.md").exists()
+    shots = [out / "demo" / f"demo-{split}.png" for split in ("eval", "train")]
+    assert all(p.stat().st_size > 50_000 for p in shots), "notebook 08 photographed the demo in Chromium"
     # the tiny model memorises its training captions: character F-score against them rises clearly
     train = json.loads((out / "comparison.json").read_text())["summary"]["train"]
     assert train["after"]["corpus_chrf"] > train["before"]["corpus_chrf"] + 20, train

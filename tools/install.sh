@@ -44,12 +44,13 @@ pipq() {
 C=(-c requirements/lock-cpu.txt)
 echo "[install] 1/4 torch + torchvision"
 pipq install "${C[@]}" torch torchvision
-echo "[install] 2/4 xtuner + bitsandbytes without their conflicting pins (see requirements/no-deps.txt)"
+echo "[install] 2/4 xtuner + bitsandbytes + gradio without their conflicting pins (see requirements/no-deps.txt)"
 pipq install "${C[@]}" --no-deps -r requirements/no-deps.txt
 echo "[install] 3/4 everything else (pinned)"
-# pip ends this step with one expected line: "xtuner 0.2.0 requires bitsandbytes==0.45.0".
+# pip ends this step with two expected lines: "xtuner 0.2.0 requires bitsandbytes==0.45.0" and
+# "gradio 6.17.3 requires pillow<13.0,>=8.0".
 pipq install "${C[@]}" -r requirements/base.txt
-"$VENV/bin/python" -c "import xtuner, bitsandbytes, transformers, torchvision" \
+"$VENV/bin/python" -c "import xtuner, bitsandbytes, transformers, torchvision, gradio" \
     || { echo "[install] the environment does not import; see the messages above"; exit 1; }
 echo "[install] 4/4 the helpers package (editable)"
 pipq install --no-deps -e .
