@@ -666,7 +666,7 @@ def screenshot(url: str, image: str | Path, out: str | Path, timeout: float = 30
 
     from selenium.webdriver.common.by import By
 
-    from .site import _driver, _wait_loaded, find_browser
+    from .site import find_browser, open_chromium, wait_loaded
 
     browser = find_browser()
     if browser is None:
@@ -674,11 +674,11 @@ def screenshot(url: str, image: str | Path, out: str | Path, timeout: float = 30
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="demo-chromium-") as profile:
-        driver = _driver(browser, profile)
+        driver = open_chromium(browser, profile)
         try:
             driver.set_window_size(1400, 1300)
             driver.get(url)
-            _wait_loaded(driver)
+            wait_loaded(driver)
             wait_for_status(driver, "Pick an image", timeout=60)
             deadline = time.monotonic() + 30
             while not driver.find_elements(By.CSS_SELECTOR, "#upload input[type=file]") and time.monotonic() < deadline:

@@ -479,7 +479,8 @@ def _wait_images(driver, timeout: float = 10.0) -> list[list]:
         time.sleep(0.1)
 
 
-def _driver(browser: Browser, profile_dir: str):
+def open_chromium(browser: Browser, profile_dir: str):
+    """A headless Chromium WebDriver with the book's flags and a fresh profile (the site and demo checks use it)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -493,7 +494,8 @@ def _driver(browser: Browser, profile_dir: str):
     return webdriver.Chrome(options=options, service=Service(browser.chromedriver))
 
 
-def _wait_loaded(driver, timeout: float = 15.0) -> None:
+def wait_loaded(driver, timeout: float = 15.0) -> None:
+    """Wait until the page's ``document.readyState`` is complete; a :class:`RunError` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while driver.execute_script("return document.readyState") != "complete":
         if time.monotonic() > deadline:
@@ -543,7 +545,7 @@ def _check_solutions(driver, rel: str, report: BrowserReport) -> None:
 def _visit(driver, base: str, rel: str, report: BrowserReport) -> None:
     """Load one page; record its broken images and its SEVERE console messages in ``report``."""
     driver.get(base + rel)
-    _wait_loaded(driver)
+    wait_loaded(driver)
     state = _wait_images(driver)
     report.images_seen += len(state)
     broken = [src for src, done, width in state if not (done and width > 0)]
@@ -569,7 +571,7 @@ def _click_sidebar(driver, base: str) -> tuple[bool, str]:
     from selenium.webdriver.common.by import By
 
     driver.get(base + "book/intro.html")
-    _wait_loaded(driver)
+    wait_loaded(driver)
     links = [
         a
         for a in driver.find_elements(
@@ -585,7 +587,7 @@ def _click_sidebar(driver, base: str) -> tuple[bool, str]:
     deadline = time.monotonic() + 10
     while driver.current_url.split("#")[0] != href.split("#")[0] and time.monotonic() < deadline:
         time.sleep(0.05)
-    _wait_loaded(driver)
+    wait_loaded(driver)
     heading = driver.find_element(By.CSS_SELECTOR, "article.bd-article h1").text.strip()
     landed = driver.current_url.split("#")[0] == href.split("#")[0]
     ok = landed and heading.rstrip("#¶ ").strip() == text
@@ -602,7 +604,7 @@ def _screenshots(driver, base: str, html_dir: Path, screenshots_dir: Path) -> li
         if not (html_dir / rel).is_file():
             continue
         driver.get(base + rel)
-        _wait_loaded(driver)
+        wait_loaded(driver)
         _wait_images(driver)
         if selector:
             found = driver.find_elements(By.CSS_SELECTOR, selector)
@@ -642,7 +644,7 @@ def check_in_browser(
     report = BrowserReport()
     t0 = time.perf_counter()
     with serve(html_dir) as base, tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-        driver = _driver(browser, profile)
+        driver = open_chromium(browser, profile)
         try:
             caps = driver.capabilities
             report.browser_version = f"{caps.get('browserName', 'chrome')} {caps.get('browserVersion', '?')}"

@@ -77,7 +77,7 @@ def driver():
     browser = site.find_browser()
     _need("Chromium", browser is not None)
     with tempfile.TemporaryDirectory(prefix="demo-chromium-") as profile:
-        drv = site._driver(browser, profile)
+        drv = site.open_chromium(browser, profile)
         drv.set_window_size(1400, 1300)
         try:
             yield drv
