@@ -47,8 +47,19 @@ def test_the_whole_book_runs_on_the_tiny_profile(executed_book):
     assert trained["interrupted_at"] and trained["resumed_from"], "notebook 04 demonstrated the resume"
     assert (out / "merged" / "model.safetensors").exists() and (out / "comparison.md").exists()
     # the tiny model memorises its training captions: character F-score against them rises clearly
-    train = json.loads((out / "comparison.json").read_text())["summary"]["train"]
+    comparison = json.loads((out / "comparison.json").read_text())
+    train = comparison["summary"]["train"]
     assert train["after"]["corpus_chrf"] > train["before"]["corpus_chrf"] + 20, train
+    # a fair comparison: three arms on the eval split, each with bootstrap intervals and diversity
+    arms = comparison["eval_arms"]
+    assert list(arms) == ["base, course prompt", "base, stronger prompt", "fine-tuned, course prompt"]
+    for name, arm in arms.items():
+        assert arm["n"] == comparison["summary"]["eval"]["n"], name
+        for metric in ("corpus_chrf", "rouge_l"):
+            iv = arm[metric]
+            assert iv["low"] <= iv["estimate"] <= iv["high"] and iv["resamples"] == 1000, (name, metric, iv)
+        assert {"distinct_1", "distinct_2", "repetition"} <= set(arm), name
+    assert len(comparison["forgetting"]) == 5
     import nbformat
 
     nb04 = nbformat.read(build / "04_qlora_training.ipynb", as_version=4)
