@@ -18,18 +18,29 @@ whitespace removed (no word segmenter needed):
 :func:`compare_answers` scores every record before and after,
 :func:`summary_table` averages the scores, and :func:`report_markdown` writes
 both as a Markdown report.
+
+With a few dozen held-out images a difference of a few chrF points can be
+luck. :func:`bootstrap_interval` resamples the records to put a confidence
+interval around corpus chrF or mean ROUGE-L; :func:`score_arm` gives one
+system's ("arm's") overlap with intervals and its diversity (distinct-1/2,
+repetition), and :func:`arms_table` / :func:`arms_markdown` set several arms
+side by side (notebook 07: the base model with the course prompt, the base
+model with a stronger prompt, the fine-tuned model).
 """
 
 from __future__ import annotations
 
 import html
 import math
+import random
 import re
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from .env import Table
 from .errors import BookError
 from .internvl import IMAGE_TOKEN, IMG_CONTEXT, XTUNER_SYSTEM, build_prompt
 
@@ -51,6 +62,12 @@ __all__ = [
     "compare_answers",
     "summary_table",
     "report_markdown",
+    "Interval",
+    "BOOTSTRAP_METRICS",
+    "bootstrap_interval",
+    "score_arm",
+    "arms_table",
+    "arms_markdown",
 ]
 
 #: The per-answer metrics :func:`compare_answers` computes, with what they measure.
@@ -501,4 +518,195 @@ def report_markdown(
         )
     if len(shown) < len(rows):
         lines += ["", f"({len(rows) - len(shown)} more samples not shown.)"]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# confidence intervals and arms
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its bootstrap confidence interval ``[low, high]`` at ``confidence``.
+
+    >>> iv = Interval(12.34, 10.0, 15.0)
+    >>> str(iv), iv.format(2)
+    ('12.3 [10.0, 15.0]', '12.34 [10.00, 15.00]')
+    """
+
+    estimate: float
+    low: float
+    high: float
+    confidence: float = 0.95
+    resamples: int = 1000
+
+    def format(self, digits: int = 1) -> str:
+        """``estimate [low, high]`` with ``digits`` decimals."""
+        return f"{self.estimate:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+    def __str__(self) -> str:
+        return self.format(1)
+
+    @property
+    def width(self) -> float:
+        """``high - low``: how uncertain the estimate is."""
+        return self.high - self.low
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+#: The statistics :func:`bootstrap_interval` resamples, with what they are.
+BOOTSTRAP_METRICS = {
+    "corpus_chrf": "corpus chrF (0-100): n-gram counts of the resampled records summed, then one F-score",
+    "rouge_l": "mean sentence ROUGE-L F1 on characters (0-1)",
+}
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of already sorted values, interpolated linearly (numpy's default)."""
+    pos = q * (len(sorted_values) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def bootstrap_interval(
+    hyps: Sequence[str],
+    refs: Sequence[str],
+    metric: str = "corpus_chrf",
+    *,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """The metric on all records, with a percentile bootstrap confidence interval over the records.
+
+    Draws ``resamples`` sets of ``len(hyps)`` records with replacement (a
+    ``random.Random(seed)``, so the same seed gives the same interval),
+    computes the metric of :data:`BOOTSTRAP_METRICS` on each and returns the
+    ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles around the
+    estimate on the original records. It measures how much the score depends
+    on *which* images happened to be in the eval split; with few records the
+    interval is wide, and two arms whose intervals overlap widely are not
+    shown to differ.
+
+    >>> iv = bootstrap_interval(["住手！", "哈哈", "我没胖"], ["住手！", "你好", "我胖了"], seed=0)
+    >>> iv.low <= iv.estimate <= iv.high
+    True
+    """
+    if len(hyps) != len(refs):
+        raise BookError(
+            f"bootstrap_interval got {len(hyps)} hypotheses but {len(refs)} references; "
+            "pass one reference per answer, in the same order."
+        )
+    if not hyps:
+        raise BookError("bootstrap_interval got no records; score at least one answer.")
+    if metric not in BOOTSTRAP_METRICS:
+        raise BookError(f"unknown metric {metric!r} for bootstrap_interval; use one of {sorted(BOOTSTRAP_METRICS)}.")
+    if not 0 < confidence < 1 or not isinstance(resamples, int) or resamples < 1:
+        raise BookError(
+            f"confidence={confidence} must be between 0 and 1 and resamples={resamples!r} a positive integer "
+            "(e.g. 0.95 and 1000)."
+        )
+    n = len(hyps)
+    if metric == "corpus_chrf":
+        stats = [chrf_statistics(h, r) for h, r in zip(hyps, refs)]
+
+        def value(idx: Sequence[int]) -> float:
+            totals = [tuple(sum(stats[i][order][k] for i in idx) for k in range(3)) for order in range(6)]
+            return _f_score(totals, 2.0)  # type: ignore[arg-type]
+
+    else:
+        scores = [rouge_l_chars(h, r) for h, r in zip(hyps, refs)]
+
+        def value(idx: Sequence[int]) -> float:
+            return statistics.fmean(scores[i] for i in idx)
+
+    rng = random.Random(seed)
+    values = sorted(value(rng.choices(range(n), k=n)) for _ in range(resamples))
+    alpha = (1 - confidence) / 2
+    return Interval(value(range(n)), _percentile(values, alpha), _percentile(values, 1 - alpha), confidence, resamples)
+
+
+def score_arm(
+    hyps: Sequence[str], refs: Sequence[str], *, resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> dict[str, Any]:
+    """One arm's scores on one split: overlap with intervals, diversity and length.
+
+    Returns ``n``, ``corpus_chrf`` and ``rouge_l`` (as :class:`Interval` dicts,
+    from :func:`bootstrap_interval`), ``distinct_1`` and ``distinct_2``
+    (:func:`distinct_n` over all answers: does the arm say different things
+    for different images?), ``repetition`` (mean :func:`repetition_rate`:
+    does an answer repeat itself?) and ``length`` (mean characters).
+
+    >>> s = score_arm(["住手！", "住手！"], ["住手！", "你好"], resamples=10)
+    >>> s["n"], s["distinct_1"], s["corpus_chrf"]["estimate"] > 0
+    (2, 0.5, True)
+    """
+    kw = {"resamples": resamples, "confidence": confidence, "seed": seed}
+    return {
+        "n": len(hyps),
+        "corpus_chrf": bootstrap_interval(hyps, refs, "corpus_chrf", **kw).to_dict(),
+        "rouge_l": bootstrap_interval(hyps, refs, "rouge_l", **kw).to_dict(),
+        "distinct_1": distinct_n(hyps, 1),
+        "distinct_2": distinct_n(hyps, 2),
+        "repetition": statistics.fmean(repetition_rate(h) for h in hyps),
+        "length": statistics.fmean(len(_chars(h)) for h in hyps),
+    }
+
+
+def _arm_rows(arms: Mapping[str, Mapping[str, Any]]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    first = next(iter(arms.values()))
+    pct = round(100 * first["corpus_chrf"]["confidence"])
+    headers = (
+        "arm",
+        "n",
+        f"chrF (corpus) [{pct}% CI]",
+        f"ROUGE-L [{pct}% CI]",
+        "distinct-1",
+        "distinct-2",
+        "repetition",
+        "length",
+    )
+    rows = [
+        (
+            name,
+            str(a["n"]),
+            Interval(**a["corpus_chrf"]).format(1),
+            Interval(**a["rouge_l"]).format(3),
+            f"{a['distinct_1']:.3f}",
+            f"{a['distinct_2']:.3f}",
+            f"{a['repetition']:.3f}",
+            f"{a['length']:.1f}",
+        )
+        for name, a in arms.items()
+    ]
+    return headers, rows
+
+
+def arms_table(arms: Mapping[str, Mapping[str, Any]], caption: str = "") -> Table:
+    """The arms of :func:`score_arm` as one :class:`helpers.env.Table`, a row per arm.
+
+    >>> t = arms_table({"base": score_arm(["哈哈"], ["住手"], resamples=5)})
+    >>> t.headers[2], t.rows[0][2]
+    ('chrF (corpus) [95% CI]', '0.0 [0.0, 0.0]')
+    """
+    if not arms:
+        raise BookError("arms_table got no arms; score each arm with score_arm first.")
+    headers, rows = _arm_rows(arms)
+    return Table(headers, rows, caption)
+
+
+def arms_markdown(arms: Mapping[str, Mapping[str, Any]]) -> str:
+    """The same table as :func:`arms_table`, in Markdown (for ``comparison.md``).
+
+    >>> print(arms_markdown({"base": score_arm(["哈哈"], ["住手"], resamples=5)}).splitlines()[2])
+    | base | 1 | 0.0 [0.0, 0.0] | 0.000 [0.000, 0.000] | 0.500 | 1.000 | 0.000 | 2.0 |
+    """
+    if not arms:
+        raise BookError("arms_markdown got no arms; score each arm with score_arm first.")
+    headers, rows = _arm_rows(arms)
+    lines = ["| " + " | ".join(headers) + " |", "|---|" + "---:|" * (len(headers) - 1)]
+    lines += ["| " + " | ".join(_cell(c) if i == 0 else c for i, c in enumerate(row)) + " |" for row in rows]
     return "\n".join(lines) + "\n"

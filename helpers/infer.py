@@ -477,10 +477,13 @@ class Pipeline:
         session_len: int = DEFAULT_SESSION_LEN,
         max_num: int | None = None,
         device: str = "cpu",
+        system: str | None = None,
     ) -> None:
         self.model_path = repo_path(model_path)
         self.config = read_config(self.model_path)
         self.template = chat_template_fields(template=self.config.get("template", "internlm2-chat"))
+        if system is not None:  # another system message than the template's (InternVL2's own)
+            self.template["meta_instruction"] = system
         #: how this pipeline tiles images: the model's settings, with ``max_num`` overridden if asked
         self.tiling = TilingSettings.from_config(self.config).with_max_num(max_num)
         if not isinstance(session_len, int) or session_len < 16:
@@ -769,8 +772,9 @@ class TransformersPipeline(Pipeline):
         dtype: str | None = None,
         session_len: int = DEFAULT_SESSION_LEN,
         max_num: int | None = None,
+        system: str | None = None,
     ) -> None:
-        super().__init__(model_path, session_len=session_len, max_num=max_num, device=device)
+        super().__init__(model_path, session_len=session_len, max_num=max_num, device=device, system=system)
         import torch
         import transformers
         from transformers import AutoModel
@@ -788,6 +792,8 @@ class TransformersPipeline(Pipeline):
                 self.model_path, trust_remote_code=True, low_cpu_mem_usage=True, **{key: self.dtype}
             )
             self.model = model.eval().to(device)
+            # chat() and batch_chat() render their system turn from this attribute
+            self.model.system_message = self.template["meta_instruction"]
         except Exception as exc:
             raise ModelDirError(
                 f"transformers {transformers.__version__} cannot load {self.model_path}: "
@@ -904,9 +910,10 @@ class LMDeployPipeline(Pipeline):
         max_batch_size: int = 16,
         device: str = "cuda",
         log_level: str = "ERROR",
+        system: str | None = None,
         **engine_options: Any,
     ) -> None:
-        super().__init__(model_path, session_len=session_len, max_num=max_num, device=device)
+        super().__init__(model_path, session_len=session_len, max_num=max_num, device=device, system=system)
         if engine not in ENGINES:
             raise InferenceError(f"engine={engine!r} is unknown: use 'pytorch' or 'turbomind'.")
         try:
@@ -1041,6 +1048,7 @@ def load(
     max_num: int | None = None,
     dtype: str | None = None,
     verbose: bool = True,
+    system: str | None = None,
     **engine_options: Any,
 ) -> Pipeline:
     """Load an InternVL2 folder behind the backend :func:`choose_backend` picks; print why (``verbose``).
@@ -1048,6 +1056,10 @@ def load(
     ``engine`` (``pytorch``/``turbomind``) and ``engine_options`` (e.g.
     ``cache_max_entry_count``, ``max_batch_size``) go to LMDeploy; ``dtype``
     to transformers. ``max_num`` overrides the model's ``max_dynamic_patch``.
+    ``system`` replaces the chat template's system message (InternVL2's own,
+    :data:`helpers.internvl.INTERNVL_SYSTEM`) on both backends: LMDeploy gets
+    it as the template's ``meta_instruction``, the model's ``chat()`` as its
+    ``system_message``.
 
     >>> pipe = load("_build/outputs/models/tiny-internvl2", backend="transformers")   # doctest: +SKIP
     backend: transformers on cpu (asked for).
@@ -1058,9 +1070,17 @@ def load(
         print(choice.reason)
     if choice.backend == "lmdeploy":
         return LMDeployPipeline(
-            model_path, engine=engine, session_len=session_len, max_num=max_num, device=choice.device, **engine_options
+            model_path,
+            engine=engine,
+            session_len=session_len,
+            max_num=max_num,
+            device=choice.device,
+            system=system,
+            **engine_options,
         )
-    return TransformersPipeline(model_path, device=choice.device, dtype=dtype, session_len=session_len, max_num=max_num)
+    return TransformersPipeline(
+        model_path, device=choice.device, dtype=dtype, session_len=session_len, max_num=max_num, system=system
+    )
 
 
 # --------------------------------------------------------------------------- datasets and files

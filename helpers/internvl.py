@@ -9,7 +9,9 @@ only place in ``helpers`` that states them:
   ``<|im_end|>`` (:data:`SPECIAL_TOKENS`);
 * **the prompts**: the course's question (:data:`COURSE_PROMPT`), the system
   message XTuner trains with (:data:`XTUNER_SYSTEM`) and the one the model's
-  ``chat()`` uses (:data:`INTERNVL_SYSTEM`);
+  ``chat()`` uses (:data:`INTERNVL_SYSTEM`); notebook 07's stronger baseline
+  prompt (:data:`JOKE_SYSTEM`, :func:`few_shot_prompt`) and its plain
+  description question (:data:`DESCRIBE_PROMPT`);
 * **the chat template** named by ``config.json``'s ``template``
   (:data:`CHAT_TEMPLATES`, :func:`read_config`, :func:`chat_template_fields`);
 * **the tiling settings** implied by ``config.json`` (:class:`TilingSettings`).
@@ -56,6 +58,10 @@ __all__ = [
     "COURSE_PROMPT",
     "XTUNER_SYSTEM",
     "INTERNVL_SYSTEM",
+    "JOKE_SYSTEM",
+    "FEW_SHOT_INTRO",
+    "DESCRIBE_PROMPT",
+    "few_shot_prompt",
     "CHAT_TEMPLATES",
     "read_config",
     "chat_template_fields",
@@ -107,6 +113,33 @@ COURSE_PROMPT = f"{IMAGE_TOKEN}\n{COURSE_QUESTION}"
 XTUNER_SYSTEM = "You are an AI assistant whose name is InternLM (书生·浦语)."
 #: The system message of InternVL2's own ``chat()`` (and of LMDeploy's template for it).
 INTERNVL_SYSTEM = INTERNVL_SYSTEM_MESSAGE
+#: The stronger baseline's system message (notebook 07): the task stated plainly, "you write Chinese meme
+#: captions; answer with one short, surprising line, like a caption under the picture; do not describe it".
+JOKE_SYSTEM = "你是一个擅长写中文梗图配文的助手。看图后只用一句简短、出人意料的话回答，像梗图下面的配文，不要描述图片。"
+#: How the stronger baseline introduces its example captions: "here are examples of memes:".
+FEW_SHOT_INTRO = "以下是梗的例子："
+#: A plain description request, "please describe this picture": notebook 07's check for forgetting.
+DESCRIBE_PROMPT = f"{IMAGE_TOKEN}\n请描述这张图片。"
+
+
+def few_shot_prompt(examples: Sequence[str], question: str = COURSE_QUESTION) -> str:
+    """The course's prompt with example captions (text only) before the question: in-context learning.
+
+    The examples are captions of *other* images (from the training split), so
+    the model sees the style and length it should answer in, not the answer.
+    Pair it with :data:`JOKE_SYSTEM` as the system message for the stronger
+    baseline of notebook 07.
+
+    >>> print(few_shot_prompt(["住手！", "我没胖，是衣服缩水了"]))
+    <image>
+    以下是梗的例子：
+    1. 住手！
+    2. 我没胖，是衣服缩水了
+    请你根据这张图片，讲一个脑洞大开的梗
+    """
+    lines = [FEW_SHOT_INTRO, *(f"{i}. {text.strip()}" for i, text in enumerate(examples, start=1))]
+    return f"{IMAGE_TOKEN}\n" + "\n".join(lines) + f"\n{question}"
+
 
 #: Chat templates by the ``template`` name in an InternVL2 ``config.json``, as LMDeploy
 #: ``ChatTemplateConfig`` fields. LMDeploy 0.18 registers no InternVL2 template (0.5 called it

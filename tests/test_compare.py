@@ -180,6 +180,79 @@ def test_report_markdown_tables_and_escaping():
     assert "| b |" not in short and "2 more samples" in short
 
 
+# ------------------------------------------------------------------------- intervals and arms
+
+# answers of mixed quality against their references: some close, some not
+HYPS = [
+    "住手！你们不要再打了",
+    "我没胖",
+    "哈哈哈哈哈",
+    "今天也要加油",
+    "猫在思考猫生",
+    "我去太空了妈",
+    "好",
+    "这是什么",
+]
+REFS = ["住手！别打了", "我没有胖", "你好", "今天也要加油鸭", "我在思考猫生", "妈我去太空了", "好的", "这是谁"]
+
+
+@pytest.mark.parametrize("metric", sorted(compare.BOOTSTRAP_METRICS))
+def test_bootstrap_interval_contains_the_estimate_and_is_reproducible(metric):
+    iv = compare.bootstrap_interval(HYPS, REFS, metric, seed=3)
+    assert iv.low <= iv.estimate <= iv.high and iv.low < iv.high
+    expected = (
+        compare.corpus_chrf(HYPS, REFS)
+        if metric == "corpus_chrf"
+        else (sum(compare.rouge_l_chars(h, r) for h, r in zip(HYPS, REFS)) / len(HYPS))
+    )
+    assert iv.estimate == pytest.approx(expected)
+    assert compare.bootstrap_interval(HYPS, REFS, metric, seed=3) == iv, "same seed, same interval"
+    assert compare.bootstrap_interval(HYPS, REFS, metric, seed=4) != iv, "another seed resamples differently"
+    assert (iv.confidence, iv.resamples) == (0.95, 1000)
+
+
+@pytest.mark.parametrize("metric", sorted(compare.BOOTSTRAP_METRICS))
+def test_bootstrap_interval_narrows_with_more_samples_and_widens_with_confidence(metric):
+    small = compare.bootstrap_interval(HYPS, REFS, metric, seed=0)
+    large = compare.bootstrap_interval(HYPS * 9, REFS * 9, metric, seed=0)  # same mix, 9x the records
+    assert large.estimate == pytest.approx(small.estimate)
+    assert large.width < small.width / 2  # about 1/sqrt(9) = 1/3 of the width
+    wider = compare.bootstrap_interval(HYPS, REFS, metric, seed=0, confidence=0.99)
+    assert wider.low <= small.low and wider.high >= small.high
+
+
+def test_bootstrap_interval_edge_cases():
+    same = compare.bootstrap_interval(["住手！"] * 5, ["住手！"] * 5)
+    assert (same.low, same.estimate, same.high) == (100.0, 100.0, 100.0)  # nothing varies, nothing to resample
+    with pytest.raises(BookError, match="one reference per answer"):
+        compare.bootstrap_interval(["a"], [])
+    with pytest.raises(BookError, match="no records"):
+        compare.bootstrap_interval([], [])
+    with pytest.raises(BookError, match="unknown metric"):
+        compare.bootstrap_interval(["a"], ["a"], "bleu")
+    with pytest.raises(BookError, match="confidence"):
+        compare.bootstrap_interval(["a"], ["a"], confidence=95)
+
+
+def test_score_arm_and_the_arms_tables():
+    arm = compare.score_arm(HYPS, REFS, resamples=200, seed=1)
+    assert arm["n"] == len(HYPS)
+    assert arm["corpus_chrf"] == compare.bootstrap_interval(HYPS, REFS, resamples=200, seed=1).to_dict()
+    assert arm["distinct_1"] == compare.distinct_n(HYPS, 1) and arm["distinct_2"] == compare.distinct_n(HYPS, 2)
+    assert arm["repetition"] == pytest.approx(sum(map(compare.repetition_rate, HYPS)) / len(HYPS))
+    parrot = compare.score_arm(["住手！"] * len(REFS), REFS, resamples=200, seed=1)  # one answer for every image
+    assert parrot["distinct_2"] < arm["distinct_2"]
+    arms = {"a | b": arm, "parrot": parrot}
+    table = compare.arms_table(arms, caption="eval")
+    assert [row[0] for row in table.rows] == ["a | b", "parrot"] and table.caption == "eval"
+    assert table.rows[0][2] == compare.Interval(**arm["corpus_chrf"]).format(1)
+    md = compare.arms_markdown(arms).splitlines()
+    assert md[0].startswith("| arm | n | chrF (corpus) [95% CI] |") and len(md) == 4
+    assert md[2].startswith("| a \\| b |")  # the arm's name is escaped, the columns stay put
+    with pytest.raises(BookError, match="no arms"):
+        compare.arms_table({})
+
+
 # ------------------------------------------------------------------------------------ perplexity
 
 

@@ -166,6 +166,23 @@ def test_build_prompt_is_the_remote_codes_query(tiny_model, history, question, p
     assert prompt.text == query
 
 
+def test_another_system_message_reaches_the_prompt_and_the_model(tiny_model_dir, tiny_model):
+    p = infer.load(tiny_model_dir, backend="transformers", device="cpu", verbose=False, system=internvl.JOKE_SYSTEM)
+    rendered = p.render(PROMPT, IMAGE, abbreviated=False)
+    assert rendered.startswith(f"{internvl.IM_START}system\n{internvl.JOKE_SYSTEM}{internvl.IM_END}")
+    assert p.model.system_message == internvl.JOKE_SYSTEM  # what chat() and batch_chat() render from
+    answer = p.ask(IMAGE, PROMPT, FAST)
+    model, tok = tiny_model
+    default, model.system_message = model.system_message, internvl.JOKE_SYSTEM
+    try:
+        expected = model.chat(tok, p.pixel_values(IMAGE), PROMPT, FAST.transformers_kwargs())
+    finally:
+        model.system_message = default
+    assert answer.text == expected
+    assert answer.prompt_tokens == len(p.tokenizer(rendered).input_ids)
+    p.close()
+
+
 def test_rendered_prompt_is_abbreviated(pipe):
     shown = pipe.render(PROMPT, IMAGE)
     assert shown.count("<IMG_CONTEXT>") == 1 and "<img><IMG_CONTEXT>×448</img>\n请你" in shown

@@ -21,6 +21,8 @@ FACTS = [
     internvl.IM_END,
     internvl.COURSE_QUESTION,
     internvl.XTUNER_SYSTEM,
+    internvl.JOKE_SYSTEM,
+    internvl.FEW_SHOT_INTRO,
 ]
 
 
@@ -60,6 +62,14 @@ def test_each_token_and_prompt_is_written_down_once():
 def test_the_course_prompt_is_the_placeholder_and_the_question():
     assert internvl.COURSE_PROMPT == "<image>\n请你根据这张图片，讲一个脑洞大开的梗"
     assert internvl.COURSE_PROMPT.startswith(internvl.IMAGE_TOKEN)
+
+
+def test_few_shot_prompt_puts_the_examples_between_the_image_and_the_question():
+    prompt = internvl.few_shot_prompt([" 住手！", "我没胖"])
+    assert prompt.startswith(internvl.IMAGE_TOKEN + "\n" + internvl.FEW_SHOT_INTRO)
+    assert prompt.endswith("1. 住手！\n2. 我没胖\n" + internvl.COURSE_QUESTION)
+    assert prompt.count(internvl.IMAGE_TOKEN) == 1  # text-only examples: one image, the one asked about
+    assert internvl.DESCRIBE_PROMPT.startswith(internvl.IMAGE_TOKEN)
 
 
 def test_training_and_inference_prompts_share_one_renderer():

@@ -56,7 +56,8 @@ def test_the_whole_book_runs_on_the_tiny_profile(executed_book):
     shots = [out / "demo" / f"demo-{split}.png" for split in ("eval", "train")]
     assert all(p.stat().st_size > 50_000 for p in shots), "notebook 08 photographed the demo in Chromium"
     # the tiny model memorises its training captions: character F-score against them rises clearly
-    train = json.loads((out / "comparison.json").read_text())["summary"]["train"]
+    comparison = json.loads((out / "comparison.json").read_text())
+    train = comparison["summary"]["train"]
     assert train["after"]["corpus_chrf"] > train["before"]["corpus_chrf"] + 20, train
     # notebook 10: XTuner's own convert_to_official.py and helpers.convert wrote the same tensors, up to bf16 rounding
     course = json.loads((out / "course_commands" / "comparison.json").read_text())
@@ -65,6 +66,16 @@ def test_the_whole_book_runs_on_the_tiny_profile(executed_book):
     assert not (tensors["only_in_a"] or tensors["only_in_b"] or tensors["mismatched"]), tensors
     assert min(tensors["changed_from_base"].values()) > 0, "both conversions merged a trained adapter"
     assert course["course_vs_book_course_recipe"] == ["data_root"], course["course_vs_book_course_recipe"]
+    # a fair comparison: three arms on the eval split, each with bootstrap intervals and diversity
+    arms = comparison["eval_arms"]
+    assert list(arms) == ["base, course prompt", "base, stronger prompt", "fine-tuned, course prompt"]
+    for name, arm in arms.items():
+        assert arm["n"] == comparison["summary"]["eval"]["n"], name
+        for metric in ("corpus_chrf", "rouge_l"):
+            iv = arm[metric]
+            assert iv["low"] <= iv["estimate"] <= iv["high"] and iv["resamples"] == 1000, (name, metric, iv)
+        assert {"distinct_1", "distinct_2", "repetition"} <= set(arm), name
+    assert len(comparison["forgetting"]) == 5
     import nbformat
 
     nb04 = nbformat.read(build / "04_qlora_training.ipynb", as_version=4)
