@@ -161,6 +161,12 @@ def format_stats(answer: Any) -> str:
 EMPTY_ANSWER = "∅ (no text: the model stopped at once)"
 
 
+#: A question repeated within this many seconds after the same session's answers finished is the
+#: queued second click of a double click, not a new turn (with one request at a time, it waits in the
+#: queue while the first streams and reaches the server just after it).
+REPEAT_WINDOW_S = 3.0
+
+
 def _messages(history: Sequence[tuple[str, str]], pending: tuple[str, str] | None = None) -> list[dict[str, str]]:
     """A chat history as Gradio's ``messages`` (what ``gr.Chatbot`` shows), the pending turn last.
 
@@ -238,6 +244,7 @@ class Demo:
             self.sides[key] = Side(key, label, repo_path(path), pipe)
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
+        self._last: dict[str, tuple[str, float]] = {}  # session -> (last question, when its answers were done)
 
     # -- what the page says about itself
     def describe(self) -> str:
@@ -322,12 +329,18 @@ class Demo:
                     ("⚠️ still answering your previous question in this session: wait until both answers are done."),
                 )
                 return
+            last = self._last.get(session)
+            if last and last[0] == prompt and time.monotonic() - last[1] < REPEAT_WINDOW_S:
+                # a second click while the answer streamed waits in the queue and arrives right after it
+                yield state, {}, "⚠️ a second click on Send came while the answer was streaming: ignored."
+                return
             self._busy.add(session)
         try:
             yield from self._respond(state, prompt, gen)
         finally:
             with self._busy_lock:
                 self._busy.discard(session)
+                self._last[session] = (prompt, time.monotonic())
 
     def _respond(
         self, state: dict[str, Any], prompt: str, gen: GenSettings

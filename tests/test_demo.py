@@ -149,7 +149,8 @@ def _chromium_session(server, models, driver, tmp_path: Path) -> None:
     send.click()
     send.click()  # ignored while the first request runs (trigger_mode="once", the button is disabled)
     status = demo.wait_for_status(driver, "done: turn 1", "⚠️", timeout=90)
-    assert status.startswith("done: turn 1"), status
+    # the second click is either blocked in the page or, queued behind the first, ignored by the server
+    assert "done: turn 1" in status or "second click on Send came while the answer was streaming" in status, status
     time.sleep(1.0)  # a queued duplicate would have started by now
     for side in ("base", "tuned"):
         assert len(_messages(driver, side, "user")) == 1, f"{side}: one question, not two"
@@ -162,8 +163,8 @@ def _chromium_session(server, models, driver, tmp_path: Path) -> None:
     # turn 2: the history goes with the question, so the prompt grows by turn 1's question and answer
     _set_prompt(driver, "再讲一个")
     driver.find_element(By.ID, "send").click()
-    status = demo.wait_for_status(driver, "done: turn 2", "⚠️", timeout=90)
-    assert status.startswith("done: turn 2"), status
+    status = demo.wait_for_status(driver, "done: turn 2", timeout=90)  # the last turn's note may still show
+    assert "done: turn 2" in status, status
     for side in ("base", "tuned"):
         assert _prompt_tokens(demo.page_text(driver, f"stats-{side}")) > first[side] + 5
         assert _messages(driver, side, "user")[0].strip().endswith("讲一个脑洞大开的梗")
