@@ -506,7 +506,11 @@ def wait_loaded(driver, timeout: float = 15.0) -> None:
 # Hidden answers: a `hide-cell` notebook cell (input and output collapsed in <details>) or a
 # `{dropdown}` block. For each: [kind, is its answer visible?, the answer's first characters].
 _SOLUTIONS_JS = """
-const shown = el => !!el && el.getClientRects().length > 0 && getComputedStyle(el).visibility !== 'hidden';
+// Chromium keeps a closed <details>' content laid out but unrendered (content-visibility), so ask
+// checkVisibility() and whether any text is rendered, not only for boxes
+const shown = el => !!el && (el.checkVisibility ? el.checkVisibility({checkVisibilityCSS: true})
+                                                : el.getClientRects().length > 0)
+                    && (el.innerText || '').trim().length > 0;
 const out = [];
 for (const d of document.querySelectorAll('details')) {
   const cell = d.closest('.tag_hide-cell');
