@@ -8,9 +8,14 @@ PROFILE ?= tiny
 # extra runner options, e.g. make book ARGS="--params-file params/gpu-internvl2-2b.yaml"
 ARGS    ?=
 
-.PHONY: install browser book notebooks sweep site test lint lock clean
+.PHONY: install gpu-env browser book notebooks sweep site test lint lock clean
 install:
 	@PYTHON=$(PYTHON) bash tools/install.sh $(VENV)
+
+# On a CUDA machine: the same environment plus DeepSpeed, and LMDeploy in its own environment
+# (.venv-serve) with the Jupyter kernel `book-serve` that the runner uses for notebooks 02 and 07.
+gpu-env:
+	@PYTHON=$(PYTHON) bash tools/install.sh --gpu $(VENV)
 
 book: notebooks sweep site
 

@@ -59,10 +59,15 @@ __all__ = [
     "select",
     "title",
     "parameter_names",
+    "parameter_defaults",
     "load_params",
     "parse_value",
     "resolve_params",
     "ensure_kernel",
+    "SERVING_NOTEBOOKS",
+    "SERVING_KERNEL",
+    "kernel_exists",
+    "choose_kernels",
     "execute",
     "run_book",
     "strip_notebook",
@@ -198,6 +203,28 @@ def parameter_names(notebook: str | Path | Any) -> list[str]:
 # --------------------------------------------------------------------------- parameters
 
 
+def parameter_defaults(notebook: str | Path) -> dict[str, Any]:
+    """The values the ``parameters`` cell assigns, where they are literals (``x = 1``, ``y: str = "a"``).
+
+    Names assigned something else (an expression, a tuple unpacking) are left out.
+    """
+    found = _parameters_cell(_read(Path(notebook)))
+    if found is None:
+        return {}
+    source = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in found[1].source.splitlines())
+    out: dict[str, Any] = {}
+    for node in ast.parse(source).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+        if isinstance(node, ast.AnnAssign):
+            target = node.target
+        if isinstance(target, ast.Name) and node.value is not None:
+            try:
+                out[target.id] = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+    return out
+
+
 def parse_value(text: str) -> Any:
     """Parse a ``-p`` value as a YAML scalar: ``20`` -> 20, ``true`` -> True, ``null`` -> None.
 
@@ -329,6 +356,77 @@ def ensure_kernel(name: str = "python3") -> None:
         )
 
 
+#: Notebooks that answer with the ``backend`` parameter. On a CUDA GPU, with ``backend`` ``lmdeploy`` or
+#: ``auto``, the runner executes them in the serving environment's kernel, where LMDeploy is installed.
+SERVING_NOTEBOOKS = ("02", "07")
+#: The kernel ``make gpu-env`` (``tools/install.sh --gpu``) registers for the LMDeploy serving environment
+#: (``.venv-serve``): LMDeploy 0.18 needs transformers >= 4.56, XTuner 0.2.0 pins 4.48, so they live apart.
+SERVING_KERNEL = "book-serve"
+
+
+def kernel_exists(name: str) -> bool:
+    """Whether Jupyter knows a kernelspec ``name`` (``jupyter kernelspec list``)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(name)
+    except NoSuchKernel:
+        return False
+    return True
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def choose_kernels(
+    plan: _Plan, kernel: str = "python3", serving_kernel: str | None = SERVING_KERNEL
+) -> dict[Path, tuple[str, str]]:
+    """Pick each notebook's kernel, with the reason: the serving kernel for 02/07 when LMDeploy can answer.
+
+    A notebook of :data:`SERVING_NOTEBOOKS` runs in ``serving_kernel`` when its
+    ``backend`` is ``lmdeploy`` or ``auto``, its ``device`` is not ``cpu``, a
+    CUDA GPU is present and the kernel exists. ``backend='lmdeploy'`` without
+    a GPU or without the kernel is a :class:`UsageError` before anything runs.
+    ``serving_kernel=None`` (``--serving-kernel none``) keeps every notebook in
+    ``kernel``. Other notebooks always run in ``kernel``.
+    """
+    chosen: dict[Path, tuple[str, str]] = {}
+    cuda: bool | None = None
+    for nb in plan.notebooks:
+        params = {**parameter_defaults(nb), **plan.inject[nb]}
+        if nb.stem[:2] not in SERVING_NOTEBOOKS or "backend" not in params:
+            chosen[nb] = (kernel, "")
+            continue
+        backend, device = params.get("backend", "auto"), str(params.get("device", "auto"))
+        if backend == "transformers":
+            chosen[nb] = (kernel, "backend=transformers")
+            continue
+        if serving_kernel is None:
+            why = "--serving-kernel none"
+        elif device == "cpu":
+            why = "device=cpu: LMDeploy needs a CUDA GPU"
+        else:
+            cuda = _cuda_available() if cuda is None else cuda
+            if not cuda:
+                why = "no CUDA GPU here: LMDeploy needs one"
+            elif not kernel_exists(serving_kernel):
+                why = f"no {serving_kernel!r} kernel: `make gpu-env` creates the LMDeploy serving environment"
+            else:
+                chosen[nb] = (serving_kernel, f"backend={backend} on a CUDA GPU: LMDeploy's serving environment")
+                continue
+        if backend == "lmdeploy":
+            raise UsageError(
+                f"{nb.stem} asks for backend='lmdeploy', but {why}. Fix: on a CUDA machine run `make gpu-env` "
+                f"(it creates .venv-serve and registers the {SERVING_KERNEL!r} kernel), or use "
+                "-p backend transformers (or auto). No notebook was run."
+            )
+        chosen[nb] = (kernel, f"backend=auto; transformers answers, {why}")
+    return chosen
+
+
 def _kernel_manager(name: str, socket_dir: Path) -> Any:
     """A kernel manager talking to the kernel over local sockets (IPC) where the OS has them.
 
@@ -393,6 +491,8 @@ class NotebookResult:
     params: dict[str, Any] = field(default_factory=dict)
     output: str | None = None
     error: str | None = None
+    kernel: str | None = None
+    started: float | None = None  # time.time() when the notebook started (lines up with GPU memory logs)
 
 
 def _write_summary(build_dir: Path, profile: str, results: list[NotebookResult], unused: list[str]) -> Path:
@@ -571,6 +671,7 @@ def run_book(
     params_dir: str | Path = PARAMS_DIR,
     log_output: bool = False,
     cell_timeout: int | None = None,
+    serving_kernel: str | None = SERVING_KERNEL,
 ) -> list[NotebookResult]:
     """Execute the selected notebooks in order; raise :class:`RunError` at the first failure.
 
@@ -591,6 +692,10 @@ def run_book(
     if plan.profile == "gpu":
         _require_cuda()
     ensure_kernel(kernel)
+    kernels = choose_kernels(plan, kernel, serving_kernel)
+    for nb_path, (name, why) in kernels.items():
+        if why:
+            print(f"kernel for {nb_path.stem}: {name} ({why})")
     if log_output:
         _stream_cell_output()
 
@@ -601,9 +706,12 @@ def run_book(
     for i, (nb_path, result) in enumerate(zip(plan.notebooks, results), start=1):
         print(f"[{i}/{len(results)}] {nb_path.stem} ...", end="\n" if log_output else " ", flush=True)
         result.params, result.output = plan.inject[nb_path], str(build / nb_path.name)
+        result.kernel, result.started = kernels[nb_path][0], round(time.time(), 2)
         t0 = time.perf_counter()
         try:
-            execute(nb_path, result.output, result.params, kernel, log_output=log_output, cell_timeout=cell_timeout)
+            execute(
+                nb_path, result.output, result.params, result.kernel, log_output=log_output, cell_timeout=cell_timeout
+            )
         except RunError as exc:
             result.seconds, result.status = round(time.perf_counter() - t0, 2), "failed"
             result.error = _error_line(exc.__cause__ or exc)
@@ -826,6 +934,12 @@ def _parser() -> argparse.ArgumentParser:
         "--build-dir", type=Path, default=BUILD_DIR, help="where executed notebooks go (default: _build/notebooks)"
     )
     run.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
+    run.add_argument(
+        "--serving-kernel",
+        default=SERVING_KERNEL,
+        help=f"kernel for notebooks {'/'.join(SERVING_NOTEBOOKS)} when LMDeploy answers on a GPU "
+        f"(default: {SERVING_KERNEL}, made by `make gpu-env`; 'none': always --kernel)",
+    )
     run.add_argument("--params-dir", type=Path, default=PARAMS_DIR, help=argparse.SUPPRESS)
     run.add_argument("--log-output", action="store_true", help="stream the notebooks' cell output")
     run.add_argument("--cell-timeout", type=int, help="seconds a single cell may run (default: no limit)")
@@ -881,6 +995,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 params_dir=args.params_dir,
                 log_output=args.log_output,
                 cell_timeout=args.cell_timeout,
+                serving_kernel=None if args.serving_kernel == "none" else args.serving_kernel,
             )
         elif args.command == "sweep":
             out = run_sweep(

@@ -395,7 +395,10 @@ def probe_lmdeploy() -> Probe:
     version = package_version("lmdeploy")
     if version is None:
         return Probe(
-            False, "lmdeploy is not installed (it needs transformers>=4.56, so it lives in its own environment)."
+            False,
+            "lmdeploy is not installed in this environment (it needs transformers>=4.56, so it lives in its own: "
+            "on a CUDA machine `make gpu-env` creates it, and the runner executes notebooks 02 and 07 in its "
+            "kernel `book-serve`).",
         )
     if not _cuda_facts()[0]:
         return Probe(

@@ -449,8 +449,9 @@ def choose_backend(backend: str = "auto", device: str = "auto") -> Choice:
     if backend == "lmdeploy":
         raise BackendError(
             f"backend='lmdeploy' was asked for, but {probe.reason.rstrip('.')}. Fix: install "
-            "LMDeploy in its own environment (pip install lmdeploy; it needs transformers>=4.56 "
-            "and a CUDA GPU), or use backend='transformers' (or 'auto')."
+            "LMDeploy in its own environment (on a CUDA machine `make gpu-env` makes .venv-serve and its "
+            "kernel `book-serve`; LMDeploy needs transformers>=4.56), run this notebook in that kernel, or "
+            "use backend='transformers' (or 'auto')."
         )
     return Choice(
         "transformers", dev, f"backend: transformers on {dev} (LMDeploy not used: {probe.reason.rstrip('.')})."

@@ -325,3 +325,78 @@ def test_environment_notebook_runs(tmp_path: Path) -> None:
     assert data["verdict"]["profile"] in ("tiny", "gpu")
     assert set(data["report"]["probes"]) == {"bnb_4bit", "flash_attn", "lmdeploy", "xtuner"}
     assert set(book.COMMON_PARAMETERS) <= set(book.parameter_names(book.NOTEBOOKS_DIR / "00_environment.ipynb"))
+
+
+# --------------------------------------------------------------------------- the serving kernel
+
+
+def serving_kernelspec(root: Path) -> Path:
+    """A ``book-serve`` kernelspec under ``root`` (a JUPYTER_PATH) that runs this Python with a marker variable."""
+    spec = root / "kernels" / book.SERVING_KERNEL
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    kernel = {"argv": argv, "display_name": "serving", "language": "python", "env": {"BOOK_KERNEL": "serve"}}
+    (spec / "kernel.json").write_text(json.dumps(kernel))
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("backend", "device", "cuda", "has_kernel", "expected"),
+    [
+        ("auto", "auto", True, True, book.SERVING_KERNEL),
+        ("lmdeploy", "auto", True, True, book.SERVING_KERNEL),
+        ("auto", "auto", True, False, "python3"),
+        ("auto", "auto", False, True, "python3"),
+        ("auto", "cpu", True, True, "python3"),
+        ("transformers", "auto", True, True, "python3"),
+    ],
+)
+def test_choose_kernels_sends_answering_notebooks_to_the_serving_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend, device, cuda, has_kernel, expected
+) -> None:
+    nbs = tmp_path / "nbs"
+    make_notebook(nbs / "01_data.ipynb", 'backend = "auto"\ndevice = "auto"')
+    make_notebook(nbs / "02_answer.ipynb", 'backend = "auto"\ndevice = "auto"')
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    if has_kernel:
+        serving_kernelspec(tmp_path / "jupyter")
+    monkeypatch.setattr(book, "_cuda_available", lambda: cuda)
+    plan = book._plan("tiny", [("backend", backend), ("device", device)], None, None, None, nbs, book.PARAMS_DIR)
+    chosen = book.choose_kernels(plan)
+    assert chosen[nbs / "01_data.ipynb"] == ("python3", "")
+    kernel, why = chosen[nbs / "02_answer.ipynb"]
+    assert kernel == expected and why
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_lmdeploy_without_the_serving_kernel_stops_before_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cuda: bool
+) -> None:
+    nbs = tmp_path / "nbs"
+    make_notebook(nbs / "02_answer.ipynb", 'backend = "auto"\ndevice = "auto"')
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setattr(book, "_cuda_available", lambda: cuda)
+    plan = book._plan("tiny", [("backend", "lmdeploy")], None, None, None, nbs, book.PARAMS_DIR)
+    with pytest.raises(UsageError, match="make gpu-env"):
+        book.choose_kernels(plan)
+
+
+def test_the_runner_executes_a_serving_notebook_in_the_serving_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    nbs, build = tmp_path / "nbs", tmp_path / "build"
+    seen = "import os, pathlib\npathlib.Path(NAME + '.kernel').write_text(os.environ.get('BOOK_KERNEL', 'book'))"
+    for name in ("01_data", "02_answer"):
+        make_notebook(
+            nbs / f"{name}.ipynb", f'backend = "auto"\ndevice = "auto"\nNAME = {str(tmp_path / name)!r}', seen
+        )
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    serving_kernelspec(tmp_path / "jupyter")
+    monkeypatch.setattr(book, "_cuda_available", lambda: True)
+    results = book.run_book(notebooks_dir=nbs, build_dir=build)
+    assert (tmp_path / "01_data.kernel").read_text() == "book"
+    assert (tmp_path / "02_answer.kernel").read_text() == "serve"
+    assert [r.kernel for r in results] == ["python3", book.SERVING_KERNEL]
+    assert f"kernel for 02_answer: {book.SERVING_KERNEL} (backend=auto on a CUDA GPU" in capsys.readouterr().out
+    summary = json.loads((build / book.SUMMARY_NAME).read_text())
+    assert summary["notebooks"][1]["kernel"] == book.SERVING_KERNEL

@@ -52,3 +52,35 @@ def test_the_gpu_training_wheels_have_the_cpu_environments_versions():
     assert {"transformers", "peft", "xtuner", "mmengine", "bitsandbytes"} <= set(gpu)
     wrong = {k: (v, lock[k]) for k, v in gpu.items() if k in lock and k not in exceptions and lock[k] != v}
     assert not wrong, wrong
+
+
+def test_the_gpu_notebook_wheels_have_the_cpu_environments_versions():
+    """requirements/gpu-notebooks.txt (papermill and the kernel, carried to the lent GPUs) pins the lock's versions."""
+    lock, gpu = _pins("lock-cpu.txt"), _pins("gpu-notebooks.txt")
+    assert {"papermill", "ipykernel", "nbclient", "jupyter-client"} <= set(gpu)
+    missing = sorted(set(gpu) - set(lock))
+    wrong = {k: (v, lock[k]) for k, v in gpu.items() if k in lock and lock[k] != v}
+    assert not missing and not wrong, (missing, wrong)
+
+
+def test_the_serving_environment_shares_the_training_environments_versions_where_it_can():
+    """requirements/serve.txt (`make gpu-env`'s .venv-serve): LMDeploy with its own transformers and torch,
+    everything else the notebooks need at the training environment's versions."""
+    base, serve = _pins("base.txt"), _pins("serve.txt")
+    assert serve["lmdeploy"] == "0.18.0"
+    own = {"lmdeploy", "torch", "torchvision", "transformers"}  # LMDeploy's caps: transformers>=4.56, torch<=2.12.1
+    assert int(serve["transformers"].split(".")[0]) >= 5 and tuple(map(int, serve["torch"].split("."))) <= (2, 12, 1)
+    wrong = {k: (v, base.get(k)) for k, v in serve.items() if k not in own and base.get(k) != v}
+    assert not wrong, wrong
+
+
+def test_gpu_env_installs_deepspeed_and_registers_the_serving_kernel():
+    """`make gpu-env` runs tools/install.sh --gpu, which installs the pinned DeepSpeed and the book-serve kernel."""
+    from helpers import book
+
+    make = (ROOT / "Makefile").read_text()
+    assert "gpu-env:" in make and "tools/install.sh --gpu" in make
+    script = (ROOT / "tools" / "install.sh").read_text()
+    assert "DS_BUILD_OPS=0" in script and "-r requirements/gpu-deepspeed.txt" in script
+    assert "-r requirements/serve.txt" in script and f"--name {book.SERVING_KERNEL}" in script
+    assert _pins("gpu-deepspeed.txt")["deepspeed"] == "0.18.9"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-import json
 import subprocess
 import sys
 import time
@@ -16,18 +14,7 @@ from helpers import REPO_DIR, book, params
 
 def _notebook_defaults() -> dict[str, dict[str, object]]:
     """Each notebook's parameters cell, as the values it assigns."""
-    out = {}
-    for nb in book.discover():
-        cell = next(
-            c
-            for c in json.loads(nb.read_text(encoding="utf-8"))["cells"]
-            if "parameters" in c.get("metadata", {}).get("tags", [])
-        )
-        tree = ast.parse("".join(cell["source"]))
-        out[nb.stem] = {
-            node.targets[0].id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
-        }
-    return out
+    return {nb.stem: book.parameter_defaults(nb) for nb in book.discover()}
 
 
 def test_every_notebook_parameter_has_a_rule():

@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
 # Create (or update) the book's virtual environment from the pinned requirements.
-#   bash tools/install.sh [VENV_DIR]      default: .venv
+#   bash tools/install.sh [VENV_DIR]          default: .venv (CPU or GPU: PyPI's torch 2.14.1 is a CUDA build)
+#   bash tools/install.sh --gpu [VENV_DIR]    the same, then the GPU extras (`make gpu-env`, for a CUDA machine):
+#       DeepSpeed in VENV_DIR (requirements/gpu-deepspeed.txt, built without compiled ops), and a second,
+#       separate serving environment .venv-serve with LMDeploy (requirements/serve.txt) registered as the
+#       Jupyter kernel `book-serve`; the runner executes notebooks 02 and 07 in it when LMDeploy answers.
+# Offline machines: WHEELHOUSE=/path/to/wheels takes every package from that folder (pip --no-index).
 # Safe to re-run: it does nothing when the requirements have not changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+GPU=0
+if [[ "${1:-}" == "--gpu" ]]; then GPU=1; shift; fi
 VENV="${1:-.venv}"
 PYTHON="${PYTHON:-python3}"
+SERVE_VENV="${SERVE_VENV:-.venv-serve}"
+OFFLINE=()
+[[ -n "${WHEELHOUSE:-}" ]] && OFFLINE=(--no-index --find-links "$WHEELHOUSE")
 
 "$PYTHON" - <<'PY'
 import sys
@@ -14,10 +24,50 @@ if not ((3, 11) <= sys.version_info[:2] < (3, 13)):
              "(xtuner 0.2.0 requires <3.13). Set PYTHON=/path/to/python3.11.")
 PY
 
+# pip, without the "Location ... is ignored" lines this machine's pip config prints for every package
+pipq() {
+    local py="$1" log rc=0
+    shift
+    log="$(mktemp)"
+    "$py" -m pip --disable-pip-version-check -q "$@" "${OFFLINE[@]}" >"$log" 2>&1 || rc=$?
+    grep -v "^WARNING: Location" "$log" || true
+    rm -f "$log"
+    return "$rc"
+}
+
+# The GPU extras (--gpu): DeepSpeed beside XTuner, and LMDeploy in its own environment with its own kernel.
+gpu_extras() {
+    local stamp="$SERVE_VENV/.installed" hash
+    hash="$(cat requirements/gpu-deepspeed.txt requirements/serve.txt pyproject.toml | sha256sum | cut -c1-16)"
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$hash" ]]; then
+        echo "[install --gpu] DeepSpeed and $SERVE_VENV are up to date"
+        return 0
+    fi
+    "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+        || echo "[install --gpu] note: torch sees no CUDA GPU here; installing anyway (the GPU notebooks will say why they cannot run)"
+    echo "[install --gpu] 1/3 DeepSpeed into $VENV (pure Python: DS_BUILD_OPS=0, its ops are compiled on first use)"
+    # --no-build-isolation builds DeepSpeed against this torch; it needs setuptools and wheel present
+    pipq "$VENV/bin/python" install setuptools==84.2.1 wheel==0.48.0
+    DS_BUILD_OPS=0 pipq "$VENV/bin/python" install --no-build-isolation -c requirements/lock-cpu.txt \
+        -r requirements/gpu-deepspeed.txt
+    "$VENV/bin/python" -c "import deepspeed, xtuner" || { echo "[install --gpu] DeepSpeed does not import"; exit 1; }
+    echo "[install --gpu] 2/3 the serving environment $SERVE_VENV (LMDeploy; see requirements/serve.txt)"
+    [[ -x "$SERVE_VENV/bin/python" ]] || "$PYTHON" -m venv "$SERVE_VENV"
+    pipq "$SERVE_VENV/bin/python" install -r requirements/serve.txt
+    pipq "$SERVE_VENV/bin/python" install --no-deps -e .
+    "$SERVE_VENV/bin/python" -c "import lmdeploy, helpers.infer" || { echo "[install --gpu] LMDeploy does not import"; exit 1; }
+    echo "[install --gpu] 3/3 its Jupyter kernel book-serve, registered in $VENV where the runner looks"
+    "$SERVE_VENV/bin/python" -m ipykernel install --prefix "$VENV" --name book-serve \
+        --display-name "Python 3 (book, LMDeploy serving)" >/dev/null
+    echo "$hash" > "$stamp"
+    echo "[install --gpu] done: $("$SERVE_VENV/bin/python" -c 'import lmdeploy, torch, transformers; print(f"lmdeploy {lmdeploy.__version__}, torch {torch.__version__}, transformers {transformers.__version__}")'); kernels: $("$VENV/bin/jupyter" kernelspec list | tail -n +2 | awk '{print $1}' | tr '\n' ' ')"
+}
+
 STAMP="$VENV/.installed"
 HASH="$(cat requirements/base.txt requirements/no-deps.txt requirements/lock-cpu.txt pyproject.toml | sha256sum | cut -c1-16)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$HASH" ]]; then
     echo "[install] $VENV is up to date"
+    [[ "$GPU" == 1 ]] && gpu_extras
     exit 0
 fi
 
@@ -32,28 +82,21 @@ if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null \
         || echo "[install] could not install fonts-wqy-microhei; figures will label images by id"
 fi
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
-# pip, without the "Location ... is ignored" lines this machine's pip config prints for every package
-pipq() {
-    local log rc=0
-    log="$(mktemp)"
-    "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" >"$log" 2>&1 || rc=$?
-    grep -v "^WARNING: Location" "$log" || true
-    rm -f "$log"
-    return "$rc"
-}
 C=(-c requirements/lock-cpu.txt)
 echo "[install] 1/4 torch + torchvision"
-pipq install "${C[@]}" torch torchvision
+pipq "$VENV/bin/python" install "${C[@]}" torch torchvision
 echo "[install] 2/4 xtuner + bitsandbytes + gradio without their conflicting pins (see requirements/no-deps.txt)"
-pipq install "${C[@]}" --no-deps -r requirements/no-deps.txt
+pipq "$VENV/bin/python" install "${C[@]}" --no-deps -r requirements/no-deps.txt
 echo "[install] 3/4 everything else (pinned)"
 # pip ends this step with two expected lines: "xtuner 0.2.0 requires bitsandbytes==0.45.0" and
 # "gradio 6.17.3 requires pillow<13.0,>=8.0".
-pipq install "${C[@]}" -r requirements/base.txt
+pipq "$VENV/bin/python" install "${C[@]}" -r requirements/base.txt
 "$VENV/bin/python" -c "import xtuner, bitsandbytes, transformers, torchvision, gradio" \
     || { echo "[install] the environment does not import; see the messages above"; exit 1; }
 echo "[install] 4/4 the helpers package (editable)"
-pipq install --no-deps -e .
+pipq "$VENV/bin/python" install --no-deps -e .
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (book)" >/dev/null
 echo "$HASH" > "$STAMP"
 echo "[install] done in $(( $(date +%s) - start )) s: $("$VENV/bin/python" -c 'import torch,transformers,xtuner,bitsandbytes as b; print(f"torch {torch.__version__}, transformers {transformers.__version__}, xtuner {xtuner.__version__}, bitsandbytes {b.__version__}")')"
+[[ "$GPU" == 1 ]] && gpu_extras
+exit 0
