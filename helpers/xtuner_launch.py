@@ -29,6 +29,10 @@ train`` command for these reasons, each a fix for a real failure:
 7. :func:`helpers.compat.avoid_bnb_misaligned_4bit_gemm` keeps 4-bit layers
    with an odd number of outputs (the LM head: both vocabularies are odd) off
    a bitsandbytes 0.50.2 kernel that crashes on them on a GPU.
+8. Several processes on CPUs (torchrun, ``NPROC_PER_NODE=2``: the two-GPU code
+   path, rehearsed in CI): mmengine 0.10.6 asks CUDA for the rank's device and
+   wraps the model in DDP with a GPU id; we start gloo from torchrun's
+   environment first and give DDP ``device_ids=None`` (:data:`CPU_DDP_OPTIONS`).
 
 Usage (what helpers.train runs)::
 
@@ -91,6 +95,11 @@ def prepare(argv: list[str]) -> None:
             torch.set_num_threads(threads)
             print(f"helpers.xtuner_launch: CPU training with {threads} PyTorch thread(s)", flush=True)
     launched = "--launcher" in argv and argv[argv.index("--launcher") + 1] != "none"
+    if launched and not cuda and "--deepspeed" not in argv and not dist.is_initialized():
+        # torchrun on CPUs (NPROC_PER_NODE=2 in CI): mmengine 0.10.6's init_dist("pytorch") calls
+        # torch.cuda.set_device(local_rank) before anything else and fails without a GPU; the Runner
+        # skips init_dist when a group exists, so we start gloo from torchrun's RANK/WORLD_SIZE/MASTER_*.
+        dist.init_process_group("gloo", init_method="env://")
     if not launched and "--deepspeed" not in argv and not dist.is_initialized():
         # a fresh port every time: an inherited MASTER_PORT may be held by the parent process
         dist.init_process_group(
@@ -98,9 +107,24 @@ def prepare(argv: list[str]) -> None:
         )
 
 
+#: On CPUs under torchrun: mmengine wraps the model in DDP with ``device_ids=[LOCAL_RANK]``, which
+#: DistributedDataParallel refuses for a CPU module; ``device_ids=None`` is how DDP runs on CPUs.
+CPU_DDP_OPTIONS = [
+    "--cfg-options",
+    "model_wrapper_cfg.type=MMDistributedDataParallel",
+    "model_wrapper_cfg.device_ids=None",
+    "model_wrapper_cfg.broadcast_buffers=False",
+]
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     prepare(argv)
+    import torch
+
+    launched = "--launcher" in argv and argv[argv.index("--launcher") + 1] != "none"
+    if launched and not torch.cuda.is_available() and "--deepspeed" not in argv and "--cfg-options" not in argv:
+        argv += CPU_DDP_OPTIONS
     from xtuner.tools.train import main as xtuner_train
 
     sys.argv = ["xtuner-train", *argv]

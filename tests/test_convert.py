@@ -52,6 +52,7 @@ def test_merged_model_equals_base_plus_adapter_and_loads_like_the_base(tiny_mode
     assert result.merged_vs_adapter_max_abs_diff < 1e-3
     assert result.saved_vs_adapter_max_abs_diff <= result.tolerance * result.max_abs_logit
     assert result.same_greedy_answer and result.top1_agreement >= 0.9
+    assert result.saved_vs_rounded_max_abs_diff <= 1e-3 * result.max_abs_logit
     out = result.out_dir
     assert json.loads((out / "config.json").read_text()) == json.loads((tiny_model_dir / "config.json").read_text())
     assert {p.name for p in tiny_model_dir.glob("*.py")} <= {p.name for p in out.glob("*.py")}
@@ -112,3 +113,22 @@ def test_compare_models_reports_names_differences_and_bf16_steps(tmp_path):
     assert result["only_in_b"] == ["extra"] and result["tensors_differing"] == ["w"]
     assert result["max_abs_diff"] == 0.015625 and result["max_diff_ulps"] == 1.0
     assert result["changed_from_base"] == {"a": 1, "b": 0}
+
+
+def test_a_saved_folder_that_lost_a_merged_tensor_is_refused(trained, tmp_path, monkeypatch):
+    """The saved folder must hold the merged model: a weight saved unmerged (the base's) is caught."""
+    from safetensors.torch import load_file, save_file
+
+    original = convert._save_merged
+
+    def save_then_undo_one_merge(model, tokenizer, out_dir, base_dir, meta):
+        original(model, tokenizer, out_dir, base_dir, meta)
+        tensors = load_file(out_dir / "model.safetensors")
+        base = load_file(base_dir / "model.safetensors")
+        name = next(n for n in sorted(tensors) if "wqkv" in n and n in base)
+        tensors[name] = base[name].to(tensors[name].dtype)
+        save_file(tensors, out_dir / "model.safetensors", metadata={"format": "pt"})
+
+    monkeypatch.setattr(convert, "_save_merged", save_then_undo_one_merge)
+    with pytest.raises(BookError, match="does not hold the merged model"):
+        convert.convert(trained, tmp_path / "merged")
