@@ -61,7 +61,6 @@ def main() -> int:
     ap.add_argument("--model", help="an existing InternVL2 directory (skips building)")
     ap.add_argument("--workdir", default="/tmp/bench-train")
     ap.add_argument("--iters", type=int, default=40)
-    ap.add_argument("--skip", type=int, default=1, help="warm-up optimizer steps left out of the timing")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--accumulation", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=6656)
@@ -80,8 +79,17 @@ def main() -> int:
         "--attn",
         default="default",
         choices=["default", "sdpa"],
-        help="default: XTuner's choice (flash_attention_2 when flash-attn is installed, else eager)",
+        help="default: XTuner's choice (flash_attention_2 when flash-attn is installed, else eager); sdpa: "
+        "PyTorch's fused attention (official code: helpers.compat.use_sdpa_attention; the book's code: "
+        "INTERNVL_ATTN_FALLBACK=sdpa)",
     )
+    ap.add_argument("--remote-code", default="official", choices=["official", "book"], help="model code built")
+    ap.add_argument("--bnb-compute", default="float16", choices=["float16", "bfloat16"], help="4-bit compute dtype")
+    ap.add_argument(
+        "--lm-head", default="4bit", choices=["4bit", "bf16"], help="bf16: LM head unquantized and without LoRA"
+    )
+    ap.add_argument("--checkpoint", default="default", choices=["default", "reentrant", "non-reentrant"])
+    ap.add_argument("--checkpoint-every", type=int, default=1, help="checkpoint every Nth LLM layer")
     ap.add_argument("--name", default="seed-recipe")
     ap.add_argument("--out", required=True)
     ap.add_argument("--note", action="append", default=[], help="a sentence recorded with the result")
@@ -93,12 +101,16 @@ def main() -> int:
     if args.attn == "sdpa":
         os.environ["INTERNVL_ATTN_FALLBACK"] = "sdpa"  # inherited by the training process
     work = Path(args.workdir)
+    timing_file = (work / f"steps-{args.name}.json").resolve()
+    timing_file.unlink(missing_ok=True)
     data_dir = Path(args.data).resolve()
     ds = data.load_dataset(data_dir, split="train" if data.resolve_layout(data_dir).split_files else None)
     model_dir = (
         Path(args.model).resolve()
         if args.model
-        else tiny.build(args.preset, work / "model", overwrite=True, device="cuda" if cuda else "cpu")
+        else tiny.build(
+            args.preset, work / "model", overwrite=True, device="cuda" if cuda else "cpu", remote_code=args.remote_code
+        )
     )
     recipe = config.Recipe(
         str(model_dir),
@@ -116,6 +128,13 @@ def main() -> int:
         dataloader_num_workers=args.workers,
         persistent_workers=args.persistent_workers,
         amp_dtype=None if args.amp == "none" else args.amp,
+        attention="sdpa" if args.attn == "sdpa" else "eager",
+        bnb_compute_dtype=args.bnb_compute,
+        lm_head=args.lm_head,
+        lora_targets=["wqkv", "wo", "w1", "w2", "w3"] if args.lm_head == "bf16" else None,
+        checkpoint=args.checkpoint,
+        checkpoint_every=args.checkpoint_every,
+        step_timing=str(timing_file),
     )
     from helpers import env
 
@@ -129,15 +148,12 @@ def main() -> int:
     log_text = result.log.read_text()
     rows = [train.parse_log_line(line) for line in log_text.splitlines()]
     rows = [r for r in rows if r]
-    acc = args.accumulation
-    last_full = (max(r["step"] for r in rows) // acc) * acc
-    counted = [r for r in rows if args.skip * acc < r["step"] <= last_full and "time" in r]
-    if not counted:
-        raise SystemExit(f"no whole optimizer step after {args.skip} warm-up steps: raise --iters")
-    timed = [r["time"] for r in counted]
-    sec_per_iter = statistics.median(timed)
-    data_times = [r["data_time"] for r in counted if "data_time" in r]
     memory_mb = max((r.get("memory", 0) for r in rows), default=0)
+    if not timing_file.exists():
+        raise SystemExit(f"the step timer wrote nothing ({timing_file}): see {result.log}")
+    timing = json.loads(timing_file.read_text())
+    if timing.get("timed_steps", 0) < 1:
+        raise SystemExit(f"no optimizer step after {timing['warmup_steps']} warm-up steps: raise --iters")
 
     from transformers import AutoTokenizer
 
@@ -154,7 +170,7 @@ def main() -> int:
     )
     name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
     peak = flops.peak_bf16_flops(name)
-    samples_per_s = len(timed) * args.batch_size / sum(timed)
+    samples_per_s = timing["samples_per_second"]
     out = {
         "benchmark": "train",
         "name": args.name,
@@ -183,18 +199,20 @@ def main() -> int:
                 "persistent_workers",
             )
         },
-        "attention": "sdpa (INTERNVL_ATTN_FALLBACK)" if args.attn == "sdpa" else "XTuner default",
+        "remote_code": args.remote_code,
+        "attention": args.attn,
+        "bnb_compute_dtype": args.bnb_compute,
+        "lm_head": args.lm_head,
+        "checkpoint": args.checkpoint,
+        "checkpoint_every": args.checkpoint_every,
         "overrides": [str(o) for o in overrides],
         "iterations": result.steps,
-        "optimizer_steps": result.steps // args.accumulation,
-        "timed_optimizer_steps": len(timed) // acc,
-        "seconds_per_optimizer_step": round(sum(timed) / (len(timed) / acc), 4),
-        "seconds_per_iteration_median": round(sec_per_iter, 4),
-        "seconds_per_iteration_mean": round(statistics.mean(timed), 4),
-        "seconds_per_iteration": [round(t, 4) for t in timed],
-        "data_seconds_per_iteration_median": round(statistics.median(data_times), 4) if data_times else None,
+        "step_timing": {k: v for k, v in timing.items() if k != "losses"},
+        "seconds_per_optimizer_step_median": timing["median_step_seconds"],
         **flops.throughput(samples_per_s, mean_tokens, cost, peak),
-        "peak_gpu_memory_gib": round(memory_mb / 1024, 2) if memory_mb else None,
+        "peak_gpu_memory_gib": timing.get("peak_memory_allocated_gib"),
+        "peak_gpu_memory_reserved_gib": timing.get("peak_memory_reserved_gib"),
+        "peak_gpu_memory_logged_gib": round(memory_mb / 1024, 2) if memory_mb else None,
         # XTuner prints the model after building it; these are the module names shown as bnb Linear4bit
         # XTuner prints the model after building it: LoRA-wrapped layers whose frozen base is a
         # bitsandbytes Linear4bit, and LLM layers left in 16 bit (none expected with quantization_llm)
@@ -204,8 +222,9 @@ def main() -> int:
         "llm_layers_not_4bit": sorted(
             set(re.findall(r"\((\w+)\): lora\.Linear\(\n\s*\(base_layer\): Linear\(", log_text))
         ),
-        "loss_first": rows[0].get("loss"),
-        "loss_last": rows[-1].get("loss"),
+        "losses": timing.get("losses", [])[:30],
+        "loss_first": rows[0].get("loss") if rows else None,
+        "loss_last": rows[-1].get("loss") if rows else None,
         "wall_seconds": round(result.seconds, 1),
         "command": " ".join(sys.argv),
         "notes": args.note,
