@@ -7,7 +7,7 @@
 #   WHEELS=.whl-train bash benchmarks/gpu/levers.sh OUTDIR [all | row names ...]
 # Rows (1,985-token samples: 6 tiles + thumbnail = 7 x 256 image tokens + 128-token caption, unless "-13"):
 #   course fast course-13 fast-13 16gb-13   the recipes (13 = 12 tiles + thumbnail, 3,393 tokens)
-#   bf16 sdpa bnb-bf16 head ckpt-nonre ckpt-re ckpt-every2 b8x2 b2x8 w0 w8p   one lever each
+#   bf16 sdpa bnb-bf16 head4bit ckpt-nonre ckpt-re ckpt-every2 b8x2 b2x8 w0 w8p   one lever each
 # ROW_BUDGET_S (default 520): no row starts once the script has run this long (one device call).
 set -uo pipefail
 OUT=${1:?output folder}; shift; WHAT=${*:-all}; TAG=${TAG:-h200}; BUDGET=${ROW_BUDGET_S:-520}
@@ -44,22 +44,22 @@ print(f"  {d['samples_per_second']} samples/s, step median {t['median_step_secon
 EOF
 }
 COURSE=(--amp float16)
-FAST=(--amp bfloat16 --attn sdpa --bnb-compute bfloat16 --workers 8 --persistent-workers)
+FAST=(--amp bfloat16 --attn sdpa --bnb-compute bfloat16 --lm-head bf16 --workers 8 --persistent-workers)
 row course "$D5" 4 4 "${COURSE[@]}" --note "the course's recipe: NF4 LLM, LoRA r=128 on every linear layer incl. output, 4 x 4, fp16 AMP, eager attention (official code, no flash-attn), 4 workers"
-row fast "$D5" 4 4 "${FAST[@]}" --note "fast: bf16 AMP, SDPA (helpers.compat), 4-bit compute bf16, 8 persistent workers, 4 x 4"
+row fast "$D5" 4 4 "${FAST[@]}" --note "fast: bf16 AMP, SDPA (helpers.compat), 4-bit compute bf16, LM head bf16 without LoRA, 8 persistent workers, 4 x 4"
 row course-13 "$D13" 4 4 "${COURSE[@]}" --note "the course's recipe on 13-tile samples"
 row fast-13 "$D13" 4 4 "${FAST[@]}" --note "fast on 13-tile samples"
 row 16gb-13 "$D13" 1 16 "${FAST[@]}" --note "16 GB setting: fast, 1 sample per micro-batch x 16, 13-tile samples"
 row sdpa "$D5" 4 4 "${COURSE[@]}" --attn sdpa --note "lever: the course + SDPA attention"
 row bf16 "$D5" 4 4 --amp bfloat16 --note "lever: the course with bf16 AMP instead of fp16"
-row head "$D5" 4 4 "${FAST[@]}" --lm-head bf16 --note "lever: fast + LM head unquantized (bf16) without LoRA"
+row head4bit "$D5" 4 4 "${FAST[@]}" --lm-head 4bit --note "lever: fast with the LM head back in 4-bit with LoRA (the course's)"
 row bnb-bf16 "$D5" 4 4 --amp bfloat16 --bnb-compute bfloat16 --note "lever: bf16 AMP + 4-bit compute bf16 (against row bf16)"
 row ckpt-nonre "$D5" 4 4 "${FAST[@]}" --checkpoint non-reentrant --note "lever: fast + non-reentrant checkpointing"
 row ckpt-re "$D5" 4 4 "${FAST[@]}" --checkpoint reentrant --note "lever: fast + reentrant checkpointing (explicit)"
 row ckpt-every2 "$D5" 4 4 "${FAST[@]}" --checkpoint non-reentrant --checkpoint-every 2 --note "lever: fast + every other layer checkpointed"
 row b8x2 "$D5" 8 2 "${FAST[@]}" --note "lever: fast with 8 samples per micro-batch x 2"
 row b2x8 "$D5" 2 8 "${FAST[@]}" --note "lever: fast with 2 samples per micro-batch x 8"
-row w0 "$D5" 4 4 --amp bfloat16 --attn sdpa --bnb-compute bfloat16 --workers 0 --note "lever: fast with no data workers"
+row w0 "$D5" 4 4 --amp bfloat16 --attn sdpa --bnb-compute bfloat16 --lm-head bf16 --workers 0 --note "lever: fast with no data workers"
 row w8p "$D5" 4 4 "${COURSE[@]}" --workers 8 --persistent-workers --note "lever: the course with 8 persistent workers"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv"
 echo "done after $(( $(date +%s) - START )) s"
