@@ -187,6 +187,7 @@ _RULES: dict[str, tuple[Any, str]] = {
         "use 'default', 'reentrant' or 'non-reentrant'",
     ),
     "checkpoint_every": (lambda v: v >= 1, "checkpoint every Nth layer, N >= 1"),
+    "dataloader_num_workers": (lambda v: v >= 0, "use 0 (load in the training process) or more worker processes"),
     "dist_backend": (lambda v: v in ("nccl", "gloo"), "use 'nccl' (GPUs) or 'gloo' (CPU)"),
     "optimizer": (lambda v: v in OPTIMIZERS, f"unknown optimizer: use one of {sorted(OPTIMIZERS)}"),
 }
@@ -210,6 +211,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "lm_head": (str,),
     "checkpoint": (str,),
     "checkpoint_every": (int,),
+    "dataloader_num_workers": (int,),
+    "persistent_workers": (bool,),
     "dist_backend": (str,),
     "optimizer": (str,),
     "quantization_llm": (bool,),
@@ -374,6 +377,10 @@ def _schedule_parts(recipe: Recipe) -> dict[str, str]:
     }
 
 
+#: LoRA on every linear layer of InternLM2 except the LM head ``output``: with ``lm_head='bf16'`` the
+#: head stays frozen in bf16 without an adapter (XTuner's default, None, would wrap it too).
+LORA_TARGETS_WITHOUT_HEAD = ("wqkv", "wo", "w1", "w2", "w3")
+
 #: Recipe fields that the book's launcher reads from the config as ``book_<field>`` (XTuner ignores them).
 LEVER_FIELDS = ("attention", "bnb_compute_dtype", "lm_head", "checkpoint", "checkpoint_every")
 
@@ -415,7 +422,9 @@ def render(recipe: Recipe) -> str:
         opt_dict=opt_dict,
         optim_type=OPTIMIZERS[recipe.optimizer][1],
         betas=repr(tuple(recipe.betas)),
-        targets="None" if recipe.lora_targets is None else repr(list(recipe.lora_targets)),
+        targets=repr(list(recipe.lora_targets or LORA_TARGETS_WITHOUT_HEAD))
+        if recipe.lora_targets is not None or recipe.lm_head == "bf16"
+        else "None",
         persistent="\n    persistent_workers=True,"
         if recipe.persistent_workers and recipe.dataloader_num_workers
         else "",

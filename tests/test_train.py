@@ -91,7 +91,8 @@ def test_interrupted_4bit_run_resumes_from_its_last_checkpoint(tiny_model_dir, t
     # helpers.timing.StepTimerHook timed the resumed run's 6 optimizer steps (accumulation 1), 3 after warm-up
     timing = json.loads(steps_json.read_text())
     assert timing["optimizer_steps"] == 6 and timing["timed_steps"] == 3 and len(timing["losses"]) == 6
-    assert timing["losses"][-1] == pytest.approx(second[9], abs=1e-3)
+    # its losses are each iteration's own (mmengine logs a mean over up to 10 iterations), and falling
+    assert sum(timing["losses"]) / 6 < first[1], (timing["losses"], first)
 
 
 def test_a_corrupt_last_checkpoint_stops_before_training(tiny_model_dir, tmp_path):
