@@ -207,8 +207,10 @@ def main() -> int:
         "checkpoint_every": args.checkpoint_every,
         "overrides": [str(o) for o in overrides],
         "iterations": result.steps,
-        "step_timing": {k: v for k, v in timing.items() if k != "losses"},
+        "step_timing": {k: v for k, v in timing.items() if k not in ("losses", "data_wait_seconds")},
         "seconds_per_optimizer_step_median": timing["median_step_seconds"],
+        # host seconds each iteration waited for its batch (helpers.timing; mmengine's data_time is smoothed)
+        "data_wait_seconds": timing.get("data_wait_seconds", []),
         **flops.throughput(samples_per_s, mean_tokens, cost, peak),
         "peak_gpu_memory_gib": timing.get("peak_memory_allocated_gib"),
         "peak_gpu_memory_reserved_gib": timing.get("peak_memory_reserved_gib"),

@@ -88,6 +88,8 @@ class StepTimerHook(Hook):
         self._started = False
         self.peak_allocated = 0
         self.peak_reserved = 0
+        self.data_wait: list[float] = []  # per iteration: host seconds from the last iteration's end to this start
+        self._iter_end = 0.0
 
     def before_train(self, runner) -> None:  # type: ignore[no-untyped-def]
         _sync()
@@ -98,8 +100,13 @@ class StepTimerHook(Hook):
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
 
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:  # type: ignore[no-untyped-def]
+        # mmengine fetches the batch between the previous iteration's hooks and this one's
+        self.data_wait.append(round(time.perf_counter() - (self._iter_end or self._last), 4))
+
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:  # type: ignore[no-untyped-def]
         self._read_peak_memory()
+        self._iter_end = time.perf_counter()
         if outputs and "loss" in outputs:
             self.losses.append(round(float(outputs["loss"]), 5))
         if (batch_idx + 1) % self.accumulative_counts:
@@ -138,6 +145,7 @@ class StepTimerHook(Hook):
             "peak_memory_allocated_gib": round(self.peak_allocated / 2**30, 2) if cuda else None,
             "peak_memory_reserved_gib": round(self.peak_reserved / 2**30, 2) if cuda else None,
             "losses": self.losses,
+            "data_wait_seconds": self.data_wait,
         }
 
     def write(self) -> None:

@@ -25,6 +25,8 @@ def test_hook_counts_one_step_per_accumulation_and_times_the_wall_clock(tmp_path
     hook = StepTimerHook(str(out), batch_size=4, accumulative_counts=4, warmup_steps=3)
     hook.before_train(None)
     for i in range(22):  # 5 whole steps; the last 2 iterations start a sixth that never steps
+        time.sleep(0.02 if i == 8 else 0.0)  # waiting for a batch
+        hook.before_train_iter(None, i)
         time.sleep(0.01 if (i + 1) % 4 else 0.03)  # the iteration that steps the optimizer is slower
         hook.after_train_iter(None, i, outputs={"loss": 2.0 - i / 100})
     assert len(json.loads(out.read_text())["losses"]) == 20  # written at the end of each step
@@ -32,6 +34,8 @@ def test_hook_counts_one_step_per_accumulation_and_times_the_wall_clock(tmp_path
     data = json.loads(out.read_text())
     assert data["optimizer_steps"] == 5 and data["timed_steps"] == 2 and data["samples_per_step"] == 16
     assert len(data["losses"]) == 22 and data["losses"][0] == 2.0
+    assert len(data["data_wait_seconds"]) == 22 and max(data["data_wait_seconds"]) == data["data_wait_seconds"][8]
+    assert data["data_wait_seconds"][8] >= 0.02
     # each step is three 10 ms iterations and one 30 ms one, at least
     assert all(s >= 0.06 for s in data["step_seconds"]), data["step_seconds"]
     assert data["median_step_seconds"] < 1.0
