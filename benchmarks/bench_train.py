@@ -10,24 +10,24 @@ samples/s, tokens/s and model FLOPs utilisation (formula in ``flops.py``).
 
     # GPU, InternVL2-2B's real sizes with random weights, on synthetic samples of 1,985 tokens
     # (benchmarks/gpu/train_single.sh runs every configuration of the results files):
-    python benchmarks/bench_train.py --preset internvl2-2b --data /tmp/synth --iters 24 \
-        --out benchmarks/results/train-seed-recipe-h100.json
+    python benchmarks/bench_train.py --preset internvl2-2b --data /tmp/synth --iters 52 \
+        --out /tmp/course.json
     # XTuner with bf16 mixed precision and fused attention, 2 samples per micro-batch x 8
     python benchmarks/bench_train.py --preset internvl2-2b --data /tmp/synth --amp bfloat16 --attn sdpa \
         --batch-size 2 --accumulation 8 --iters 32 --name tuned-16gb --out /tmp/tuned-16gb.json
     # CPU smoke run on the tiny model:
     python benchmarks/bench_train.py --preset tiny --iters 6 --batch-size 1 --accumulation 1 --out /tmp/t.json
 
-Samples/s counts micro-batch samples (batch_size per iteration); tokens/s uses
-the data's mean tokens per sample (text + image tokens under the model's
-tiling; every synthetic sample has the same count). Timing covers whole
-optimizer steps after ``--skip`` warm-up steps: the iteration that steps the
-optimizer takes longer than the accumulation iterations, so a median of
-iterations would flatter large accumulation counts (mmengine logs each
-iteration's time as a moving average over 10 iterations). ``--attn sdpa`` sets
-``INTERNVL_ATTN_FALLBACK=sdpa``: where flash-attn is not installed, this
-book's model code then uses PyTorch's fused attention instead of eager
-(the official InternVL2 code knows eager and flash_attention_2 only).
+Timing: helpers.timing.StepTimerHook (added to the config through
+``Recipe.step_timing``) reads the wall clock after ``torch.cuda.synchronize()`` at
+the end of every optimizer step, leaves the first 3 steps out and reports the
+median of the rest (``--iters`` = 13 x accumulation gives 10 timed steps), the
+spread and samples/s = samples per step / median step; mmengine's logged times
+(a moving average over 10 iterations) are not used. The model directory is
+built with the official InternVL2 code by default (``--remote-code``); ``--attn
+sdpa`` and the other lever options become ``book_*`` lines of the config that
+helpers.xtuner_launch applies (helpers.compat). Peak memory is the largest of
+mmengine's per-iteration peaks.
 """
 
 from __future__ import annotations
@@ -224,6 +224,12 @@ def main() -> int:
         "llm_layers_not_4bit": sorted(
             set(re.findall(r"\((\w+)\): lora\.Linear\(\n\s*\(base_layer\): Linear\(", log_text))
         ),
+        # what the launcher applied, as the training log says (levers and the SDPA patch's module counts)
+        "launcher_lines": [
+            line.strip()
+            for line in log_text.splitlines()
+            if line.startswith(("helpers.xtuner_launch: levers", "helpers.compat."))
+        ],
         "losses": timing.get("losses", [])[:30],
         "loss_first": rows[0].get("loss") if rows else None,
         "loss_last": rows[-1].get("loss") if rows else None,
