@@ -90,6 +90,9 @@ def main() -> int:
     )
     ap.add_argument("--checkpoint", default="default", choices=["default", "reentrant", "non-reentrant"])
     ap.add_argument("--checkpoint-every", type=int, default=1, help="checkpoint every Nth LLM layer")
+    ap.add_argument(
+        "--loss-logits", default="all", choices=["all", "labelled"], help="labelled: logits of answer tokens only"
+    )
     ap.add_argument("--name", default="seed-recipe")
     ap.add_argument("--out", required=True)
     ap.add_argument("--note", action="append", default=[], help="a sentence recorded with the result")
@@ -134,6 +137,7 @@ def main() -> int:
         lora_targets=["wqkv", "wo", "w1", "w2", "w3"] if args.lm_head == "bf16" else None,
         checkpoint=args.checkpoint,
         checkpoint_every=args.checkpoint_every,
+        loss_logits=args.loss_logits,
         step_timing=str(timing_file),
     )
     from helpers import env
@@ -205,6 +209,7 @@ def main() -> int:
         "lm_head": args.lm_head,
         "checkpoint": args.checkpoint,
         "checkpoint_every": args.checkpoint_every,
+        "loss_logits": args.loss_logits,
         "overrides": [str(o) for o in overrides],
         "iterations": result.steps,
         "step_timing": {k: v for k, v in timing.items() if k not in ("losses", "data_wait_seconds")},

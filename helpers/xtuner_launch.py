@@ -36,7 +36,9 @@ train`` command for these reasons, each a fix for a real failure:
    (:func:`helpers.compat.bnb_compute_dtype`), ``book_lm_head = 'bf16'`` keeps
    the LM head out of 4-bit (:func:`helpers.compat.keep_lm_head_unquantized`),
    ``book_checkpoint`` / ``book_checkpoint_every`` choose the gradient
-   checkpointing variant and how many layers (:func:`helpers.compat.checkpointing`).
+   checkpointing variant and how many layers (:func:`helpers.compat.checkpointing`),
+   ``book_loss_logits = 'labelled'`` computes the loss from logits of the labelled
+   tokens only (:func:`helpers.compat.labelled_logits_for_xtuner`).
 
 Usage (what helpers.train runs)::
 
@@ -91,6 +93,7 @@ def levers(config: str | None) -> dict[str, str]:
         "lm_head": "4bit",
         "checkpoint": "default",
         "checkpoint_every": "1",
+        "loss_logits": "all",
     }
     if config:
         from mmengine.config import Config
@@ -131,6 +134,10 @@ def prepare(argv: list[str]) -> None:
 
         reentrant = {"default": None, "reentrant": True, "non-reentrant": False}[chosen["checkpoint"]]
         checkpointing(reentrant, int(chosen["checkpoint_every"]))
+    if chosen["loss_logits"] == "labelled":
+        from .compat import labelled_logits_for_xtuner
+
+        labelled_logits_for_xtuner()
     print(f"helpers.xtuner_launch: levers {chosen}", flush=True)
     if not cuda:
         from .compat import allow_bnb_4bit_on_cpu, fast_4bit_compute_on_cpu, float32_weights_on_cpu

@@ -7,7 +7,6 @@ import pytest
 from helpers import compat, tiny
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("timm")  # the official modeling_intern_vit.py imports it
 
 # float32 on a CPU: SDPA and eager attention differ only by the order of floating-point sums
 ATOL = 1e-5
@@ -15,6 +14,7 @@ ATOL = 1e-5
 
 @pytest.fixture(scope="module")
 def official_dir(tmp_path_factory):
+    pytest.importorskip("timm")  # the official modeling_intern_vit.py imports it
     return tiny.build("tiny", tmp_path_factory.mktemp("official") / "m", remote_code="official")
 
 
@@ -94,3 +94,23 @@ def test_sdpa_patch_leaves_the_books_own_code_alone(tiny_model_dir):
         "intern_vit_attention": 0,
         "internlm2_model": 0,
     }
+
+
+@pytest.mark.parametrize("chunk", [4096, 5], ids=["one-chunk", "chunks-of-5"])
+def test_labelled_cross_entropy_equals_the_full_logits_loss(chunk):
+    """The loss from the labelled tokens' logits only is XTuner's loss over all logits, value and gradients."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    hidden = torch.randn(2, 12, 16, requires_grad=True)
+    labels = torch.full((2, 12), -100)
+    labels[0, 7:] = torch.randint(0, 50, (5,))  # an answer at the end of each sample, as in XTuner's data
+    labels[1, 9:] = torch.randint(0, 50, (3,))
+
+    full = torch.nn.CrossEntropyLoss()(head(hidden)[:, :-1].float().reshape(-1, 50), labels[:, 1:].reshape(-1))
+    full_grads = torch.autograd.grad(full, (hidden, head.weight))
+    ours = compat.labelled_cross_entropy(hidden, head, labels, chunk_tokens=chunk)
+    our_grads = torch.autograd.grad(ours, (hidden, head.weight))
+    assert ours.item() == pytest.approx(full.item(), abs=1e-6)
+    for a, b in zip(full_grads, our_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert compat.labelled_cross_entropy(hidden, head, torch.full((2, 12), -100)).item() == 0.0

@@ -56,6 +56,7 @@ def test_config_carries_the_timer_and_the_levers():
     assert "dict(type=StepTimerHook, out='/tmp/s.json', batch_size=batch_size," in fast
     assert "book_attention = 'sdpa'" in fast and "book_bnb_compute_dtype = 'bfloat16'" in fast
     assert "book_lm_head = '4bit'" in fast and "book_checkpoint_every = 1" in fast
+    assert "book_loss_logits = 'all'" in fast
     compile(fast, "config.py", "exec")
     with pytest.raises(Exception, match="attention"):
         config.render(base.changed(attention="flash"))

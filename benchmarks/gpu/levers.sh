@@ -6,8 +6,8 @@
 # Usage (from the repository root, on one GPU; wheels of requirements/gpu-train.txt in $WHEELS):
 #   WHEELS=.whl-train bash benchmarks/gpu/levers.sh OUTDIR [all | row names ...]
 # Rows (1,985-token samples: 6 tiles + thumbnail = 7 x 256 image tokens + 128-token caption, unless "-13"):
-#   course fast course-13 fast-13 16gb-13   the recipes (13 = 12 tiles + thumbnail, 3,393 tokens)
-#   bf16 sdpa bnb-bf16 head4bit ckpt-nonre ckpt-re ckpt-every2 b8x2 b2x8 w0 w8p   one lever each
+#   course fast course-13 fast-13 16gb-13 16gb-13-b2   the recipes (13 = 12 tiles + thumbnail, 3,395 tokens)
+#   bf16 sdpa bnb-bf16 head4bit labelled ckpt-nonre ckpt-re ckpt-every2 b8x2 b2x8 w0 w8p   one lever each
 # ROW_BUDGET_S (default 520): no row starts once the script has run this long (one device call).
 set -uo pipefail
 OUT=${1:?output folder}; shift; WHAT=${*:-all}; TAG=${TAG:-h200}; BUDGET=${ROW_BUDGET_S:-520}
@@ -49,11 +49,13 @@ row course "$D5" 4 4 "${COURSE[@]}" --note "the course's recipe: NF4 LLM, LoRA r
 row fast "$D5" 4 4 "${FAST[@]}" --note "fast: bf16 AMP, SDPA (helpers.compat), 4-bit compute bf16, LM head bf16 without LoRA, 8 persistent workers, 4 x 4"
 row course-13 "$D13" 4 4 "${COURSE[@]}" --note "the course's recipe on 13-tile samples"
 row fast-13 "$D13" 4 4 "${FAST[@]}" --note "fast on 13-tile samples"
-row 16gb-13 "$D13" 1 16 "${FAST[@]}" --note "16 GB setting: fast, 1 sample per micro-batch x 16, 13-tile samples"
+row 16gb-13 "$D13" 1 16 "${FAST[@]}" --loss-logits labelled --note "16 GB setting: fast + logits of the labelled tokens only, 1 sample per micro-batch x 16, 13-tile samples"
+row 16gb-13-b2 "$D13" 2 8 "${FAST[@]}" --loss-logits labelled --note "16 GB candidate: fast + labelled logits, 2 x 8, 13-tile samples"
 row sdpa "$D5" 4 4 "${COURSE[@]}" --attn sdpa --note "lever: the course + SDPA attention"
 row bf16 "$D5" 4 4 --amp bfloat16 --note "lever: the course with bf16 AMP instead of fp16"
 row head4bit "$D5" 4 4 "${FAST[@]}" --lm-head 4bit --note "lever: fast with the LM head back in 4-bit with LoRA (the course's)"
 row bnb-bf16 "$D5" 4 4 --amp bfloat16 --bnb-compute bfloat16 --note "lever: bf16 AMP + 4-bit compute bf16 (against row bf16)"
+row labelled "$D5" 4 4 "${FAST[@]}" --loss-logits labelled --note "lever: fast + the loss from the labelled tokens' logits only (helpers.compat.labelled_cross_entropy)"
 row ckpt-nonre "$D5" 4 4 "${FAST[@]}" --checkpoint non-reentrant --note "lever: fast + non-reentrant checkpointing"
 row ckpt-re "$D5" 4 4 "${FAST[@]}" --checkpoint reentrant --note "lever: fast + reentrant checkpointing (explicit)"
 row ckpt-every2 "$D5" 4 4 "${FAST[@]}" --checkpoint non-reentrant --checkpoint-every 2 --note "lever: fast + every other layer checkpointed"
