@@ -10,24 +10,24 @@ samples/s, tokens/s and model FLOPs utilisation (formula in ``flops.py``).
 
     # GPU, InternVL2-2B's real sizes with random weights, on synthetic samples of 1,985 tokens
     # (benchmarks/gpu/train_single.sh runs every configuration of the results files):
-    python benchmarks/bench_train.py --preset internvl2-2b --data /tmp/synth --iters 24 \
-        --out benchmarks/results/train-seed-recipe-h100.json
+    python benchmarks/bench_train.py --preset internvl2-2b --data /tmp/synth --iters 52 \
+        --out /tmp/course.json
     # XTuner with bf16 mixed precision and fused attention, 2 samples per micro-batch x 8
     python benchmarks/bench_train.py --preset internvl2-2b --data /tmp/synth --amp bfloat16 --attn sdpa \
         --batch-size 2 --accumulation 8 --iters 32 --name tuned-16gb --out /tmp/tuned-16gb.json
     # CPU smoke run on the tiny model:
     python benchmarks/bench_train.py --preset tiny --iters 6 --batch-size 1 --accumulation 1 --out /tmp/t.json
 
-Samples/s counts micro-batch samples (batch_size per iteration); tokens/s uses
-the data's mean tokens per sample (text + image tokens under the model's
-tiling; every synthetic sample has the same count). Timing covers whole
-optimizer steps after ``--skip`` warm-up steps: the iteration that steps the
-optimizer takes longer than the accumulation iterations, so a median of
-iterations would flatter large accumulation counts (mmengine logs each
-iteration's time as a moving average over 10 iterations). ``--attn sdpa`` sets
-``INTERNVL_ATTN_FALLBACK=sdpa``: where flash-attn is not installed, this
-book's model code then uses PyTorch's fused attention instead of eager
-(the official InternVL2 code knows eager and flash_attention_2 only).
+Timing: helpers.timing.StepTimerHook (added to the config through
+``Recipe.step_timing``) reads the wall clock after ``torch.cuda.synchronize()`` at
+the end of every optimizer step, leaves the first 3 steps out and reports the
+median of the rest (``--iters`` = 13 x accumulation gives 10 timed steps), the
+spread and samples/s = samples per step / median step; mmengine's logged times
+(a moving average over 10 iterations) are not used. The model directory is
+built with the official InternVL2 code by default (``--remote-code``); ``--attn
+sdpa`` and the other lever options become ``book_*`` lines of the config that
+helpers.xtuner_launch applies (helpers.compat). Peak memory is the largest of
+mmengine's per-iteration peaks.
 """
 
 from __future__ import annotations
@@ -61,7 +61,6 @@ def main() -> int:
     ap.add_argument("--model", help="an existing InternVL2 directory (skips building)")
     ap.add_argument("--workdir", default="/tmp/bench-train")
     ap.add_argument("--iters", type=int, default=40)
-    ap.add_argument("--skip", type=int, default=1, help="warm-up optimizer steps left out of the timing")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--accumulation", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=6656)
@@ -80,7 +79,19 @@ def main() -> int:
         "--attn",
         default="default",
         choices=["default", "sdpa"],
-        help="default: XTuner's choice (flash_attention_2 when flash-attn is installed, else eager)",
+        help="default: XTuner's choice (flash_attention_2 when flash-attn is installed, else eager); sdpa: "
+        "PyTorch's fused attention (official code: helpers.compat.use_sdpa_attention; the book's code: "
+        "INTERNVL_ATTN_FALLBACK=sdpa)",
+    )
+    ap.add_argument("--remote-code", default="official", choices=["official", "book"], help="model code built")
+    ap.add_argument("--bnb-compute", default="float16", choices=["float16", "bfloat16"], help="4-bit compute dtype")
+    ap.add_argument(
+        "--lm-head", default="4bit", choices=["4bit", "bf16"], help="bf16: LM head unquantized and without LoRA"
+    )
+    ap.add_argument("--checkpoint", default="default", choices=["default", "reentrant", "non-reentrant"])
+    ap.add_argument("--checkpoint-every", type=int, default=1, help="checkpoint every Nth LLM layer")
+    ap.add_argument(
+        "--loss-logits", default="all", choices=["all", "labelled"], help="labelled: logits of answer tokens only"
     )
     ap.add_argument("--name", default="seed-recipe")
     ap.add_argument("--out", required=True)
@@ -93,12 +104,16 @@ def main() -> int:
     if args.attn == "sdpa":
         os.environ["INTERNVL_ATTN_FALLBACK"] = "sdpa"  # inherited by the training process
     work = Path(args.workdir)
+    timing_file = (work / f"steps-{args.name}.json").resolve()
+    timing_file.unlink(missing_ok=True)
     data_dir = Path(args.data).resolve()
     ds = data.load_dataset(data_dir, split="train" if data.resolve_layout(data_dir).split_files else None)
     model_dir = (
         Path(args.model).resolve()
         if args.model
-        else tiny.build(args.preset, work / "model", overwrite=True, device="cuda" if cuda else "cpu")
+        else tiny.build(
+            args.preset, work / "model", overwrite=True, device="cuda" if cuda else "cpu", remote_code=args.remote_code
+        )
     )
     recipe = config.Recipe(
         str(model_dir),
@@ -116,6 +131,14 @@ def main() -> int:
         dataloader_num_workers=args.workers,
         persistent_workers=args.persistent_workers,
         amp_dtype=None if args.amp == "none" else args.amp,
+        attention="sdpa" if args.attn == "sdpa" else "eager",
+        bnb_compute_dtype=args.bnb_compute,
+        lm_head=args.lm_head,
+        lora_targets=["wqkv", "wo", "w1", "w2", "w3"] if args.lm_head == "bf16" else None,
+        checkpoint=args.checkpoint,
+        checkpoint_every=args.checkpoint_every,
+        loss_logits=args.loss_logits,
+        step_timing=str(timing_file),
     )
     from helpers import env
 
@@ -129,15 +152,12 @@ def main() -> int:
     log_text = result.log.read_text()
     rows = [train.parse_log_line(line) for line in log_text.splitlines()]
     rows = [r for r in rows if r]
-    acc = args.accumulation
-    last_full = (max(r["step"] for r in rows) // acc) * acc
-    counted = [r for r in rows if args.skip * acc < r["step"] <= last_full and "time" in r]
-    if not counted:
-        raise SystemExit(f"no whole optimizer step after {args.skip} warm-up steps: raise --iters")
-    timed = [r["time"] for r in counted]
-    sec_per_iter = statistics.median(timed)
-    data_times = [r["data_time"] for r in counted if "data_time" in r]
     memory_mb = max((r.get("memory", 0) for r in rows), default=0)
+    if not timing_file.exists():
+        raise SystemExit(f"the step timer wrote nothing ({timing_file}): see {result.log}")
+    timing = json.loads(timing_file.read_text())
+    if timing.get("timed_steps", 0) < 1:
+        raise SystemExit(f"no optimizer step after {timing['warmup_steps']} warm-up steps: raise --iters")
 
     from transformers import AutoTokenizer
 
@@ -154,7 +174,7 @@ def main() -> int:
     )
     name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
     peak = flops.peak_bf16_flops(name)
-    samples_per_s = len(timed) * args.batch_size / sum(timed)
+    samples_per_s = timing["samples_per_second"]
     out = {
         "benchmark": "train",
         "name": args.name,
@@ -183,18 +203,23 @@ def main() -> int:
                 "persistent_workers",
             )
         },
-        "attention": "sdpa (INTERNVL_ATTN_FALLBACK)" if args.attn == "sdpa" else "XTuner default",
+        "remote_code": args.remote_code,
+        "attention": args.attn,
+        "bnb_compute_dtype": args.bnb_compute,
+        "lm_head": args.lm_head,
+        "checkpoint": args.checkpoint,
+        "checkpoint_every": args.checkpoint_every,
+        "loss_logits": args.loss_logits,
         "overrides": [str(o) for o in overrides],
         "iterations": result.steps,
-        "optimizer_steps": result.steps // args.accumulation,
-        "timed_optimizer_steps": len(timed) // acc,
-        "seconds_per_optimizer_step": round(sum(timed) / (len(timed) / acc), 4),
-        "seconds_per_iteration_median": round(sec_per_iter, 4),
-        "seconds_per_iteration_mean": round(statistics.mean(timed), 4),
-        "seconds_per_iteration": [round(t, 4) for t in timed],
-        "data_seconds_per_iteration_median": round(statistics.median(data_times), 4) if data_times else None,
+        "step_timing": {k: v for k, v in timing.items() if k not in ("losses", "data_wait_seconds")},
+        "seconds_per_optimizer_step_median": timing["median_step_seconds"],
+        # host seconds each iteration waited for its batch (helpers.timing; mmengine's data_time is smoothed)
+        "data_wait_seconds": timing.get("data_wait_seconds", []),
         **flops.throughput(samples_per_s, mean_tokens, cost, peak),
-        "peak_gpu_memory_gib": round(memory_mb / 1024, 2) if memory_mb else None,
+        "peak_gpu_memory_gib": timing.get("peak_memory_allocated_gib"),
+        "peak_gpu_memory_reserved_gib": timing.get("peak_memory_reserved_gib"),
+        "peak_gpu_memory_logged_gib": round(memory_mb / 1024, 2) if memory_mb else None,
         # XTuner prints the model after building it; these are the module names shown as bnb Linear4bit
         # XTuner prints the model after building it: LoRA-wrapped layers whose frozen base is a
         # bitsandbytes Linear4bit, and LLM layers left in 16 bit (none expected with quantization_llm)
@@ -204,8 +229,15 @@ def main() -> int:
         "llm_layers_not_4bit": sorted(
             set(re.findall(r"\((\w+)\): lora\.Linear\(\n\s*\(base_layer\): Linear\(", log_text))
         ),
-        "loss_first": rows[0].get("loss"),
-        "loss_last": rows[-1].get("loss"),
+        # what the launcher applied, as the training log says (levers and the SDPA patch's module counts)
+        "launcher_lines": [
+            line.strip()
+            for line in log_text.splitlines()
+            if line.startswith(("helpers.xtuner_launch: levers", "helpers.compat."))
+        ],
+        "losses": timing.get("losses", [])[:30],
+        "loss_first": rows[0].get("loss") if rows else None,
+        "loss_last": rows[-1].get("loss") if rows else None,
         "wall_seconds": round(result.seconds, 1),
         "command": " ".join(sys.argv),
         "notes": args.note,

@@ -3,10 +3,14 @@
 They are applied explicitly (never on import) by the code that needs them:
 :mod:`helpers.xtuner_launch` applies :func:`allow_bnb_4bit_on_cpu` in the
 training process, so that real NF4 QLoRA runs on a CPU, and
-:func:`avoid_bnb_misaligned_4bit_gemm` there on every machine.
+:func:`avoid_bnb_misaligned_4bit_gemm` there on every machine; the speed
+levers :func:`use_sdpa_attention` (through :func:`sdpa_attention_for_xtuner`)
+and :func:`bnb_compute_dtype` when the XTuner config asks for them.
 """
 
 from __future__ import annotations
+
+import sys
 
 
 def allow_bnb_4bit_on_cpu() -> bool:
@@ -166,6 +170,197 @@ def train_projector_in_float32() -> bool:
     return True
 
 
+def bnb_compute_dtype(dtype: str) -> bool:
+    """Make the 4-bit layers XTuner builds compute in ``dtype`` ('bfloat16') instead of its hard-coded float16.
+
+    XTuner 0.2.0's ``InternVL_V1_5`` builds its ``BitsAndBytesConfig`` with
+    ``bnb_4bit_compute_dtype=torch.float16``. Under bf16 mixed precision the
+    activations are bfloat16, so every 4-bit layer would convert them to
+    float16 and back; with bfloat16 compute they stay bfloat16 (and cannot
+    overflow as float16 can). Applied by :mod:`helpers.xtuner_launch` when
+    the config says ``book_bnb_compute_dtype = 'bfloat16'``, on a GPU only
+    (a CPU gets :func:`fast_4bit_compute_on_cpu`). Returns True when in place.
+    """
+    import torch
+    import transformers
+
+    target = getattr(torch, dtype)
+    cls = transformers.BitsAndBytesConfig
+    original = cls.__init__
+    if getattr(original, "_book_compat", False):
+        return True
+
+    def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if kwargs.get("bnb_4bit_compute_dtype") in (torch.float16, "float16"):
+            kwargs["bnb_4bit_compute_dtype"] = target
+        original(self, *args, **kwargs)
+
+    __init__._book_compat = True  # type: ignore[attr-defined]
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return True
+
+
+def keep_lm_head_unquantized() -> bool:
+    """Leave InternVL2's LM head (``output``, 92,553 x 2,048) out of XTuner's 4-bit quantisation.
+
+    XTuner's ``BitsAndBytesConfig`` skips only ``mlp1`` and the vision model,
+    so the head, the widest layer, is 4-bit and is dequantised in every
+    forward and backward pass (and, with XTuner's default LoRA targets, gets
+    a LoRA adapter too). Kept in bfloat16 it costs 0.37 GB more and no
+    dequantisation. Pair it with LoRA targets that leave ``output`` out
+    (``Recipe.lora_targets``). Applied by :mod:`helpers.xtuner_launch` when the
+    config says ``book_lm_head = 'bf16'``. Returns True when in place.
+    """
+    import transformers
+
+    cls = transformers.BitsAndBytesConfig
+    original = cls.__init__
+    if getattr(original, "_book_head", False):
+        return True
+
+    def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        skip = kwargs.get("llm_int8_skip_modules")
+        if skip is not None and "output" not in skip:
+            kwargs["llm_int8_skip_modules"] = [*skip, "output"]
+        original(self, *args, **kwargs)
+
+    __init__._book_head = True  # type: ignore[attr-defined]
+    __init__._book_compat = getattr(original, "_book_compat", False)  # type: ignore[attr-defined]
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return True
+
+
+def checkpointing(use_reentrant: bool | None = None, every: int = 1) -> bool:
+    """Choose how the official InternLM2 code checkpoints its layers (gradient checkpointing).
+
+    The official ``modeling_internlm2.py`` calls
+    ``torch.utils.checkpoint.checkpoint(layer, ...)`` for every decoder layer
+    without saying ``use_reentrant``, so PyTorch's default applies (the
+    reentrant variant, with a warning). We wrap that function in the training
+    process: ``use_reentrant`` is filled in where the caller left it out
+    (False: the non-reentrant variant PyTorch recommends, which stops
+    recomputing as soon as the needed tensors exist), and with ``every=2``
+    only every second call is checkpointed, the others run as plain calls
+    that keep their activations (more memory, less recomputation). The
+    count works per call, so a model whose number of checkpointed layers is a
+    multiple of ``every`` (InternLM2-1.8B: 24) gets the same layers each pass.
+    Returns True when in place.
+    """
+    import torch.utils.checkpoint as cp
+
+    if every < 1:
+        raise ValueError("every must be >= 1")
+    original = getattr(cp.checkpoint, "_book_original", cp.checkpoint)
+    calls = {"n": 0}
+
+    def checkpoint(function=None, *args, use_reentrant=use_reentrant, **kwargs):  # type: ignore[no-untyped-def]
+        if function is not None and every > 1:
+            calls["n"] += 1
+            if calls["n"] % every:
+                return function(*args, **kwargs)
+        return original(function, *args, use_reentrant=use_reentrant, **kwargs)
+
+    checkpoint._book_original = original  # type: ignore[attr-defined]
+    cp.checkpoint = checkpoint
+    return True
+
+
+def labelled_cross_entropy(hidden, head, labels, chunk_tokens: int = 4096):  # type: ignore[no-untyped-def]
+    """Causal-LM loss computed from the hidden states, with logits for the labelled tokens only.
+
+    Equal to ``CrossEntropyLoss()(head(hidden)[:, :-1].float(), labels[:, 1:])``
+    (mean over tokens whose label is not -100), which is what XTuner computes
+    after the official model has produced float32 logits for *every*
+    position: 92,553 numbers per token, 2.9 GB for a micro-batch of four
+    1,986-token samples, although only the caption's ~130 tokens per sample
+    have a label (image and prompt tokens are -100). Here the head runs on
+    the labelled positions only, in chunks of ``chunk_tokens`` rows, each
+    under non-reentrant checkpointing so its logits are not kept for the
+    backward pass. With no labelled token the loss is 0 (XTuner's: NaN).
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    y = labels[:, 1:].reshape(-1).to(h.device)
+    keep = y != -100
+    h, y = h[keep], y[keep]
+
+    def chunk_loss(a, b):  # type: ignore[no-untyped-def]
+        return F.cross_entropy(head(a).float(), b, reduction="sum")
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for i in range(0, y.numel(), chunk_tokens):
+        total = total + checkpoint(chunk_loss, h[i : i + chunk_tokens], y[i : i + chunk_tokens], use_reentrant=False)
+    return total / keep.sum().clamp(min=1)
+
+
+def labelled_logits_for_xtuner() -> bool:
+    """Make XTuner's ``InternVL_V1_5`` compute its loss with :func:`labelled_cross_entropy`.
+
+    XTuner 0.2.0's ``_llm_forward`` splices the image features into the
+    input embeddings, runs the language model (whose official forward makes
+    float32 logits over the whole vocabulary for every position) and then
+    its own cross-entropy. We keep its splicing and call it unchanged with
+    ``labels=None`` (so it skips its loss); for that call the causal LM's
+    ``forward`` is replaced by one that runs the decoder (``.model``) and
+    returns the hidden states' loss from :func:`labelled_cross_entropy`
+    through a side channel; the result's ``loss`` is then set to it. Applied
+    by :mod:`helpers.xtuner_launch` when the config says
+    ``book_loss_logits = 'labelled'``. Returns True when in place.
+    """
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+    from xtuner.model.internvl import InternVL_V1_5
+
+    original = InternVL_V1_5._llm_forward
+    if getattr(original, "_book_compat", False):
+        return True
+
+    def _llm_forward(self, *args, labels=None, **kwargs):  # type: ignore[no-untyped-def]
+        if labels is None:
+            return original(self, *args, **kwargs)
+        lm = self.model.language_model
+        causal = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+        box = {}
+
+        def forward(
+            *a,
+            inputs_embeds=None,
+            attention_mask=None,
+            position_ids=None,
+            past_key_values=None,
+            use_cache=None,
+            output_attentions=None,
+            output_hidden_states=None,
+            **k,
+        ):  # type: ignore[no-untyped-def]
+            out = causal.model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                return_dict=True,
+            )
+            box["loss"] = labelled_cross_entropy(out.last_hidden_state, causal.output, labels)
+            return CausalLMOutputWithPast(logits=out.last_hidden_state[..., :0], past_key_values=out.past_key_values)
+
+        causal.forward = forward
+        try:
+            outputs = original(self, *args, labels=None, **kwargs)
+        finally:
+            del causal.forward
+        outputs["loss"] = box["loss"]
+        return outputs
+
+    _llm_forward._book_compat = True  # type: ignore[attr-defined]
+    InternVL_V1_5._llm_forward = _llm_forward  # type: ignore[method-assign]
+    return True
+
+
 def avoid_bnb_misaligned_4bit_gemm() -> bool:
     """Keep 4-bit layers with an odd number of outputs off bitsandbytes 0.50.2's fused GEMM kernel.
 
@@ -204,4 +399,165 @@ def avoid_bnb_misaligned_4bit_gemm() -> bool:
 
     use_custom._book_compat = True  # type: ignore[attr-defined]
     ops._gemm_4bit_use_custom_fn = use_custom
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch's fused attention (SDPA) for the official InternVL2 code
+# ----------------------------------------------------------------------------------------------
+def _internlm2_sdpa_forward(
+    self,
+    hidden_states,
+    attention_mask=None,
+    position_ids=None,
+    past_key_value=None,
+    output_attentions=False,
+    use_cache=False,
+    **kwargs,
+):
+    """The official ``InternLM2Attention.forward`` (eager) with its softmax(QK^T)V replaced by SDPA.
+
+    The projections, the rotary embedding and the key/value cache are the
+    official module's own code, looked up in the module that defined the class.
+    A mask of ``None`` (see :func:`_causal_mask_or_none`) means "causal, no
+    padding", which lets PyTorch pick its flash kernel.
+    """
+    import torch
+    from einops import rearrange
+
+    code = sys.modules[type(self).__module__]
+    if output_attentions:  # SDPA returns no weights: the official path does
+        return self._book_eager_forward(
+            hidden_states, attention_mask, position_ids, past_key_value, output_attentions, use_cache, **kwargs
+        )
+    bsz, q_len, _ = hidden_states.size()
+    qkv = rearrange(
+        self.wqkv(hidden_states), "b q (h gs d) -> b q h gs d", gs=2 + self.num_key_value_groups, d=self.head_dim
+    )
+    query = rearrange(qkv[..., : self.num_key_value_groups, :], "b q h gs d -> b q (h gs) d").transpose(1, 2)
+    key = qkv[..., -2, :].transpose(1, 2)
+    value = qkv[..., -1, :].transpose(1, 2)
+    kv_seq_len = key.shape[-2] + (past_key_value[0].shape[-2] if past_key_value is not None else 0)
+    cos, sin = self.rotary_emb(value, seq_len=kv_seq_len)
+    query, key = code.apply_rotary_pos_emb(query, key, cos, sin, position_ids)
+    if past_key_value is not None:
+        key = torch.cat([past_key_value[0], key], dim=2)
+        value = torch.cat([past_key_value[1], value], dim=2)
+    past_key_value = (key, value) if use_cache else None
+    key = code.repeat_kv(key, self.num_key_value_groups)
+    value = code.repeat_kv(value, self.num_key_value_groups)
+    causal = attention_mask is None and q_len > 1 and q_len == kv_seq_len
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, is_causal=causal
+    )
+    out = self.wo(out.transpose(1, 2).reshape(bsz, q_len, self.hidden_size))
+    return out, None, past_key_value
+
+
+def _causal_mask_or_none(prepare):  # type: ignore[no-untyped-def]
+    """Wrap ``InternLM2Model._prepare_decoder_attention_mask``: no padding and no cache -> ``None``.
+
+    The official model turns the 2-D padding mask into a 4-D additive mask
+    for eager attention. When no position is padded (every training sample
+    of one micro-batch the same length, or a batch of one) the mask is purely
+    causal, and SDPA's ``is_causal=True`` does the same without a mask.
+    """
+
+    def wrapped(attention_mask, input_shape, inputs_embeds, past_key_values_length):  # type: ignore[no-untyped-def]
+        if past_key_values_length == 0 and attention_mask is not None and bool(attention_mask.all()):
+            return None
+        return prepare(attention_mask, input_shape, inputs_embeds, past_key_values_length)
+
+    return wrapped
+
+
+def _intern_vit_sdpa_attn(self, x):  # type: ignore[no-untyped-def]
+    """The official ``InternAttention._naive_attn`` with softmax(QK^T * scale)V replaced by SDPA."""
+    import torch
+
+    B, N, C = x.shape
+    qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    if self.qk_normalization:
+        B_, H_, N_, D_ = q.shape
+        q = self.q_norm(q.transpose(1, 2).flatten(-2, -1)).view(B_, N_, H_, D_).transpose(1, 2)
+        k = self.k_norm(k.transpose(1, 2).flatten(-2, -1)).view(B_, N_, H_, D_).transpose(1, 2)
+    dropout = self.attn_drop.p if self.training else 0.0
+    x = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
+    x = self.proj(x.transpose(1, 2).reshape(B, N, C))
+    return self.proj_drop(x)
+
+
+def use_sdpa_attention(model) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Give the official InternVL2 code's eager attention PyTorch's fused attention (SDPA), in place.
+
+    Why: the official ``modeling_internlm2.py`` offers ``eager`` and
+    ``flash_attention_2`` only, and ``modeling_intern_vit.py`` a naive
+    attention or flash-attn; flash-attn has no wheel for the GPU machine
+    (torch 2.11 + CUDA 13), so a real InternVL2-2B checkpoint trains with
+    eager attention, which materialises every (sequence x sequence) score
+    matrix. ``torch.nn.functional.scaled_dot_product_attention`` computes
+    the same softmax(QK^T / sqrt(d)) V with fused kernels.
+
+    How: the model classes are loaded dynamically (``transformers_modules.*``),
+    so we walk the loaded model's modules and rebind ``forward`` of each
+    official ``InternLM2Attention`` (the eager class; its flash-attn subclass
+    is left alone), ``_naive_attn`` of each ``InternAttention`` whose
+    flash-attn is off, and ``_prepare_decoder_attention_mask`` of
+    ``InternLM2Model`` (a purely causal mask becomes ``None``, so SDPA can use
+    its flash kernel). Projections, rotary embeddings and the cache are the
+    official code's own. The book's own remote code is not touched (it has
+    SDPA built in). Idempotent. Returns how many modules were patched, by
+    kind. Tested in tests/test_compat.py: same logits and gradients as eager.
+    """
+    import types
+
+    counts = {"internlm2_attention": 0, "intern_vit_attention": 0, "internlm2_model": 0}
+    for module in model.modules():
+        cls = type(module)
+        code = sys.modules.get(cls.__module__)
+        if getattr(module, "_book_sdpa", False) or code is None:
+            continue
+        official_llm = hasattr(code, "INTERNLM2_ATTENTION_CLASSES") and hasattr(code, "repeat_kv")
+        if official_llm and cls.__name__ == "InternLM2Attention":
+            module._book_eager_forward = module.forward
+            module.forward = types.MethodType(_internlm2_sdpa_forward, module)
+            counts["internlm2_attention"] += 1
+        elif official_llm and cls.__name__ == "InternLM2Model":
+            module._prepare_decoder_attention_mask = _causal_mask_or_none(module._prepare_decoder_attention_mask)
+            counts["internlm2_model"] += 1
+        elif (
+            cls.__name__ == "InternAttention"
+            and hasattr(module, "_naive_attn")
+            and not getattr(module, "use_flash_attn", False)
+            and hasattr(code, "InternVisionEncoder")
+        ):
+            module._naive_attn = types.MethodType(_intern_vit_sdpa_attn, module)
+            counts["intern_vit_attention"] += 1
+        else:
+            continue
+        module._book_sdpa = True
+    return counts
+
+
+def sdpa_attention_for_xtuner() -> bool:
+    """Apply :func:`use_sdpa_attention` to the InternVL2 model that XTuner's ``InternVL_V1_5`` loads.
+
+    Applied by :mod:`helpers.xtuner_launch` when the config asks for it
+    (``book_attention = 'sdpa'``, from ``Recipe.attention``). Prints what was
+    patched, so that the training log shows it. Returns True when in place.
+    """
+    from xtuner.model.internvl import InternVL_V1_5
+
+    original = InternVL_V1_5.__init__
+    if getattr(original, "_book_sdpa", False):
+        return True
+
+    def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        original(self, *args, **kwargs)
+        counts = use_sdpa_attention(self.model)
+        print(f"helpers.compat.use_sdpa_attention: patched {counts}", flush=True)
+
+    __init__._book_sdpa = True  # type: ignore[attr-defined]
+    InternVL_V1_5.__init__ = __init__  # type: ignore[method-assign]
     return True

@@ -69,6 +69,14 @@ class Recipe:
     max_norm: float = 1.0
     warmup_ratio: float = 0.03
     amp_dtype: str | None = "float16"  # AmpOptimWrapper dtype; None: full-precision OptimWrapper
+    # speed levers applied by the book's launcher (helpers.xtuner_launch); XTuner itself ignores them
+    attention: str = "eager"  # 'sdpa': PyTorch's fused attention for the official code (helpers.compat)
+    bnb_compute_dtype: str = "float16"  # the 4-bit layers' compute dtype (XTuner hard-codes float16)
+    lm_head: str = "4bit"  # 'bf16': the LM head stays out of 4-bit (give lora_targets without 'output')
+    checkpoint: str = "default"  # gradient checkpointing: 'default' (PyTorch's), 'reentrant', 'non-reentrant'
+    checkpoint_every: int = 1  # checkpoint every Nth LLM layer (1: all, the course; 2: every other one)
+    loss_logits: str = "all"  # 'labelled': the loss from logits of the labelled (answer) tokens only
+    step_timing: str | None = None  # a JSON file: time whole optimizer steps (helpers.timing.StepTimerHook)
     # checkpoints and logs
     save_steps: int = 1000
     save_total_limit: int = 1
@@ -172,6 +180,16 @@ _RULES: dict[str, tuple[Any, str]] = {
     "max_length": (lambda v: v > 0, "max_length is a number of tokens, e.g. 6656"),
     "warmup_ratio": (lambda v: 0 <= v < 1, "warmup is a fraction of training in [0, 1)"),
     "amp_dtype": (lambda v: v in (None, "float16", "bfloat16"), "use 'float16', 'bfloat16' or None"),
+    "attention": (lambda v: v in ("eager", "sdpa"), "use 'eager' (the official code's own) or 'sdpa'"),
+    "bnb_compute_dtype": (lambda v: v in ("float16", "bfloat16"), "use 'float16' (XTuner's) or 'bfloat16'"),
+    "lm_head": (lambda v: v in ("4bit", "bf16"), "use '4bit' (XTuner's) or 'bf16'"),
+    "checkpoint": (
+        lambda v: v in ("default", "reentrant", "non-reentrant"),
+        "use 'default', 'reentrant' or 'non-reentrant'",
+    ),
+    "checkpoint_every": (lambda v: v >= 1, "checkpoint every Nth layer, N >= 1"),
+    "loss_logits": (lambda v: v in ("all", "labelled"), "use 'all' (XTuner's) or 'labelled'"),
+    "dataloader_num_workers": (lambda v: v >= 0, "use 0 (load in the training process) or more worker processes"),
     "dist_backend": (lambda v: v in ("nccl", "gloo"), "use 'nccl' (GPUs) or 'gloo' (CPU)"),
     "optimizer": (lambda v: v in OPTIMIZERS, f"unknown optimizer: use one of {sorted(OPTIMIZERS)}"),
 }
@@ -190,6 +208,14 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "max_length": (int,),
     "warmup_ratio": (int, float),
     "amp_dtype": (str, type(None)),
+    "attention": (str,),
+    "bnb_compute_dtype": (str,),
+    "lm_head": (str,),
+    "checkpoint": (str,),
+    "checkpoint_every": (int,),
+    "dataloader_num_workers": (int,),
+    "loss_logits": (str,),
+    "persistent_workers": (bool,),
     "dist_backend": (str,),
     "optimizer": (str,),
     "quantization_llm": (bool,),
@@ -354,6 +380,29 @@ def _schedule_parts(recipe: Recipe) -> dict[str, str]:
     }
 
 
+#: LoRA on every linear layer of InternLM2 except the LM head ``output``: with ``lm_head='bf16'`` the
+#: head stays frozen in bf16 without an adapter (XTuner's default, None, would wrap it too).
+LORA_TARGETS_WITHOUT_HEAD = ("wqkv", "wo", "w1", "w2", "w3")
+
+#: Recipe fields that the book's launcher reads from the config as ``book_<field>`` (XTuner ignores them).
+LEVER_FIELDS = ("attention", "bnb_compute_dtype", "lm_head", "checkpoint", "checkpoint_every", "loss_logits")
+
+
+def _levers_part(recipe: Recipe) -> str:
+    """The ``book_*`` settings, written only when one differs from XTuner's own behaviour (the course's)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Recipe) if f.name in LEVER_FIELDS}
+    if all(getattr(recipe, k) == v for k, v in defaults.items()):
+        return ""
+    lines = "".join(f"book_{k} = {getattr(recipe, k)!r}\n" for k in LEVER_FIELDS)
+    return (
+        "\n# Speed levers, read by the book's launcher (python -m helpers.xtuner_launch) and ignored by XTuner:\n"
+        "# attention 'sdpa' = PyTorch's fused attention patched into the official model code, the 4-bit\n"
+        "# layers' compute dtype (XTuner: float16), the LM head in 4-bit (XTuner) or bf16, the gradient\n"
+        "# checkpointing variant and every Nth layer, logits for all or only the labelled tokens\n"
+        "# (helpers.compat).\n" + lines
+    )
+
+
 def render(recipe: Recipe) -> str:
     """The text of the XTuner config file for ``recipe`` (laid out like the course's).
 
@@ -377,12 +426,22 @@ def render(recipe: Recipe) -> str:
         opt_dict=opt_dict,
         optim_type=OPTIMIZERS[recipe.optimizer][1],
         betas=repr(tuple(recipe.betas)),
-        targets="None" if recipe.lora_targets is None else repr(list(recipe.lora_targets)),
+        targets=repr(list(recipe.lora_targets or LORA_TARGETS_WITHOUT_HEAD))
+        if recipe.lora_targets is not None or recipe.lm_head == "bf16"
+        else "None",
         persistent="\n    persistent_workers=True,"
         if recipe.persistent_workers and recipe.dataloader_num_workers
         else "",
         **_wrapper_parts(recipe),
         **_schedule_parts(recipe),
+        book_levers=_levers_part(recipe),
+        timer_import="\nfrom helpers.timing import StepTimerHook" if recipe.step_timing else "",
+        timer_hook=(
+            f"\n    dict(type=StepTimerHook, out={recipe.step_timing!r}, batch_size=batch_size,"
+            "\n         accumulative_counts=accumulative_counts, warmup_steps=3),"
+            if recipe.step_timing
+            else ""
+        ),
     )
     return string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values)
 

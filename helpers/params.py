@@ -131,6 +131,13 @@ TRAINING: dict[str, str] = {
     "save_steps": "save_steps",
     "log_interval": "log_interval",
     "quantization_llm": "quantization_llm",
+    # the GPU speed levers (book/reference/training-benchmarks.md; params/gpu-internvl2-2b-fast.yaml)
+    "amp_dtype": "amp_dtype",
+    "attention": "attention",
+    "bnb_compute_dtype": "bnb_compute_dtype",
+    "lm_head": "lm_head",
+    "dataloader_num_workers": "dataloader_num_workers",
+    "persistent_workers": "persistent_workers",
 }
 
 

@@ -43,6 +43,9 @@ from .internvl import (
 )
 
 REMOTE_CODE_DIR = PACKAGE_DIR / "remote_code"
+# The official InternVL2 code (OpenGVLab/InternVL, MIT), vendored: see helpers/official_code/README.md
+OFFICIAL_CODE_DIR = PACKAGE_DIR / "official_code"
+REMOTE_CODE_CHOICES = {"book": REMOTE_CODE_DIR, "official": OFFICIAL_CODE_DIR}
 
 _TOP_LEVEL = {
     "architectures": ["InternVLChatModel"],
@@ -261,13 +264,17 @@ def build(
     seed: int = 0,
     overwrite: bool = False,
     device: str = "cpu",
+    remote_code: str = "book",
 ) -> Path:
     """Write a complete InternVL2 model directory and return its path.
 
     The directory holds ``config.json``, ``generation_config.json``,
     ``model.safetensors`` (bf16, seeded), the tokenizer files, the remote-code
     ``*.py`` files and a ``README.md`` saying what the model is. The same seed
-    gives the same bytes.
+    gives the same bytes. ``remote_code`` picks the ``*.py`` files that
+    ``trust_remote_code`` loads: ``book`` (this book's own implementation) or
+    ``official`` (the official InternVL2 code, which needs ``timm``; the weights
+    are the same, only the code beside them differs).
 
     >>> path = build("tiny", "/tmp/tiny-doc", overwrite=True)   # doctest: +SKIP
     >>> sorted(p.name for p in path.glob("*.json"))[:2]         # doctest: +SKIP
@@ -277,6 +284,8 @@ def build(
 
     if preset not in PRESETS:
         raise BookError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    if remote_code not in REMOTE_CODE_CHOICES:
+        raise BookError(f"unknown remote code {remote_code!r}; choose one of {sorted(REMOTE_CODE_CHOICES)}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -310,13 +319,14 @@ def build(
         json.dumps({"_from_model_config": True, "eos_token_id": [im_end, im_start]}, indent=2) + "\n"
     )
     tokenizer.save_pretrained(out)
-    for src in REMOTE_CODE_DIR.glob("*.py"):
+    for src in REMOTE_CODE_CHOICES[remote_code].glob("*.py"):
         if src.name != "__init__.py":
             shutil.copy2(src, out / src.name)
     n_params = sum(p.numel() for p in model.parameters())
     (out / "README.md").write_text(
         f"# {PRESETS[preset].description}\n\n"
-        f"Built by `python -m helpers.tiny --preset {preset} --seed {seed}`: {n_params:,} parameters, "
+        f"Built by `python -m helpers.tiny --preset {preset} --seed {seed} --remote-code {remote_code}`: "
+        f"{n_params:,} parameters, "
         "random (seeded) weights. It is NOT InternVL2-2B: it has the same architecture family, config keys, "
         "weight names, special tokens and chat template, so every tool that loads InternVL2 loads it, "
         "but its answers mean nothing until it is trained.\n",
@@ -361,14 +371,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="where to initialise weights (cuda is faster for 2B)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    parser.add_argument(
+        "--remote-code",
+        default="book",
+        choices=sorted(REMOTE_CODE_CHOICES),
+        help="the model code shipped in the directory: this book's own, or the official InternVL2 code",
+    )
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     try:
-        path = build(args.preset, args.out, seed=args.seed, overwrite=args.overwrite, device=args.device)
+        path = build(
+            args.preset,
+            args.out,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            device=args.device,
+            remote_code=args.remote_code,
+        )
     except BookError as exc:
         return report(exc)
     print(
-        f"built {args.preset} InternVL2 at {path} in {time.perf_counter() - t0:.1f} s, "
+        f"built {args.preset} InternVL2 ({args.remote_code} code) at {path} in {time.perf_counter() - t0:.1f} s, "
         f"{_dir_size(path) / 2**20:.1f} MiB"
     )
     return 0

@@ -33,6 +33,16 @@ train`` command for these reasons, each a fix for a real failure:
    path, rehearsed in CI): mmengine 0.10.6 asks CUDA for the rank's device and
    wraps the model in DDP with a GPU id; we start gloo from torchrun's
    environment first and give DDP ``device_ids=None`` (:data:`CPU_DDP_OPTIONS`).
+9. Speed levers the config asks for (:func:`levers`): ``book_attention = 'sdpa'``
+   gives the official model code PyTorch's fused attention
+   (:func:`helpers.compat.sdpa_attention_for_xtuner`), ``book_bnb_compute_dtype
+   = 'bfloat16'`` makes the 4-bit layers compute in bfloat16 on a GPU
+   (:func:`helpers.compat.bnb_compute_dtype`), ``book_lm_head = 'bf16'`` keeps
+   the LM head out of 4-bit (:func:`helpers.compat.keep_lm_head_unquantized`),
+   ``book_checkpoint`` / ``book_checkpoint_every`` choose the gradient
+   checkpointing variant and how many layers (:func:`helpers.compat.checkpointing`),
+   ``book_loss_logits = 'labelled'`` computes the loss from logits of the labelled
+   tokens only (:func:`helpers.compat.labelled_logits_for_xtuner`).
 
 Usage (what helpers.train runs)::
 
@@ -72,6 +82,32 @@ def cpu_threads(config: str | None, cores: int | None = None) -> int:
     return max(1, cores - workers)
 
 
+def levers(config: str | None) -> dict[str, str]:
+    """The book's speed settings in an XTuner config (``book_attention``, ``book_bnb_compute_dtype``).
+
+    Configs written before these existed, or by hand, have none: XTuner's
+    own behaviour (eager attention, float16 4-bit compute).
+
+    >>> levers(None)["attention"], levers(None)["lm_head"]
+    ('eager', '4bit')
+    """
+    found = {
+        "attention": "eager",
+        "bnb_compute_dtype": "float16",
+        "lm_head": "4bit",
+        "checkpoint": "default",
+        "checkpoint_every": "1",
+        "loss_logits": "all",
+    }
+    if config:
+        from mmengine.config import Config
+
+        cfg = Config.fromfile(config)
+        for key in found:
+            found[key] = str(cfg.get(f"book_{key}", found[key]))
+    return found
+
+
 def prepare(argv: list[str]) -> None:
     """Apply the fixes above and create a one-process group when nothing else will."""
     import torch
@@ -83,6 +119,30 @@ def prepare(argv: list[str]) -> None:
     avoid_bnb_misaligned_4bit_gemm()
     train_projector_in_float32()
     cuda = torch.cuda.is_available()
+    config = argv[0] if argv and not argv[0].startswith("-") else None
+    chosen = levers(config)
+    if chosen["attention"] == "sdpa":
+        from .compat import sdpa_attention_for_xtuner
+
+        sdpa_attention_for_xtuner()
+    if cuda and chosen["bnb_compute_dtype"] != "float16":
+        from .compat import bnb_compute_dtype
+
+        bnb_compute_dtype(chosen["bnb_compute_dtype"])
+    if chosen["lm_head"] == "bf16":
+        from .compat import keep_lm_head_unquantized
+
+        keep_lm_head_unquantized()
+    if chosen["checkpoint"] != "default" or chosen["checkpoint_every"] != "1":
+        from .compat import checkpointing
+
+        reentrant = {"default": None, "reentrant": True, "non-reentrant": False}[chosen["checkpoint"]]
+        checkpointing(reentrant, int(chosen["checkpoint_every"]))
+    if chosen["loss_logits"] == "labelled":
+        from .compat import labelled_logits_for_xtuner
+
+        labelled_logits_for_xtuner()
+    print(f"helpers.xtuner_launch: levers {chosen}", flush=True)
     if not cuda:
         from .compat import allow_bnb_4bit_on_cpu, fast_4bit_compute_on_cpu, float32_weights_on_cpu
 
@@ -90,7 +150,6 @@ def prepare(argv: list[str]) -> None:
         fast_4bit_compute_on_cpu()
         float32_weights_on_cpu()
         if "OMP_NUM_THREADS" not in os.environ:  # a value set by hand wins
-            config = argv[0] if argv and not argv[0].startswith("-") else None
             threads = cpu_threads(config)
             torch.set_num_threads(threads)
             print(f"helpers.xtuner_launch: CPU training with {threads} PyTorch thread(s)", flush=True)

@@ -61,7 +61,10 @@ def _runs(work_dir: Path) -> list[dict[int, float]]:
 
 
 def test_interrupted_4bit_run_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
-    cfg = config.write(_recipe(tiny_model_dir, max_iters=9, save_steps=3), tmp_path / "cfg.py")
+    steps_json = tmp_path / "steps.json"
+    cfg = config.write(
+        _recipe(tiny_model_dir, max_iters=9, save_steps=3, step_timing=str(steps_json)), tmp_path / "cfg.py"
+    )
     work = tmp_path / "work"
     killed = train.train(cfg, work, stop_after_steps=5, progress=False)
     assert killed.returncode != 0 and killed.steps == 5
@@ -85,6 +88,11 @@ def test_interrupted_4bit_run_resumes_from_its_last_checkpoint(tiny_model_dir, t
     assert second[9] < first[1], "the loss kept falling"
     log = (work / "train.log").read_text()
     assert log.count("Linear4bit") >= 10, "the LLM's linear layers were 4-bit (bitsandbytes NF4)"
+    # helpers.timing.StepTimerHook timed the resumed run's 6 optimizer steps (accumulation 1), 3 after warm-up
+    timing = json.loads(steps_json.read_text())
+    assert timing["optimizer_steps"] == 6 and timing["timed_steps"] == 3 and len(timing["losses"]) == 6
+    # its losses are each iteration's own (mmengine logs a mean over up to 10 iterations), and falling
+    assert sum(timing["losses"]) / 6 < first[1], (timing["losses"], first)
 
 
 def test_a_corrupt_last_checkpoint_stops_before_training(tiny_model_dir, tmp_path):
