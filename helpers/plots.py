@@ -272,12 +272,18 @@ def smooth(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
-def loss_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], window: int = 1, title: str = "QLoRA training") -> Any:
+def loss_curves(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    window: int = 1,
+    title: str = "QLoRA training",
+    ylabel: str = "logged loss (mean of the last 10 iterations)",
+) -> Any:
     """Loss (as logged, faint, and smoothed) and learning rate against step, one colour per run.
 
     ``runs`` maps a run's name to its logged rows (``helpers.train.read_scalars``:
     dicts with ``step``, ``loss``, ``lr``). mmengine logs ``loss`` as the mean
-    of the last 10 iterations (its ``LogProcessor`` window), and the axis says so.
+    of the last 10 iterations (its ``LogProcessor`` window), and the axis says so
+    (``ylabel`` for rows of another kind, e.g. :func:`helpers.train.merged_losses`).
 
     >>> rows = [{"step": s, "loss": 5 - s / 10, "lr": 1e-3} for s in range(1, 11)]
     >>> len(loss_curves({"a": rows, "b": rows}, window=3).axes)
@@ -300,7 +306,7 @@ def loss_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], window: int = 1
             ax_lr.plot(steps, [r.get("lr", float("nan")) for r in rows], color=c, lw=2, label=name)
     ax_loss.set(
         xlabel="iteration",
-        ylabel="logged loss (mean of the last 10 iterations)",
+        ylabel=ylabel,
         title=f"{title}: loss" + (f" (moving average of {window})" if window > 1 else ""),
     )
     ax_lr.set(xlabel="iteration", ylabel="learning rate", title="learning-rate schedule")

@@ -57,7 +57,13 @@ def _kill_with_parent() -> None:
 
 
 def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (children first), read from ``/proc``; [] where there is no /proc."""
+    """Every descendant of ``pid`` (children first), read from ``/proc``; [] where there is no /proc.
+
+    Zombies are listed too, and their children followed: a killed ``torchrun``
+    stays a zombie until it is reaped, and its ranks (which torchrun starts in
+    sessions of their own, beyond a process-group kill) are still its children
+    until then. Skipping the zombie once hid the ranks, which trained on.
+    """
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").glob("[0-9]*"):
         try:
@@ -65,8 +71,7 @@ def descendants(pid: int) -> list[int]:
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) ": state, ppid, ...
-        if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
     out, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -75,9 +80,17 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 :].split()[0] != "Z"
+
+
 def kill_tree(leader: int) -> None:
     """SIGKILL the process group ``leader`` leads and every descendant of this process (none survive)."""
-    for _ in range(3):  # a process may fork while we kill: look again
+    for _ in range(50):  # a process may fork while we kill, or be re-parented to us: look again
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(leader, signal.SIGKILL)
         left = descendants(os.getpid())
@@ -85,7 +98,7 @@ def kill_tree(leader: int) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         _reap()
-        if not left:
+        if not any(_alive(pid) for pid in descendants(os.getpid())):
             return
         time.sleep(0.05)
 

@@ -623,6 +623,42 @@ def train(
     return result
 
 
+def read_rank_losses(work_dir: str | Path) -> dict[int, dict[int, float]]:
+    """Each process's own loss per iteration, ``{rank: {step: loss}}``, from a multi-process run.
+
+    Written by :func:`helpers.xtuner_launch.log_every_ranks_loss` under torchrun
+    (``work_dir/ranks/rank<R>.jsonl``); empty for a single-process run. When a
+    resumed run repeats an iteration, the later value wins. Unlike
+    :func:`read_scalars` these are single iterations, not running means.
+    """
+    from .xtuner_launch import RANK_LOG_DIR
+
+    out: dict[int, dict[int, float]] = {}
+    for path in sorted((Path(work_dir) / RANK_LOG_DIR).glob("rank*.jsonl")):
+        rank = int(path.stem[4:])
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                out.setdefault(rank, {})[int(row["step"])] = float(row["loss"])
+    return out
+
+
+def merged_losses(work_dir: str | Path) -> list[dict[str, Any]]:
+    """The loss of the whole global batch per iteration: the mean over the ranks that logged it.
+
+    With data parallelism every rank takes its own micro-batch and the
+    gradients are averaged, so the mean of the ranks' losses is the loss the
+    optimizer steps on (equal micro-batch sizes). Rows ``{step, loss, ranks}``.
+    """
+    by_rank = read_rank_losses(work_dir)
+    steps = sorted({step for losses in by_rank.values() for step in losses})
+    rows = []
+    for step in steps:
+        values = [losses[step] for losses in by_rank.values() if step in losses]
+        rows.append({"step": step, "loss": sum(values) / len(values), "ranks": len(values)})
+    return rows
+
+
 def read_scalars(work_dir: str | Path) -> list[dict[str, Any]]:
     """All logged scalars of a run (``vis_data/scalars.json`` of every start, resumes included), by step.
 

@@ -55,6 +55,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from pathlib import Path
 
 
 def _free_port() -> int:
@@ -176,12 +177,57 @@ CPU_DDP_OPTIONS = [
 ]
 
 
+def log_every_ranks_loss() -> None:
+    """Each rank appends its own loss to ``work_dir/ranks/rank<R>.jsonl`` after every iteration.
+
+    mmengine logs on rank 0 only, and only rank 0's micro-batch: with several
+    processes, half (or more) of what the optimizer averages is never logged.
+    This registers a hook on every :class:`mmengine.runner.Runner` before it
+    trains; :func:`helpers.train.read_rank_losses` and
+    :func:`helpers.train.merged_losses` read the files back (notebook 05).
+    """
+    import json
+
+    from mmengine.hooks import Hook
+    from mmengine.runner import Runner
+
+    if getattr(Runner.train, "_book_rank_log", False):
+        return
+
+    class RankLossHook(Hook):
+        priority = "VERY_LOW"
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+            loss = (outputs or {}).get("loss")
+            if loss is None:
+                return
+            folder = Path(runner.work_dir) / RANK_LOG_DIR
+            folder.mkdir(exist_ok=True)
+            with (folder / f"rank{runner.rank}.jsonl").open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": runner.iter + 1, "loss": float(loss)}) + "\n")
+
+    original = Runner.train
+
+    def train(self):
+        self.register_hook(RankLossHook())
+        return original(self)
+
+    train._book_rank_log = True
+    Runner.train = train
+
+
+#: The folder, inside XTuner's work dir, of :func:`log_every_ranks_loss`'s files.
+RANK_LOG_DIR = "ranks"
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     prepare(argv)
     import torch
 
     launched = "--launcher" in argv and argv[argv.index("--launcher") + 1] != "none"
+    if launched:
+        log_every_ranks_loss()
     if launched and not torch.cuda.is_available() and "--deepspeed" not in argv and "--cfg-options" not in argv:
         argv += CPU_DDP_OPTIONS
     from xtuner.tools.train import main as xtuner_train
