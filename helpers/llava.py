@@ -93,14 +93,14 @@ LLM_PRESETS: dict[str, dict[str, Any]] = {
         "vocab_size": 92544,
     },
 }
-#: CLIP vision towers: the tiny one (336 px, patch 28: 144 patches) and clip-vit-large-patch14-336's sizes.
+#: CLIP vision towers: the tiny one (336 px, patch 42: 64 patches) and clip-vit-large-patch14-336's sizes.
 VISION_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "hidden_size": 64,
         "intermediate_size": 256,
         "num_hidden_layers": 3,
         "num_attention_heads": 4,
-        "patch_size": 28,
+        "patch_size": 42,
         "projection_dim": 64,
     },
     "clip-vit-large-patch14-336": {
