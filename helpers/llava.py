@@ -696,6 +696,8 @@ def chat_command(
     ]  # fmt: skip
 
 
+#: The start of the line ``xtuner chat`` prints when the history outgrows ``--max-new-tokens`` (it drops it).
+HISTORY_NOTICE = "Remove the memory of history responses"
 #: What ``xtuner chat`` prints before reading each question.
 CHAT_PROMPT = "double enter to end input (EXIT: exit chat, RESET: reset history) >>> "
 
@@ -707,7 +709,11 @@ def chat(command: list[str], questions: Sequence[str]) -> list[tuple[str, str]]:
     if proc.returncode != 0:
         raise BookError(f"xtuner chat failed (exit status {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
     parts = proc.stdout.split(CHAT_PROMPT)[1:]
-    answers = [p.strip() for p in parts[: len(questions)]]
+    # with a short --max-new-tokens, xtuner chat drops the history each turn and prints a notice saying so
+    answers = [
+        "\n".join(line for line in p.strip().splitlines() if not line.startswith(HISTORY_NOTICE)).strip()
+        for p in parts[: len(questions)]
+    ]
     if len(answers) != len(questions):
         raise BookError(f"xtuner chat answered {len(answers)} of {len(questions)} questions:\n{proc.stdout[-2000:]}")
     return list(zip(questions, answers))
