@@ -256,11 +256,15 @@ def _write(records: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def write_datasets(out_dir: str | Path, *, repeats: int = 1, caption_repeats: int = 1) -> Datasets:
+def write_datasets(
+    out_dir: str | Path, *, repeats: int = 1, caption_repeats: int = 1, image_folder: str | Path = SAMPLE_DATA_DIR
+) -> Datasets:
     """Write the caption set, the Q&A set (unique, repeated, held out) into ``out_dir`` as LLaVA JSON files.
 
     ``repeats`` is the notes' ``-n`` of ``repeat.py`` for the Q&A training
     file; ``caption_repeats`` repeats the caption set the same way.
+    ``image_folder`` holds ``ex_images/`` with the bundled photos (the
+    sample's folder by default; validate the files to check another copy).
     """
     out = Path(out_dir)
     train = photos("train")
@@ -269,7 +273,7 @@ def write_datasets(out_dir: str | Path, *, repeats: int = 1, caption_repeats: in
         qa_unique=_write(qa_records(train), out / "unique_data.json"),
         qa_train=_write(repeat(qa_records(train), repeats), out / "repeated_data.json"),
         qa_heldout=_write(qa_records(photos("heldout")), out / "heldout_qa.json"),
-        image_folder=SAMPLE_DATA_DIR,
+        image_folder=Path(image_folder),
     )
 
 
@@ -438,13 +442,21 @@ class Edit:
 
 
 def machine_edits(
-    stage: str, *, cuda: bool, max_iters: int | None = None, lr: float | None = None, lora_r: int | None = None
+    stage: str,
+    *,
+    cuda: bool,
+    max_iters: int | None = None,
+    lr: float | None = None,
+    lora_r: int | None = None,
+    seed: int | None = None,
 ) -> list[Edit]:
     """The changes of a notes-edited config that this machine (``cuda``) and a short run need, each with its reason.
 
     ``max_iters`` stops after that many iterations (and logs and saves at
     the end); ``lr`` and ``lora_r`` replace the stock values (the tiny
-    profile's model is 16 times narrower than the real one).
+    profile's model is 16 times narrower than the real one); ``seed`` fixes
+    mmengine's random seed (the stock ``randomness.seed`` is None: every run
+    differs).
     """
     edits: list[Edit] = []
     if not cuda:
@@ -501,6 +513,20 @@ def machine_edits(
                 ),
             )
         ]
+    if seed is not None:
+        edits.append(
+            Edit(
+                f"randomness seed None -> {seed}",
+                "the same run twice gives the same numbers",
+                {},
+                (
+                    (
+                        "randomness = dict(seed=None, deterministic=False)",
+                        f"randomness = dict(seed={seed}, deterministic=False)",
+                    ),
+                ),
+            )
+        )
     if lr is not None:
         edits.append(Edit(f"lr -> {lr:g}", "the tiny profile's few iterations need larger steps", {"lr": repr(lr)}))
     if lora_r is not None and stage == "finetune":
@@ -814,13 +840,15 @@ def score_answers(rows: Sequence[dict[str, str]]) -> dict[str, float]:
     }
 
 
-def heldout_rows(chat_model: LlavaChat, max_new_tokens: int = 24) -> list[dict[str, str]]:
+def heldout_rows(
+    chat_model: LlavaChat, max_new_tokens: int = 24, image_folder: str | Path = SAMPLE_DATA_DIR
+) -> list[dict[str, str]]:
     """Ask every held-out photo its Q&A questions (one conversation each); rows for :func:`score_answers`."""
     rows = []
     for p, rec in zip(photos("heldout"), qa_records(photos("heldout"))):
         turns = rec["conversations"]
         questions = [t["value"].replace(f"{IMAGE_TOKEN}\n", "") for t in turns[::2]]
-        answers = chat_model.ask(SAMPLE_DATA_DIR / p.image, questions, max_new_tokens=max_new_tokens)
+        answers = chat_model.ask(Path(image_folder) / p.image, questions, max_new_tokens=max_new_tokens)
         for q, a, ref in zip(questions, answers, turns[1::2]):
             rows.append({"photo": p.name, "question": q, "answer": a, "reference": ref["value"], "caption": p.caption})
     return rows

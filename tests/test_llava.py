@@ -144,9 +144,11 @@ def test_edits_apply_once_each_to_the_stock_configs(models, datasets):
             evaluation_image="/x.jpg",
             pretrained_pth="/p.pth",
         )
-        course, run = llava.edit_stock(_stock(name), edits, llava.machine_edits(stage, cuda=False, max_iters=8))
+        machine = llava.machine_edits(stage, cuda=False, max_iters=8, seed=3)
+        course, run = llava.edit_stock(_stock(name), edits, machine)
         assert "batch_size = 1  # per_device" in course and "AmpOptimWrapper," in course
         assert "type=OptimWrapper," in run and "max_iters=8" in run and 'backend="gloo"' in run
+        assert "randomness = dict(seed=3," in run and "torch_dtype=torch.float16" not in run
         assert ("pretrained_pth = '/p.pth'" in course) == (stage == "finetune")
     with pytest.raises(BookError, match="pretrained_pth"):
         llava.course_edits(
