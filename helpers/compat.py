@@ -560,4 +560,53 @@ def sdpa_attention_for_xtuner() -> bool:
 
     __init__._book_sdpa = True  # type: ignore[attr-defined]
     InternVL_V1_5.__init__ = __init__  # type: ignore[method-assign]
+
+
+def llava_on_cpu() -> bool:
+    """Let XTuner 0.2.0's ``LLaVAModel`` be built on a CPU-only machine.
+
+    ``LLaVAModel`` picks the LLM's dtype with
+    ``get_torch_device().is_available() and get_torch_device().is_bf16_supported()``.
+    Without a GPU its device module is ``torch.cpu``, which reports itself
+    available but has no ``is_bf16_supported``, so building the model stops
+    with ``AttributeError: module 'torch.cpu' has no attribute
+    'is_bf16_supported'`` (training, ``pth_to_hf`` and every other tool that
+    builds the model). We give ``torch.cpu`` the missing function, answering
+    False: the dtype it chooses then only matters for flash attention, which a
+    CPU does not run. Returns True when the function is (now) there. Call it
+    in XTuner's process only, on a CPU.
+    """
+    import torch
+
+    if not hasattr(torch.cpu, "is_bf16_supported"):
+        torch.cpu.is_bf16_supported = lambda: False  # type: ignore[attr-defined]
+    return True
+
+
+def llava_dataset_processes() -> bool:
+    """Make XTuner 0.2.0's ``LLaVADataset`` tokenize with as many processes as this machine has cores, at most.
+
+    ``LLaVADataset`` passes no ``map_num_proc`` to ``process_hf_dataset``,
+    whose default is 32: Hugging Face ``datasets`` then forks 32 processes for
+    every ``map``/``filter`` pass, whatever the machine. On 2 cores the three
+    passes over a 64-record file took about 30 s (a few ms of work). We
+    replace the default by half the usable cores (at least 1: no extra
+    processes). Returns True when the wrapper is in place. Call it in XTuner's
+    process only.
+    """
+    import os
+
+    import xtuner.dataset.llava as llava_dataset
+
+    original = llava_dataset.process_hf_dataset
+    if getattr(original, "_book_compat", False):
+        return True
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+    def process_hf_dataset(*args, **kwargs):  # type: ignore[no-untyped-def]
+        kwargs.setdefault("map_num_proc", max(1, min(32, cores // 2)))
+        return original(*args, **kwargs)
+
+    process_hf_dataset._book_compat = True  # type: ignore[attr-defined]
+    llava_dataset.process_hf_dataset = process_hf_dataset
     return True

@@ -114,6 +114,32 @@ RULES: dict[str, Rule] = {
         0,
         lambda v: v == 0 or 1024 <= v <= 65535,
     ),
+    "llava_pretrain_iters": Rule(
+        (int,), "must be a positive integer (iterations of the LLaVA pretrain stage)", 16, lambda v: v >= 1
+    ),
+    "llava_finetune_iters": Rule(
+        (int,), "must be a positive integer (iterations of the LLaVA fine-tune stage)", 64, lambda v: v >= 1
+    ),
+    "llava_finetune_lr": Rule(
+        (int, float, _NONE),
+        "must be a positive learning rate, or null for the stock 2e-4",
+        2e-3,
+        lambda v: v is None or v > 0,
+    ),
+    "llava_lora_r": Rule(
+        (int, _NONE), "must be a positive LoRA rank, or null for the stock r=512", 16, lambda v: v is None or v >= 1
+    ),
+    "llava_repeats": Rule((int,), "must be a positive integer (repeat.py's -n)", 2, lambda v: v >= 1),
+    "llava_llm_path": Rule(
+        (str,),
+        "must be an InternLM2-Chat folder path, or '' to build the tiny one",
+        "",
+    ),
+    "llava_visual_encoder_path": Rule(
+        (str,),
+        "must be a CLIP vision folder path, or '' to build the tiny one",
+        "",
+    ),
     "course_steps": Rule((int,), "must be a positive integer (iterations of the course's config)", 4, lambda v: v >= 1),
 }
 

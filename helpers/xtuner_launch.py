@@ -47,6 +47,7 @@ train`` command for these reasons, each a fix for a real failure:
 Usage (what helpers.train runs)::
 
     python -m helpers.xtuner_launch CONFIG --work-dir DIR [--resume CKPT] [--deepspeed NAME]
+    python -m helpers.xtuner_launch pth_to_hf CONFIG PTH OUT   # `xtuner convert pth_to_hf` (helpers.llava)
     torchrun --nproc_per_node N -m helpers.xtuner_launch CONFIG --work-dir DIR --launcher pytorch
 """
 
@@ -114,9 +115,15 @@ def prepare(argv: list[str]) -> None:
     import torch
     import torch.distributed as dist
 
-    from .compat import avoid_bnb_misaligned_4bit_gemm, train_projector_in_float32, trust_own_checkpoints
+    from .compat import (
+        avoid_bnb_misaligned_4bit_gemm,
+        llava_dataset_processes,
+        train_projector_in_float32,
+        trust_own_checkpoints,
+    )
 
     trust_own_checkpoints()
+    llava_dataset_processes()
     avoid_bnb_misaligned_4bit_gemm()
     train_projector_in_float32()
     cuda = torch.cuda.is_available()
@@ -145,9 +152,10 @@ def prepare(argv: list[str]) -> None:
         labelled_logits_for_xtuner()
     print(f"helpers.xtuner_launch: levers {chosen}", flush=True)
     if not cuda:
-        from .compat import allow_bnb_4bit_on_cpu, fast_4bit_compute_on_cpu, float32_weights_on_cpu
+        from .compat import allow_bnb_4bit_on_cpu, fast_4bit_compute_on_cpu, float32_weights_on_cpu, llava_on_cpu
 
         allow_bnb_4bit_on_cpu()
+        llava_on_cpu()
         fast_4bit_compute_on_cpu()
         float32_weights_on_cpu()
         if "OMP_NUM_THREADS" not in os.environ:  # a value set by hand wins
@@ -220,8 +228,35 @@ def log_every_ranks_loss() -> None:
 RANK_LOG_DIR = "ranks"
 
 
+def convert_pth_to_hf(argv: list[str]) -> None:
+    """Run ``xtuner convert pth_to_hf CONFIG PTH OUT [options]`` in this process, with the CPU fixes of :func:`prepare`.
+
+    Converting builds the training model from the config, so it needs the
+    same fixes as training (a LLaVA model cannot be built on a CPU without
+    :func:`helpers.compat.llava_on_cpu`, nor its 4-bit LLM loaded without
+    :func:`helpers.compat.allow_bnb_4bit_on_cpu`); no process group is needed.
+    """
+    import torch
+
+    from .compat import trust_own_checkpoints
+
+    trust_own_checkpoints()
+    if not torch.cuda.is_available():
+        from .compat import allow_bnb_4bit_on_cpu, llava_on_cpu
+
+        allow_bnb_4bit_on_cpu()
+        llava_on_cpu()
+    from xtuner.tools.model_converters.pth_to_hf import main as xtuner_pth_to_hf
+
+    sys.argv = ["pth_to_hf", *argv]
+    xtuner_pth_to_hf()
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "pth_to_hf":
+        convert_pth_to_hf(argv[1:])
+        return
     prepare(argv)
     import torch
 

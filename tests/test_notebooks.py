@@ -76,6 +76,16 @@ def test_the_whole_book_runs_on_the_tiny_profile(executed_book):
             assert iv["low"] <= iv["estimate"] <= iv["high"] and iv["resamples"] == 1000, (name, metric, iv)
         assert {"distinct_1", "distinct_2", "repetition"} <= set(arm), name
     assert len(comparison["forgetting"]) == 5
+    # notebook 11: the LLaVA route through XTuner's own commands; the fine-tune learned, both stages converted
+    llava_out = out / "llava"
+    route = json.loads((llava_out / "summary.json").read_text())
+    assert (llava_out / "hf_pretrain" / "projector").is_dir()
+    converted = {p.name for p in (llava_out / "hf_finetune").iterdir()}
+    assert {"projector", "llm_adapter", "visual_encoder_adapter"} <= converted, converted
+    assert route["losses"]["finetune"][-1] < route["losses"]["finetune"][0] - 1.0, route["losses"]
+    scores = route["scores"]
+    assert scores["finetune"]["chrF vs reference"] > scores["pretrain"]["chrF vs reference"], scores
+    assert all(len(t) == 3 for t in route["transcripts"].values()), "xtuner chat answered the three questions"
     import nbformat
 
     nb04 = nbformat.read(build / "04_qlora_training.ipynb", as_version=4)
