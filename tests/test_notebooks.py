@@ -76,6 +76,13 @@ def test_the_whole_book_runs_on_the_tiny_profile(executed_book):
             assert iv["low"] <= iv["estimate"] <= iv["high"] and iv["resamples"] == 1000, (name, metric, iv)
         assert {"distinct_1", "distinct_2", "repetition"} <= set(arm), name
     assert len(comparison["forgetting"]) == 5
+    # notebook 09: the course's FoodieQA conversion, a LoRA run and its QLoRA twin on the same split, merged
+    foodie = json.loads((out / "foodieqa" / "summary.json").read_text())
+    assert foodie["converted_records"] == 32 and foodie["split"] == {"train": 24, "eval": 8}, foodie
+    assert foodie["lora"]["steps"] == foodie["qlora_twin"]["steps"] == 8, foodie
+    assert all(0 < run["last_loss"] < 8 for run in (foodie["lora"], foodie["qlora_twin"])), foodie
+    assert (Path(foodie["merged"]) / "model.safetensors").exists()
+    assert set(foodie["scores"]) == {"eval", "train"}
     import nbformat
 
     nb04 = nbformat.read(build / "04_qlora_training.ipynb", as_version=4)
