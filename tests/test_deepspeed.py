@@ -80,3 +80,24 @@ def test_zero2_lora_trains_on_the_cpu(tiny_model_dir, tmp_path: Path):
     (checkpoint,) = train.list_checkpoints(tmp_path / "work")
     assert checkpoint.is_dir(), "DeepSpeed saves a folder"
     assert any("lora_" in k for k in convert.load_checkpoint(checkpoint))
+    merged = convert.convert(checkpoint, tmp_path / "merged")  # the DeepSpeed folder merges and loads
+    assert (merged.out_dir / "model.safetensors").is_file()
+
+
+def test_a_deepspeed_checkpoint_without_deepspeed_names_the_install(tmp_path: Path, monkeypatch):
+    from helpers import convert
+
+    folder = tmp_path / "iter_4.pth" / "checkpoint"
+    folder.mkdir(parents=True)
+    (folder / "mp_rank_00_model_states.pt").write_bytes(b"")
+
+    def fail(path):
+        raise ImportError("The provided PTH model appears to be a DeepSpeed checkpoint. However, DeepSpeed ...")
+
+    import xtuner.model.utils
+
+    monkeypatch.setattr(xtuner.model.utils, "guess_load_checkpoint", fail)
+    monkeypatch.setattr(train, "check_checkpoint", lambda p: Path(p))
+    with pytest.raises(BookError, match="DeepSpeed checkpoint folder") as err:
+        convert.load_checkpoint(tmp_path / "iter_4.pth")
+    assert config.DEEPSPEED_INSTALL in str(err.value)

@@ -25,7 +25,7 @@ fi
 if has install-ds; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-ds .whl-ds/*.whl || exit 1
 fi
-export PYTHONPATH=/tmp/site:/tmp/site-ds:$PWD
+export PYTHONPATH=/tmp/site:/tmp/site-ds:$PWD:$PWD/benchmarks  # benchmarks/: the step timer the configs import
 python3 -c "import deepspeed, xtuner; print('deepspeed', deepspeed.__version__, 'xtuner', xtuner.__version__)" || exit 1
 M=/tmp/m2b; D=/tmp/synth
 [ -f $M/config.json ] || python3 -m helpers.tiny --preset internvl2-2b --out $M --device cuda > "$OUT/build.log" 2>&1 || { tail -20 "$OUT/build.log"; exit 1; }
