@@ -267,11 +267,11 @@ DEEPSPEED_INSTALL = (
 )
 
 
-#: Why CI does not train with DeepSpeed on its CPU, in one sentence (notebooks 04 and 09 print it).
+#: Why DeepSpeed is skipped on a CPU where it is missing, in one sentence (notebook 09 prints it).
 DEEPSPEED_CPU_REASON = (
-    "the book's CPU install leaves DeepSpeed out (PyPI ships it only as source, and a run costs a minute of "
-    "start-up); installed with the command in requirements/gpu-deepspeed.txt, XTuner's --deepspeed "
-    "deepspeed_zero2 does train here, in one process and bf16, through helpers.compat.deepspeed_on_cpu"
+    "the deepspeed package is not installed in this environment (tools/install.sh builds it from source, "
+    "see requirements/gpu-deepspeed.txt); where it is, XTuner's --deepspeed deepspeed_zero2 trains on a CPU too, "
+    "in one process and bf16, through helpers.compat.deepspeed_on_cpu"
 )
 
 

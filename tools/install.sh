@@ -15,7 +15,7 @@ if not ((3, 11) <= sys.version_info[:2] < (3, 13)):
 PY
 
 STAMP="$VENV/.installed"
-HASH="$(cat requirements/base.txt requirements/no-deps.txt requirements/lock-cpu.txt pyproject.toml | sha256sum | cut -c1-16)"
+HASH="$(cat requirements/base.txt requirements/no-deps.txt requirements/lock-cpu.txt requirements/gpu-deepspeed.txt pyproject.toml | sha256sum | cut -c1-16)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$HASH" ]]; then
     echo "[install] $VENV is up to date"
     exit 0
@@ -52,6 +52,14 @@ echo "[install] 3/4 everything else (pinned)"
 pipq install "${C[@]}" -r requirements/base.txt
 "$VENV/bin/python" -c "import xtuner, bitsandbytes, transformers, torchvision, gradio" \
     || { echo "[install] the environment does not import; see the messages above"; exit 1; }
+# DeepSpeed for `--deepspeed` (tests/test_deepspeed.py trains ZeRO-2 on the CPU): PyPI ships only its source,
+# which builds a pure-Python wheel with DS_BUILD_OPS=0 against the torch installed above (under a minute);
+# its dependencies are pinned in the same file (requirements/gpu-deepspeed.txt says why 0.18.9).
+echo "[install] 3b/4 DeepSpeed, built from source without ops (requirements/gpu-deepspeed.txt)"
+DS_BUILD_OPS=0 pipq install --no-deps --no-build-isolation "$(grep -o '^deepspeed==[^ ]*' requirements/gpu-deepspeed.txt)"
+pipq install --no-deps -r <(grep -v '^deepspeed==' requirements/gpu-deepspeed.txt)
+"$VENV/bin/python" -c "import deepspeed" >/dev/null 2>&1 \
+    || { echo "[install] deepspeed does not import; see the messages above"; exit 1; }
 echo "[install] 4/4 the helpers package (editable)"
 pipq install --no-deps -e .
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (book)" >/dev/null
