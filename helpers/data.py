@@ -563,6 +563,7 @@ def foodie_item(
     """One ``sivqa_tidy.json`` item with exactly the release's fields (:data:`FOODIE_FIELDS`).
 
     ``answer`` is the index of the right choice; the release stores it as a string.
+    ``question_en``/``choices_en`` (the release's English translation) stay empty unless given.
 
     >>> item = foodie_item(question="图片中的饮品是什么?", choices=["咖啡", "豆浆"], answer=0,
     ...                    food_name="咖啡", food_file="images/coffee.jpg", question_id="sivqa_0")
@@ -587,7 +588,7 @@ def foodie_item(
             "food_file": food_file,
         },
         "question_en": question_en,
-        "choices_en": list(choices_en if choices_en is not None else choices),
+        "choices_en": list(choices_en or []),  # empty: not translated
     }
 
 
