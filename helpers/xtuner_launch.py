@@ -29,8 +29,9 @@ train`` command for these reasons, each a fix for a real failure:
 7. :func:`helpers.compat.avoid_bnb_misaligned_4bit_gemm` keeps 4-bit layers
    with an odd number of outputs (the LM head: both vocabularies are odd) off
    a bitsandbytes 0.50.2 kernel that crashes on them on a GPU.
-8. With ``--deepspeed`` on a CPU, :func:`helpers.compat.deepspeed_on_cpu`
-   fixes three things that stop XTuner + DeepSpeed in one CPU process.
+8. With ``--deepspeed`` and one process, :func:`helpers.compat.deepspeed_single_process`
+   sets the environment ``torchrun`` would (else DeepSpeed looks for MPI); on
+   a CPU, :func:`helpers.compat.deepspeed_on_cpu` fixes two more things.
 
 Usage (what helpers.train runs)::
 
@@ -92,11 +93,14 @@ def prepare(argv: list[str]) -> None:
             threads = cpu_threads(config)
             torch.set_num_threads(threads)
             print(f"helpers.xtuner_launch: CPU training with {threads} PyTorch thread(s)", flush=True)
-    if not cuda and "--deepspeed" in argv:
-        from .compat import deepspeed_on_cpu
-
-        deepspeed_on_cpu()
     launched = "--launcher" in argv and argv[argv.index("--launcher") + 1] != "none"
+    if "--deepspeed" in argv:
+        from .compat import deepspeed_on_cpu, deepspeed_single_process
+
+        if not launched:
+            deepspeed_single_process()
+        if not cuda:
+            deepspeed_on_cpu()
     if not launched and "--deepspeed" not in argv and not dist.is_initialized():
         # a fresh port every time: an inherited MASTER_PORT may be held by the parent process
         dist.init_process_group(

@@ -101,3 +101,17 @@ def test_a_deepspeed_checkpoint_without_deepspeed_names_the_install(tmp_path: Pa
     with pytest.raises(BookError, match="DeepSpeed checkpoint folder") as err:
         convert.load_checkpoint(tmp_path / "iter_4.pth")
     assert config.DEEPSPEED_INSTALL in str(err.value)
+
+
+def test_one_deepspeed_process_gets_torchruns_environment(monkeypatch):
+    from helpers import compat
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    assert compat.deepspeed_single_process()
+    import os
+
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["MASTER_ADDR"]) == ("0", "1", "127.0.0.1")
+    assert int(os.environ["MASTER_PORT"]) > 0
+    monkeypatch.setenv("RANK", "3")  # a launcher's values win
+    assert not compat.deepspeed_single_process() and os.environ["RANK"] == "3"
