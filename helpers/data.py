@@ -1326,6 +1326,16 @@ def check_training_data(
             f"the config has {len(paths)} data_paths but {len(folders)} image_folders: "
             "give one image folder per data file"
         )
+    for data_path in paths:  # a file XTuner cannot read at all, before the model is looked at
+        file = base / Path(data_path)
+        if file.suffix == ".json" and file.is_file():
+            items, _ = _read_items(file)
+            if items and _is_foodie(items, file):
+                raise DatasetError(
+                    f"data_path {file} is FoodieQA's own format (question/choices/answer), and XTuner's "
+                    "InternVL dataset reads conversations only (it would stop with KeyError: 'conversations'); "
+                    "convert it first: helpers.data.foodie_to_llava(folder), the course's process_food.py"
+                )
     model = base / Path(model_path)
     settings = TilingSettings.from_config(model)  # a ModelDirError that names the fix if it is no model folder
     tokenizer = _LazyTokenizer(model)

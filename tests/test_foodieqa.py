@@ -161,3 +161,9 @@ def test_converter_and_validator_name_a_missing_image(tmp_path: Path):
 def test_converter_refuses_other_layouts():
     with pytest.raises(DatasetError, match="not FoodieQA"):
         data.foodie_to_llava(data.SAMPLE_DATA_DIR)
+
+
+def test_training_refuses_an_unconverted_foodieqa_file(tmp_path: Path):
+    folder = _release_folder(tmp_path / "FoodieQA", [RELEASE_ITEM])
+    with pytest.raises(DatasetError, match="foodie_to_llava"):
+        data.check_training_data(folder / data.FOODIE_FILE, str(folder), "/no/model", 8192)
