@@ -10,6 +10,8 @@
 #   call 1: carry .whl-train (requirements/gpu-train.txt)  -> bash benchmarks/gpu/deepspeed.sh $OUT install-train
 #   call 2: carry .whl-ds (requirements/gpu-deepspeed.txt) -> bash benchmarks/gpu/deepspeed.sh $OUT install-ds qlora
 #   call 3:                                                -> bash benchmarks/gpu/deepspeed.sh $OUT lora convert
+# (call 2 also builds the random 2B model and the synthetic data, about 1-2 minutes, then the QLoRA pair;
+#  each run is 3 warm-up + 8 timed optimizer steps and is cut at 280 s.)
 # (install-* install into /tmp/site and /tmp/site-ds, which stay on a warm machine between calls.)
 # Results: $OUT/train-deepspeed-<recipe>-<none|zeroN>.json and $OUT/convert-deepspeed.json; copy them to
 # benchmarks/results/.
@@ -26,6 +28,7 @@ if has install-ds; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-ds .whl-ds/*.whl || exit 1
 fi
 export PYTHONPATH=/tmp/site:/tmp/site-ds:$PWD:$PWD/benchmarks  # benchmarks/: the step timer the configs import
+has qlora || has lora || has convert || exit 0   # an install-only call stops here
 python3 -c "import deepspeed, xtuner; print('deepspeed', deepspeed.__version__, 'xtuner', xtuner.__version__)" || exit 1
 M=/tmp/m2b; D=/tmp/synth
 [ -f $M/config.json ] || python3 -m helpers.tiny --preset internvl2-2b --out $M --device cuda > "$OUT/build.log" 2>&1 || { tail -20 "$OUT/build.log"; exit 1; }
