@@ -609,4 +609,57 @@ def llava_dataset_processes() -> bool:
 
     process_hf_dataset._book_compat = True  # type: ignore[attr-defined]
     llava_dataset.process_hf_dataset = process_hf_dataset
+
+def deepspeed_single_process() -> bool:
+    """Give a DeepSpeed run that no launcher started the environment ``torchrun`` gives one process.
+
+    ``xtuner train CONFIG --deepspeed NAME`` with one process starts no launcher,
+    and DeepSpeed's ``init_distributed`` then looks for MPI when ``RANK``,
+    ``WORLD_SIZE`` and friends are missing (``ModuleNotFoundError: No module named
+    'mpi4py'``, seen on the CPU). We set ``RANK=0``, ``LOCAL_RANK=0``,
+    ``WORLD_SIZE=1``, ``LOCAL_WORLD_SIZE=1`` and a free ``MASTER_PORT`` on
+    127.0.0.1, where ``RANK`` is not set already. Returns True when it set them.
+    """
+    import os
+    import socket
+
+    if "RANK" in os.environ:
+        return False
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}
+    os.environ.update({**defaults, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    return True
+
+
+def deepspeed_on_cpu() -> bool:
+    """Let XTuner's ``--deepspeed`` run in one process on a CPU, on DeepSpeed's ``cpu`` accelerator.
+
+    Measured with deepspeed 0.18.9 and XTuner 0.2.0 (``deepspeed_zero2``, plain
+    LoRA on the tiny model): besides the launcher's environment
+    (:func:`deepspeed_single_process`), two things stop it, and each fix is small.
+
+    1. XTuner resolves the DeepSpeed config's ``"auto"`` dtype with
+       ``torch.cpu.is_bf16_supported()``, which torch does not have
+       (``AttributeError: module 'torch.cpu' has no attribute 'is_bf16_supported'``).
+       We add it, answering True: DeepSpeed's CPU accelerator refuses fp16
+       (``ValueError: Type fp16 is not supported on your device``) and trains in bf16.
+    2. DeepSpeed's CPU communication backend compiles a shared-memory
+       all-reduce op with g++ at start-up (over a minute on 2 cores); a single
+       process has no one to all-reduce with, so we mark the op unavailable.
+
+    Returns True when applied (DeepSpeed importable, no CUDA), else False.
+    """
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available() or importlib.util.find_spec("deepspeed") is None:
+        return False
+    if not hasattr(torch.cpu, "is_bf16_supported"):
+        torch.cpu.is_bf16_supported = lambda: True  # type: ignore[attr-defined]
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     return True

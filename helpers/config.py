@@ -278,18 +278,98 @@ def validate(recipe: Recipe, min_sample_tokens: int | None = None) -> None:
         raise BookError("\n".join(str(p) for p in found))
 
 
+#: The DeepSpeed configs XTuner ships (``xtuner/configs/deepspeed/NAME.json``), for ``--deepspeed NAME``.
+DEEPSPEED_CONFIGS = (
+    "deepspeed_zero1",
+    "deepspeed_zero2",
+    "deepspeed_zero2_offload",
+    "deepspeed_zero3",
+    "deepspeed_zero3_offload",
+)
+#: How to install the DeepSpeed the book pins (PyPI ships only its source; see requirements/gpu-train.txt).
+DEEPSPEED_INSTALL = (
+    "DS_BUILD_OPS=0 pip wheel --no-deps --no-build-isolation deepspeed==0.18.9 -w wheels && "
+    "pip install wheels/deepspeed-0.18.9-py3-none-any.whl hjson msgpack ninja py-cpuinfo"
+)
+
+
+#: Why DeepSpeed is skipped on a CPU where it is missing, in one sentence (notebook 09 prints it).
+DEEPSPEED_CPU_REASON = (
+    "the deepspeed package is not installed in this environment (tools/install.sh builds it from source, "
+    "see requirements/deepspeed.txt); where it is, XTuner's --deepspeed deepspeed_zero2 trains on a CPU too, "
+    "in one process and bf16, through helpers.compat.deepspeed_on_cpu"
+)
+
+
+def deepspeed_installed() -> bool:
+    """True when ``import deepspeed`` can find the package (it is not imported: that is slow)."""
+    import importlib.util
+
+    return importlib.util.find_spec("deepspeed") is not None
+
+
+def deepspeed_problems(recipe: Recipe, deepspeed: str | None, *, installed: bool | None = None) -> list[Problem]:
+    """Why ``--deepspeed deepspeed`` cannot train ``recipe`` here (an empty list when it can, or when None).
+
+    Checked before any model loads: the name is one XTuner ships; the package is
+    installed (``installed`` overrides the look-up, for tests); and ZeRO-3 is not
+    combined with 4-bit weights (ZeRO-3 shards every parameter across processes;
+    XTuner 0.2.0 keeps NF4 weights packed in ``uint8``, which it cannot shard, so
+    QLoRA works with ZeRO-1/2 only; see book/guides/real-hardware.md).
+
+    >>> [p.field for p in deepspeed_problems(Recipe("/m", "/d.json", "/d"), "deepspeed_zero3", installed=True)]
+    ['deepspeed']
+    >>> deepspeed_problems(Recipe("/m", "/d.json", "/d", quantization_llm=False), "deepspeed_zero3", installed=True)
+    []
+    """
+    if deepspeed is None:
+        return []
+    if deepspeed not in DEEPSPEED_CONFIGS:
+        return [Problem("deepspeed", deepspeed, f"XTuner ships {', '.join(DEEPSPEED_CONFIGS)}; use one of them")]
+    out = []
+    if not (deepspeed_installed() if installed is None else installed):
+        out.append(
+            Problem(
+                "deepspeed",
+                deepspeed,
+                "the deepspeed package is not installed in this environment; install the pinned version with "
+                f"`{DEEPSPEED_INSTALL}`, or set deepspeed=None to train without it",
+            )
+        )
+    if deepspeed.startswith("deepspeed_zero3") and (recipe.quantization_llm or recipe.quantization_vit):
+        out.append(
+            Problem(
+                "deepspeed",
+                deepspeed,
+                "ZeRO-3 shards every weight across the processes, and XTuner 0.2.0 stores 4-bit NF4 weights "
+                "(quantization_llm/quantization_vit) packed as uint8 (its BitsAndBytesConfig sets no "
+                "bnb_4bit_quant_storage), which ZeRO-3 cannot shard; use deepspeed_zero1 or deepspeed_zero2 for "
+                "QLoRA, or quantization_llm=False (plain LoRA) with ZeRO-3",
+            )
+        )
+    return out
+
+
+def check_deepspeed(recipe: Recipe, deepspeed: str | None, *, installed: bool | None = None) -> None:
+    """Raise :class:`BookError` with every :func:`deepspeed_problems` finding and its fix."""
+    found = deepspeed_problems(recipe, deepspeed, installed=installed)
+    if found:
+        raise BookError("\n".join(str(p) for p in found))
+
+
 def fit_to_hardware(
     recipe: Recipe, *, cuda: bool, bnb_4bit: bool, cpu_cores: int = 2, gpus: int = 1, deepspeed: str | None = None
 ) -> tuple[Recipe, list[Override]]:
     """Adapt a recipe to this machine; return the new recipe and every change with its reason.
 
     Raises :class:`ProfileError` when 4-bit quantisation is asked for where
-    bitsandbytes cannot run it: that changes the experiment, so you decide.
+    bitsandbytes cannot run it: that changes the experiment, so you decide;
+    and :class:`BookError` when ``deepspeed`` cannot run (:func:`check_deepspeed`).
 
     >>> r, changes = fit_to_hardware(Recipe("/m", "/d.json", "/d"), cuda=False, bnb_4bit=True)
     >>> [c.field for c in changes]
     ['amp_dtype', 'dist_backend', 'dataloader_num_workers']
-    >>> fit_to_hardware(Recipe("/m", "/d.json", "/d"), cuda=True, bnb_4bit=True, deepspeed="deepspeed_zero1")[1]
+    >>> fit_to_hardware(Recipe("/m", "/d.json", "/d"), cuda=True, bnb_4bit=True)[1]
     []
     """
     if (recipe.quantization_llm or recipe.quantization_vit) and not bnb_4bit:
@@ -298,6 +378,7 @@ def fit_to_hardware(
             "NF4 on this machine (see notebook 00's probe). Install bitsandbytes 0.50.2, or set "
             "quantization_llm=False to train LoRA on a bf16 base (plain LoRA, more memory)."
         )
+    check_deepspeed(recipe, deepspeed)
     changes: list[Override] = []
 
     def change(name: str, value: Any, reason: str) -> None:

@@ -80,6 +80,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = guess_load_checkpoint(str(path))
     except Exception as exc:
+        if path.is_dir() and "DeepSpeed" in str(exc):
+            from .config import DEEPSPEED_INSTALL
+
+            raise BookError(
+                f"{path} is a DeepSpeed checkpoint folder, and reading it needs the deepspeed package, which is "
+                f"not installed here; install it with `{DEEPSPEED_INSTALL}`."
+            ) from exc
         raise BookError(f"{path} could not be read as an XTuner checkpoint ({type(exc).__name__}: {exc}).") from exc
     if not isinstance(state, dict) or not state:
         raise BookError(f"{path} holds no tensors; it is not an XTuner training checkpoint.")

@@ -61,6 +61,14 @@ __all__ = [
     "to_llava_json",
     "to_clot_folder",
     "to_swift_jsonl",
+    "FOODIE_FILE",
+    "COURSE_FOODIE_FILE",
+    "FOODIE_FIELDS",
+    "FOODIE_NEEDED",
+    "FOODIE_NEEDED_BY_COURSE",
+    "FOODIE_ANSWER_JOIN",
+    "foodie_item",
+    "foodie_to_llava",
 ]
 
 #: The layouts :func:`load_dataset` accepts, as shown in error messages.
@@ -87,7 +95,7 @@ PROBLEM_KINDS = {
     "empty_turn": "a turn has no text",
     "missing_image_token": "the first human turn has no <image> placeholder",
     "extra_image_token": "there are more <image> placeholders than images",
-    "bad_foodie_item": "a FoodieQA item lacks question, choices or a valid answer",
+    "bad_foodie_item": "a FoodieQA item lacks a field it needs, or its answer is not one of its choices",
     "too_long": "the sample has more tokens than max_length",
 }
 
@@ -503,56 +511,152 @@ def _image_list(value: Any) -> list[str] | None:
     return None
 
 
+# --------------------------------------------------------------------------------------------
+# FoodieQA
+
+#: The file of FoodieQA's single-image VQA part, and the file the course's ``process_food.py`` writes beside it.
+FOODIE_FILE, COURSE_FOODIE_FILE = "sivqa_tidy.json", "sivqa_llava.json"
+
+#: Every field of one item of ``sivqa_tidy.json``, as the FoodieQA release spells them (dotted: inside
+#: ``food_meta``). The one place the schema lives: :func:`foodie_item` builds items from it and
+#: ``tests/test_foodieqa.py`` pins it against the release's documentation (lyan62/FoodieQA,
+#: ``val-ui/README_Validation.md`` and ``model-eval/scripts/sivqa_utils.py``).
+FOODIE_FIELDS = (
+    "question",
+    "choices",
+    "answer",
+    "question_type",
+    "food_name",
+    "question_id",
+    "food_meta.main_ingredient",
+    "food_meta.id",
+    "food_meta.food_name",
+    "food_meta.food_type",
+    "food_meta.food_location",
+    "food_meta.food_file",
+    "question_en",
+    "choices_en",
+)
+#: The fields :func:`load_dataset` needs, and the fields the course's converter needs (it also names the dish).
+FOODIE_NEEDED = ("question", "choices", "answer", "food_meta.food_file")
+FOODIE_NEEDED_BY_COURSE = (*FOODIE_NEEDED, "food_meta.food_name")
+#: What ``process_food.py`` puts between the right choice and the dish's name in the answer it trains on.
+FOODIE_ANSWER_JOIN = "，图中的菜是"
+
+
+def foodie_item(
+    *,
+    question: str,
+    choices: Sequence[str],
+    answer: int,
+    food_name: str,
+    food_file: str,
+    question_id: str,
+    question_type: str = "food_type",
+    food_type: str = "",
+    food_location: str = "",
+    main_ingredient: Sequence[str] = (),
+    food_id: int = 0,
+    question_en: str = "",
+    choices_en: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """One ``sivqa_tidy.json`` item with exactly the release's fields (:data:`FOODIE_FIELDS`).
+
+    ``answer`` is the index of the right choice; the release stores it as a string.
+    ``question_en``/``choices_en`` (the release's English translation) stay empty unless given.
+
+    >>> item = foodie_item(question="图片中的饮品是什么?", choices=["咖啡", "豆浆"], answer=0,
+    ...                    food_name="咖啡", food_file="images/coffee.jpg", question_id="sivqa_0")
+    >>> item["answer"], item["food_meta"]["food_file"]
+    ('0', 'images/coffee.jpg')
+    """
+    if not 0 <= answer < len(choices):
+        raise DatasetError(f"answer={answer}: the index of one of the {len(choices)} choices")
+    return {
+        "question": question,
+        "choices": list(choices),
+        "answer": str(answer),
+        "question_type": question_type,
+        "food_name": food_name,
+        "question_id": question_id,
+        "food_meta": {
+            "main_ingredient": list(main_ingredient),
+            "id": food_id,
+            "food_name": food_name,
+            "food_type": food_type,
+            "food_location": food_location,
+            "food_file": food_file,
+        },
+        "question_en": question_en,
+        "choices_en": list(choices_en or []),  # empty: not translated
+    }
+
+
+_ABSENT = object()
+
+
+def _dotted(obj: dict, name: str) -> Any:
+    """``obj["a"]["b"]`` for ``"a.b"``, or ``_ABSENT`` when a level is missing or not an object."""
+    for part in name.split("."):
+        if not isinstance(obj, dict) or part not in obj:
+            return _ABSENT
+        obj = obj[part]
+    return obj
+
+
+def _foodie_problems(obj: dict, index: int, line: int, path: Path, needed: Sequence[str]) -> list[Problem]:
+    """One ``bad_foodie_item`` problem for the first field of ``needed`` that is missing or unusable."""
+    fix = "give every item the FoodieQA fields " + ", ".join(needed) + " (see helpers.data.FOODIE_FIELDS)"
+    for name in needed:
+        value = _dotted(obj, name)
+        why = None
+        if value is _ABSENT:
+            why = f"`{name}` is missing"
+        elif name == "choices" and not (isinstance(value, list) and value):
+            why = f"`choices` must be a non-empty list, not {value!r}"
+        elif name == "answer":
+            choices = obj.get("choices") if isinstance(obj.get("choices"), list) else []
+            try:
+                ok = 0 <= int(value) < len(choices)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                why = f"answer={value!r} is not the index of one of the {len(choices)} choices"
+                fix = 'give the index of the right choice as a string, "0" for the first'
+        elif name != "choices" and not (isinstance(value, str) and value.strip()):
+            why = f"`{name}` must be non-empty text, not {value!r}"
+        if why:
+            return [Problem("bad_foodie_item", path, index, line, name, why, fix)]
+    return []
+
+
+def _foodie_image(root: Path, food_file: str) -> str:
+    """``food_meta.food_file`` relative to the dataset root (a bare name is looked up in ``images/``)."""
+    if not (root / food_file).exists() and (root / "images" / food_file).exists():
+        return f"images/{food_file}"
+    return food_file
+
+
 def _foodie_to_item(obj: Any, index: int, line: int, path: Path, root: Path) -> tuple[Any, list[Problem]]:
-    """Turn one FoodieQA single-image VQA item into an XTuner record dict.
+    """Turn one FoodieQA single-image VQA item into the book's XTuner record dict.
 
     The human turn is ``<image>\\n`` + the question + the lettered choices; the gpt
     turn is the text of the right choice (``answer`` is its index, a string in
     the real file). ``food_meta.food_file`` is taken relative to the dataset root,
-    or to its ``images/`` folder when it is a bare file name.
+    or to its ``images/`` folder when it is a bare file name. (The course's own
+    conversion, which trains on other text, is :func:`foodie_to_llava`.)
     """
     if not isinstance(obj, dict):
         return obj, []  # reported as record_not_object by _check_item
-    meta = obj.get("food_meta") if isinstance(obj.get("food_meta"), dict) else {}
-    question, choices, answer = obj.get("question"), obj.get("choices"), obj.get("answer")
-    problems = []
-    try:
-        ok = (
-            isinstance(question, str)
-            and question.strip()
-            and isinstance(choices, list)
-            and choices
-            and 0 <= int(answer) < len(choices)
-        )
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        problems.append(
-            Problem(
-                "bad_foodie_item",
-                path,
-                index,
-                line,
-                "question/choices/answer",
-                f"question={question!r}, {len(choices) if isinstance(choices, list) else 'no'} choices, "
-                f"answer={answer!r}",
-                "give a question, a non-empty list of choices and the answer's index",
-            )
-        )
+    problems = _foodie_problems(obj, index, line, path, FOODIE_NEEDED)
+    if problems:
         return None, problems
-    food_file = meta.get("food_file")
-    if (
-        isinstance(food_file, str)
-        and food_file
-        and not (root / food_file).exists()
-        and (root / "images" / food_file).exists()
-    ):
-        food_file = f"images/{food_file}"
+    question, choices, answer = obj["question"], obj["choices"], obj["answer"]
     letters = "ABCDEFGHIJ"
     options = "\n".join(f"{letters[i]}. {str(c).strip()}" for i, c in enumerate(choices))
     return {
         "id": str(obj.get("question_id", index)),
-        "image": food_file,
+        "image": _foodie_image(root, obj["food_meta"]["food_file"]),
         "conversations": [
             {"from": "human", "value": f"{IMAGE_TOKEN}\n{question.strip()}\n{options}"},
             {"from": "gpt", "value": str(choices[int(answer)]).strip()},
@@ -560,11 +664,92 @@ def _foodie_to_item(obj: Any, index: int, line: int, path: Path, root: Path) -> 
     }, problems
 
 
+def foodie_to_llava(path: str | Path, out: str | Path | None = None) -> Path:
+    """Do what the course's ``process_food.py`` does: FoodieQA's ``sivqa_tidy.json`` -> XTuner LLaVA JSON.
+
+    Each item becomes one record: the human turn is the question followed by
+    ``\\n<image>`` (the course puts the image last), the gpt turn the right choice's
+    text + ``，图中的菜是`` + ``food_meta.food_name``. Choices are *not* shown to the
+    model, so it learns to name the answer and the dish. One addition to the
+    course's script: each record keeps its ``question_id`` as ``id``, because a
+    photo has several questions and the book matches answers by id.
+
+    ``out`` defaults to ``sivqa_llava.json`` beside ``sivqa_tidy.json`` (the
+    course's place; image paths stay as the release writes them); elsewhere,
+    image paths are absolute. Before anything is written, every item is checked
+    (:data:`FOODIE_NEEDED_BY_COURSE`) and every image must exist; otherwise a
+    :class:`DatasetError` lists each problem with file, line, record and field.
+
+    >>> import tempfile
+    >>> out = foodie_to_llava(SAMPLE_DATA_DIR.parent / "foodieqa_sample", Path(tempfile.mkdtemp()) / "s.json")
+    >>> json.loads(out.read_text())[0]["conversations"][1]["value"]
+    '浓缩咖啡，图中的菜是浓缩咖啡'
+    """
+    layout = resolve_layout(path)
+    if layout.format != "foodieqa":
+        raise DatasetError(f"{path} is a {layout.format} dataset, not FoodieQA ({FOODIE_FILE} + images/)")
+    file, root = layout.file, layout.root
+    out = Path(out) if out is not None else root / COURSE_FOODIE_FILE
+    keep_relative = out.parent.resolve() == root
+    report = ValidationReport(files=[file])
+    items, report.problems = _read_items(file)
+    records = []
+    for index, (obj, line) in enumerate(items or []):
+        report.records += 1
+        if not isinstance(obj, dict):
+            report.problems.append(
+                Problem("record_not_object", file, index, line, None, f"a {type(obj).__name__}", "use a JSON object")
+            )
+            continue
+        issues = _foodie_problems(obj, index, line, file, FOODIE_NEEDED_BY_COURSE)
+        if not issues:
+            image = _foodie_image(root, obj["food_meta"]["food_file"])
+            if not (root / image).is_file():
+                issues.append(
+                    Problem(
+                        "image_not_found",
+                        file,
+                        index,
+                        line,
+                        "food_meta.food_file",
+                        f"{root / image} does not exist",
+                        "put the photo there or correct food_meta.food_file (relative to the dataset folder)",
+                    )
+                )
+        report.problems += issues
+        if issues:
+            continue
+        meta = obj["food_meta"]
+        records.append(
+            {
+                "id": str(obj.get("question_id", index)),
+                "image": image if keep_relative else str((root / image).resolve()),
+                "conversations": [
+                    {"from": "human", "value": f"{obj['question']}\n{IMAGE_TOKEN}"},
+                    {
+                        "from": "gpt",
+                        "value": f"{obj['choices'][int(obj['answer'])]}{FOODIE_ANSWER_JOIN}{meta['food_name']}",
+                    },
+                ],
+            }
+        )
+    report.raise_if_errors()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(records, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
+    return out
+
+
 def _is_foodie(items: list[tuple[Any, int]], path: Path) -> bool:
-    """True for a FoodieQA sivqa file (by name, or by its first record's keys)."""
+    """True for a FoodieQA sivqa file (by name, or by its first record's keys).
+
+    A file of XTuner records (``conversations``) is not, whatever its name: the
+    course's converted ``sivqa_llava.json`` is LLaVA JSON.
+    """
+    first = items[0][0] if items else None
+    if isinstance(first, dict) and "conversations" in first:
+        return False
     if path.name.startswith("sivqa"):
         return True
-    first = items[0][0] if items else None
     return isinstance(first, dict) and "food_meta" in first and "question" in first
 
 
@@ -1141,6 +1326,16 @@ def check_training_data(
             f"the config has {len(paths)} data_paths but {len(folders)} image_folders: "
             "give one image folder per data file"
         )
+    for data_path in paths:  # a file XTuner cannot read at all, before the model is looked at
+        file = base / Path(data_path)
+        if file.suffix == ".json" and file.is_file():
+            items, _ = _read_items(file)
+            if items and _is_foodie(items, file):
+                raise DatasetError(
+                    f"data_path {file} is FoodieQA's own format (question/choices/answer), and XTuner's "
+                    "InternVL dataset reads conversations only (it would stop with KeyError: 'conversations'); "
+                    "convert it first: helpers.data.foodie_to_llava(folder), the course's process_food.py"
+                )
     model = base / Path(model_path)
     settings = TilingSettings.from_config(model)  # a ModelDirError that names the fix if it is no model folder
     tokenizer = _LazyTokenizer(model)

@@ -92,6 +92,19 @@ RULES: dict[str, Rule] = {
         "None",
         lambda v: v is None or v.startswith("deepspeed_zero"),
     ),
+    "foodie_path": Rule(
+        (str,),
+        "must be a FoodieQA folder (sivqa_tidy.json + images/), e.g. a download of the release",
+        "helpers/sample_data/foodieqa_sample",
+        lambda v: (Path(v) / "sivqa_tidy.json").is_file() or any(Path(v).glob("*/sivqa_tidy.json")),
+    ),
+    "foodie_steps": Rule(
+        (int, _NONE),
+        "must be None (the course's 10 epochs) or a positive number of iterations",
+        "None",
+        lambda v: v is None or v >= 1,
+    ),
+    "qlora_twin": Rule((bool,), "must be true or false", "true"),
     "nproc_per_node": Rule(
         (int, _NONE), "must be None (every visible GPU) or a positive integer", "None", lambda v: v is None or v >= 1
     ),

@@ -522,6 +522,12 @@ def train(
     config, work_dir = Path(config), Path(work_dir)
     if not config.exists():
         raise BookError(f"config {config} does not exist; write one with helpers.config.write(recipe, path)")
+    if deepspeed:  # before anything starts: the name, the package, ZeRO-3 with 4-bit weights
+        from . import config as configs
+
+        recipe_file = config.parent / "recipe.json"
+        recipe = configs.Recipe.load(recipe_file) if recipe_file.is_file() else None
+        configs.check_deepspeed(recipe or configs.Recipe("", "", "", quantization_llm=False), deepspeed)
     work_dir.mkdir(parents=True, exist_ok=True)
     resume_from: Path | None = None
     if resume == "auto":

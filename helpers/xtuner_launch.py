@@ -44,6 +44,10 @@ train`` command for these reasons, each a fix for a real failure:
    ``book_loss_logits = 'labelled'`` computes the loss from logits of the labelled
    tokens only (:func:`helpers.compat.labelled_logits_for_xtuner`).
 
+8. With ``--deepspeed`` and one process, :func:`helpers.compat.deepspeed_single_process`
+   sets the environment ``torchrun`` would (else DeepSpeed looks for MPI); on
+   a CPU, :func:`helpers.compat.deepspeed_on_cpu` fixes two more things.
+
 Usage (what helpers.train runs)::
 
     python -m helpers.xtuner_launch CONFIG --work-dir DIR [--resume CKPT] [--deepspeed NAME]
@@ -168,6 +172,14 @@ def prepare(argv: list[str]) -> None:
         # torch.cuda.set_device(local_rank) before anything else and fails without a GPU; the Runner
         # skips init_dist when a group exists, so we start gloo from torchrun's RANK/WORLD_SIZE/MASTER_*.
         dist.init_process_group("gloo", init_method="env://")
+
+    if "--deepspeed" in argv:
+        from .compat import deepspeed_on_cpu, deepspeed_single_process
+
+        if not launched:
+            deepspeed_single_process()
+        if not cuda:
+            deepspeed_on_cpu()
     if not launched and "--deepspeed" not in argv and not dist.is_initialized():
         # a fresh port every time: an inherited MASTER_PORT may be held by the parent process
         dist.init_process_group(

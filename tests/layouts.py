@@ -69,24 +69,19 @@ def _foodie_item(n: int, record: data.Record, image: str, captions: list[str], r
     others = rng.sample([c for c in captions if c != record.caption], 3)
     choices = [record.caption, *others]
     rng.shuffle(choices)
-    return {
-        "question": "这张图片配的是哪一句梗？",
-        "choices": choices,
-        "answer": str(choices.index(record.caption)),  # a string, as in the release
-        "question_type": "caption",
-        "food_name": record.id,
-        "question_id": f"sivqa_{n}",
-        "food_meta": {
-            "main_ingredient": [],
-            "id": n,
-            "food_name": record.id,
-            "food_type": "meme",
-            "food_location": "网络",
-            "food_file": image,
-        },
-        "question_en": "Which joke goes with this picture?",
-        "choices_en": choices,
-    }
+    return data.foodie_item(  # the release's fields, from the one schema in helpers.data
+        question="这张图片配的是哪一句梗？",
+        choices=choices,
+        answer=choices.index(record.caption),
+        question_type="caption",
+        food_name=record.id,
+        question_id=f"sivqa_{n}",
+        food_id=n,
+        food_type="meme",
+        food_location="网络",
+        food_file=image,
+        question_en="Which joke goes with this picture?",
+    )
 
 
 def _foodieqa(ds: data.SampleSet, out: Path) -> Path:

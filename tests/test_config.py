@@ -77,7 +77,8 @@ def test_max_length_shorter_than_one_image_is_rejected():
     config.validate(recipe(), min_sample_tokens=3400)
 
 
-def test_cpu_overrides_are_explicit():
+def test_cpu_overrides_are_explicit(monkeypatch):
+    monkeypatch.setattr(config, "deepspeed_installed", lambda: True)  # its absence is tests/test_deepspeed.py's
     new, changes = config.fit_to_hardware(recipe(), cuda=False, bnb_4bit=True, cpu_cores=2)
     assert {c.field: c.after for c in changes} == {
         "amp_dtype": None,

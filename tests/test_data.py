@@ -264,24 +264,21 @@ def make_foodie(folder: Path) -> Path:
     (folder / "images").mkdir(parents=True)
     Image.new("RGB", (80, 60), (90, 60, 30)).save(folder / "images" / "mapo.jpeg")
     items = [
-        {
-            "question": "图片中的食物通常属于哪个菜系?",
-            "choices": ["川菜", "粤菜", "鲁菜", "苏菜"],
-            "answer": "0",
-            "question_type": "cuisine_type",
-            "food_name": "麻婆豆腐",
-            "question_id": "sivqa_1",
-            "food_meta": {
-                "main_ingredient": ["豆腐"],
-                "id": 12,
-                "food_name": "麻婆豆腐",
-                "food_type": "tofu",
-                "food_location": "餐馆",
-                "food_file": "images/mapo.jpeg",
-            },
-            "question_en": "Which cuisine does the food in the picture usually belong to?",
-            "choices_en": ["Sichuan", "Cantonese", "Shandong", "Jiangsu"],
-        }
+        data.foodie_item(
+            question="图片中的食物通常属于哪个菜系?",
+            choices=["川菜", "粤菜", "鲁菜", "苏菜"],
+            answer=0,
+            question_type="cuisine_type",
+            food_name="麻婆豆腐",
+            question_id="sivqa_1",
+            main_ingredient=["豆腐"],
+            food_id=12,
+            food_type="tofu",
+            food_location="餐馆",
+            food_file="images/mapo.jpeg",
+            question_en="Which cuisine does the food in the picture usually belong to?",
+            choices_en=["Sichuan", "Cantonese", "Shandong", "Jiangsu"],
+        )
     ]
     path = folder / "sivqa_tidy.json"
     path.write_text(json.dumps(items, ensure_ascii=False, indent=4), encoding="utf-8")
@@ -311,7 +308,7 @@ def test_foodieqa_bad_items_and_missing_image(tmp_path: Path):
     path.write_text(json.dumps(items, ensure_ascii=False, indent=4), encoding="utf-8")
     report = data.validate(tmp_path)
     assert [(p.kind, p.index, p.field) for p in report.problems] == [
-        ("bad_foodie_item", 1, "question/choices/answer"),
+        ("bad_foodie_item", 1, "answer"),
         ("image_not_found", 2, "food_meta.food_file"),
     ]
     assert report.problems[0].line == data.record_start_lines(path.read_text(encoding="utf-8"))[1]

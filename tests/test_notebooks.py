@@ -86,6 +86,14 @@ def test_the_whole_book_runs_on_the_tiny_profile(executed_book):
     scores = route["scores"]
     assert scores["finetune"]["chrF vs reference"] > scores["pretrain"]["chrF vs reference"], scores
     assert all(len(t) == 3 for t in route["transcripts"].values()), "xtuner chat answered the three questions"
+
+    # notebook 09: the course's FoodieQA conversion, a LoRA run and its QLoRA twin on the same split, merged
+    foodie = json.loads((out / "foodieqa" / "summary.json").read_text())
+    assert foodie["converted_records"] == 32 and foodie["split"] == {"train": 24, "eval": 8}, foodie
+    assert foodie["lora"]["steps"] == foodie["qlora_twin"]["steps"] == 8, foodie
+    assert all(0 < run["last_loss"] < 8 for run in (foodie["lora"], foodie["qlora_twin"])), foodie
+    assert (Path(foodie["merged"]) / "model.safetensors").exists()
+    assert set(foodie["scores"]) == {"eval", "train"}
     import nbformat
 
     nb04 = nbformat.read(build / "04_qlora_training.ipynb", as_version=4)

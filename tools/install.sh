@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Create (or update) the book's virtual environment from the pinned requirements.
 #   bash tools/install.sh [VENV_DIR]          default: .venv (CPU or GPU: PyPI's torch 2.14.1 is a CUDA build)
-#   bash tools/install.sh --gpu [VENV_DIR]    the same, then the GPU extras (`make gpu-env`, for a CUDA machine):
-#       DeepSpeed in VENV_DIR (requirements/gpu-deepspeed.txt, built without compiled ops), and a second,
+#   bash tools/install.sh --gpu [VENV_DIR]    the same, then (`make gpu-env`, for a CUDA machine) a second,
 #       separate serving environment .venv-serve with LMDeploy (requirements/serve.txt) registered as the
 #       Jupyter kernel `book-serve`; the runner executes notebooks 02 and 07 in it when LMDeploy answers.
+# Both include DeepSpeed 0.18.9 in VENV_DIR (requirements/deepspeed.txt, built without compiled ops).
 # Offline machines: WHEELHOUSE=/path/to/wheels takes every package from that folder (pip --no-index).
 # Safe to re-run: it does nothing when the requirements have not changed.
 set -euo pipefail
@@ -35,28 +35,22 @@ pipq() {
     return "$rc"
 }
 
-# The GPU extras (--gpu): DeepSpeed beside XTuner, and LMDeploy in its own environment with its own kernel.
+# The GPU extra (--gpu): LMDeploy in its own environment, with its own Jupyter kernel.
 gpu_extras() {
     local stamp="$SERVE_VENV/.installed" hash
-    hash="$(cat requirements/gpu-deepspeed.txt requirements/serve.txt pyproject.toml | sha256sum | cut -c1-16)"
+    hash="$(cat requirements/serve.txt pyproject.toml | sha256sum | cut -c1-16)"
     if [[ -f "$stamp" && "$(cat "$stamp")" == "$hash" ]]; then
-        echo "[install --gpu] DeepSpeed and $SERVE_VENV are up to date"
+        echo "[install --gpu] $SERVE_VENV is up to date"
         return 0
     fi
     "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
         || echo "[install --gpu] note: torch sees no CUDA GPU here; installing anyway (the GPU notebooks will say why they cannot run)"
-    echo "[install --gpu] 1/3 DeepSpeed into $VENV (pure Python: DS_BUILD_OPS=0, its ops are compiled on first use)"
-    # --no-build-isolation builds DeepSpeed against this torch; it needs setuptools and wheel present
-    pipq "$VENV/bin/python" install setuptools==84.2.1 wheel==0.48.0
-    DS_BUILD_OPS=0 pipq "$VENV/bin/python" install --no-build-isolation -c requirements/lock-cpu.txt \
-        -r requirements/gpu-deepspeed.txt
-    "$VENV/bin/python" -c "import deepspeed, xtuner" || { echo "[install --gpu] DeepSpeed does not import"; exit 1; }
-    echo "[install --gpu] 2/3 the serving environment $SERVE_VENV (LMDeploy; see requirements/serve.txt)"
+    echo "[install --gpu] 1/2 the serving environment $SERVE_VENV (LMDeploy; see requirements/serve.txt)"
     [[ -x "$SERVE_VENV/bin/python" ]] || "$PYTHON" -m venv "$SERVE_VENV"
     pipq "$SERVE_VENV/bin/python" install -r requirements/serve.txt
     pipq "$SERVE_VENV/bin/python" install --no-deps -e .
     "$SERVE_VENV/bin/python" -c "import lmdeploy, helpers.infer" || { echo "[install --gpu] LMDeploy does not import"; exit 1; }
-    echo "[install --gpu] 3/3 its Jupyter kernel book-serve, registered in $VENV where the runner looks"
+    echo "[install --gpu] 2/2 its Jupyter kernel book-serve, registered in $VENV where the runner looks"
     "$SERVE_VENV/bin/python" -m ipykernel install --prefix "$VENV" --name book-serve \
         --display-name "Python 3 (book, LMDeploy serving)" >/dev/null
     echo "$hash" > "$stamp"
@@ -64,7 +58,7 @@ gpu_extras() {
 }
 
 STAMP="$VENV/.installed"
-HASH="$(cat requirements/base.txt requirements/no-deps.txt requirements/lock-cpu.txt pyproject.toml | sha256sum | cut -c1-16)"
+HASH="$(cat requirements/base.txt requirements/no-deps.txt requirements/lock-cpu.txt requirements/deepspeed.txt pyproject.toml | sha256sum | cut -c1-16)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$HASH" ]]; then
     echo "[install] $VENV is up to date"
     [[ "$GPU" == 1 ]] && gpu_extras
@@ -93,6 +87,17 @@ echo "[install] 3/4 everything else (pinned)"
 pipq "$VENV/bin/python" install "${C[@]}" -r requirements/base.txt
 "$VENV/bin/python" -c "import xtuner, bitsandbytes, transformers, torchvision, gradio" \
     || { echo "[install] the environment does not import; see the messages above"; exit 1; }
+# DeepSpeed for `--deepspeed` (tests/test_deepspeed.py trains ZeRO-2 on the CPU): PyPI ships only its source,
+# which builds a pure-Python wheel with DS_BUILD_OPS=0 against the torch installed above (under a minute);
+# its dependencies are pinned in the same file (requirements/deepspeed.txt says why 0.18.9).
+echo "[install] 3b/4 DeepSpeed, built from source without ops (requirements/deepspeed.txt)"
+# --no-build-isolation builds it against this torch; that needs setuptools and wheel in the venv (3.12's has none)
+pipq "$VENV/bin/python" install setuptools==84.2.1 wheel==0.48.0
+DS_BUILD_OPS=0 pipq "$VENV/bin/python" install --no-deps --no-build-isolation \
+    "$(grep -o '^deepspeed==[^ ]*' requirements/deepspeed.txt)"
+pipq "$VENV/bin/python" install --no-deps -r <(grep -v '^deepspeed==' requirements/deepspeed.txt)
+"$VENV/bin/python" -c "import deepspeed" >/dev/null 2>&1 \
+    || { echo "[install] deepspeed does not import; see the messages above"; exit 1; }
 echo "[install] 4/4 the helpers package (editable)"
 pipq "$VENV/bin/python" install --no-deps -e .
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (book)" >/dev/null
