@@ -610,6 +610,7 @@ def llava_dataset_processes() -> bool:
     process_hf_dataset._book_compat = True  # type: ignore[attr-defined]
     llava_dataset.process_hf_dataset = process_hf_dataset
 
+
 def deepspeed_single_process() -> bool:
     """Give a DeepSpeed run that no launcher started the environment ``torchrun`` gives one process.
 
