@@ -72,6 +72,8 @@ OFFLINE_ENV = {
     "HF_DATASETS_OFFLINE": "1",
     "MODELSCOPE_OFFLINE": "1",
     "PYTHONUNBUFFERED": "1",
+    # a notebook kernel exports its inline backend, which ms-swift's own matplotlib cannot load
+    "MPLBACKEND": "Agg",
 }
 
 

@@ -118,3 +118,23 @@ def test_last_checkpoint_picks_the_newest_run_and_step(tmp_path):
     assert ms_swift.last_checkpoint(tmp_path).relative_to(tmp_path).as_posix() == "v1-20260102-000000/checkpoint-12"
     with pytest.raises(RunError):
         ms_swift.last_checkpoint(tmp_path / "v0-20260101-000000")
+
+
+def _pins(name: str) -> dict[str, str]:
+    out = {}
+    for line in (Path(__file__).resolve().parents[1] / "requirements" / name).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            pkg, version = line.split("==")
+            out[pkg.split("[")[0].lower().replace("_", "-")] = version
+    return out
+
+
+def test_swift_lock_agrees_with_its_pins_and_the_gpu_wheels():
+    lock = _pins("lock-swift.txt")
+    for pkg, version in _pins("swift.txt").items():
+        assert lock.get(pkg) == version, f"{pkg}: pinned {version} in swift.txt, locked {lock.get(pkg)}"
+    assert float(lock["numpy"].rsplit(".", 1)[0]) < 2  # ms-swift 3.x: numpy<2.0, the reason for .venv-swift
+    gpu = _pins("gpu-swift.txt")
+    wrong = {k: (v, lock[k]) for k, v in gpu.items() if k in lock and lock[k] != v}
+    assert not wrong and gpu["ms-swift"] == lock["ms-swift"], wrong
