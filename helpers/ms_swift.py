@@ -298,10 +298,17 @@ class SwiftRun:
     log: Path
 
     def lines(self, *needles: str) -> list[str]:
-        """The output lines containing any of ``needles`` (progress-bar redraws removed)."""
+        r"""The output lines containing any of ``needles`` (progress-bar redraws and the echoed command removed).
+
+        >>> text = "$ swift infer --x\nrun sh: `infer.py --x`\n10%\r[rank-1] done\n"
+        >>> SwiftRun(["swift"], 0, 1.0, text, Path("log")).lines("x", "done")
+        ['[rank-1] done']
+        """
         out = []
         for raw in self.output.splitlines():
             line = raw.split("\r")[-1].strip()
+            if line.startswith(("$ ", "run sh:", "[INFO:swift] args:")):
+                continue
             if line and any(n in line for n in needles):
                 out.append(line)
         return out

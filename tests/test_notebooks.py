@@ -76,6 +76,12 @@ def test_the_whole_book_runs_on_the_tiny_profile(executed_book):
             assert iv["low"] <= iv["estimate"] <= iv["high"] and iv["resamples"] == 1000, (name, metric, iv)
         assert {"distinct_1", "distinct_2", "repetition"} <= set(arm), name
     assert len(comparison["forgetting"]) == 5
+    # notebook 12: ms-swift's sft, infer, export and Python API ran; its merged model loads in helpers.infer
+    swift = json.loads((out / "swift" / "summary.json").read_text())
+    assert all(c["returncode"] == 0 for c in swift["commands"].values()) and len(swift["commands"]) == 5
+    assert swift["sft"]["steps"] >= 1 and swift["merged"]["same_names_as_base"], swift["merged"]
+    assert swift["eval_answers_from_helpers_infer"] == 14 and swift["python_api"]["turns"] == 2
+    assert "XTuner QLoRA, merged (notebook 07)" in swift["eval_arms"], list(swift["eval_arms"])
     import nbformat
 
     nb04 = nbformat.read(build / "04_qlora_training.ipynb", as_version=4)
