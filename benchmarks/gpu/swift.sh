@@ -10,7 +10,9 @@ OUT=${1:?output folder}; TAG=${TAG:-h200}; STEPS=${STEPS:-12}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 MODELSCOPE_OFFLINE=1 MPLBACKEND=Agg
 if [ -d .whl-swift ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/siteswift .whl-swift/*.whl || exit 1
+  # bitsandbytes 0.50.2 (CUDA 13 kernels) for the QLoRA run comes from .whl-train (requirements/gpu-train.txt)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/siteswift \
+    .whl-swift/*.whl $(ls .whl-train/bitsandbytes-*.whl 2>/dev/null) || exit 1
   export PYTHONPATH=/tmp/siteswift:$PWD
 else
   export PYTHONPATH=$PWD
@@ -61,6 +63,7 @@ PY
 }
 export TAG
 sft lora
-sft qlora --quant_method bnb --quant_bits 4 --bnb_4bit_compute_dtype bfloat16
+python3 -c "import bitsandbytes" 2>/dev/null && sft qlora --quant_method bnb --quant_bits 4 --bnb_4bit_compute_dtype bfloat16 \
+  || echo "no bitsandbytes here: the QLoRA run is skipped (carry .whl-train/bitsandbytes-0.50.2-*.whl)"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv"
 (cd "$OUT" && tar czf swift-logs.tgz *.log 2>/dev/null; rm -f *.log)
