@@ -24,8 +24,11 @@ pipq() {  # pip, without the "Location ... is ignored" lines this machine's pip 
 }
 echo "[install-swift] 1/2 torch + torchvision"
 pipq install -c requirements/lock-swift.txt torch torchvision
-echo "[install-swift] 2/2 ms-swift and its dependencies (pinned)"
-pipq install -c requirements/lock-swift.txt -r requirements/swift.txt
+echo "[install-swift] 2/2 ms-swift and its dependencies: the locked set, without pip's resolver"
+# --no-deps: modelscope 1.24.0's [datasets] extra pins setuptools==69.5.1 while torch 2.14.1 asks for
+# setuptools>=77, so pip's resolver refuses any set with both; the lock is a set that imports and runs
+# notebook 12 (tests/test_swift.py checks it agrees with requirements/swift.txt).
+pipq install --no-deps -r requirements/lock-swift.txt
 "$VENV/bin/python" -c "import swift.llm" || { echo "[install-swift] ms-swift does not import; see above"; exit 1; }
 echo "$HASH" > "$STAMP"
 echo "[install-swift] done in $(( $(date +%s) - start )) s: $("$VENV/bin/python" -c 'import swift, transformers, peft, numpy; print(f"ms-swift {swift.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, numpy {numpy.__version__}")')"
