@@ -8,18 +8,22 @@ PROFILE ?= tiny
 # extra runner options, e.g. make book ARGS="--params-file params/gpu-internvl2-2b.yaml"
 ARGS    ?=
 
-.PHONY: install gpu-env browser book notebooks sweep site test lint lock clean
+.PHONY: install gpu-env swift browser book notebooks sweep site test lint lock clean
 install:
 	@PYTHON=$(PYTHON) bash tools/install.sh $(VENV)
 
-# On a CUDA machine: the same environment plus DeepSpeed, and LMDeploy in its own environment
+# On a CUDA machine: the same environment, and LMDeploy in its own environment
 # (.venv-serve) with the Jupyter kernel `book-serve` that the runner uses for notebooks 02 and 07.
 gpu-env:
 	@PYTHON=$(PYTHON) bash tools/install.sh --gpu $(VENV)
 
 book: notebooks sweep site
 
-notebooks: install
+# ms-swift's own environment for notebook 12 (.venv-swift; requirements/swift.txt says why it is separate)
+swift:
+	@PYTHON=$(PYTHON) bash tools/install-swift.sh
+
+notebooks: install swift
 	$(PY) -m helpers.book run --profile $(PROFILE) $(ARGS)
 
 # the course's optimizer experiment (the cold-joke notes), overlaid by notebook 05 on the site
@@ -39,7 +43,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: install browser lint
+test: install swift browser lint
 	$(PY) -m pytest
 
 lock:  ## refresh requirements/lock-cpu.txt from a fresh install of the pins

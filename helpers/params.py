@@ -153,6 +153,10 @@ RULES: dict[str, Rule] = {
         "must be a CLIP vision folder path, or '' to build the tiny one",
         "",
     ),
+    "swift_steps": Rule((int,), "must be a positive integer (swift sft optimizer steps)", 32, lambda v: v >= 1),
+    "swift_max_tiles": Rule(
+        (int,), "must be an integer from 1 to 12 (ms-swift's MAX_NUM tiles per image)", 12, lambda v: 1 <= v <= 12
+    ),
     "course_steps": Rule((int,), "must be a positive integer (iterations of the course's config)", 4, lambda v: v >= 1),
 }
 

@@ -94,6 +94,12 @@ def test_the_whole_book_runs_on_the_tiny_profile(executed_book):
     assert all(0 < run["last_loss"] < 8 for run in (foodie["lora"], foodie["qlora_twin"])), foodie
     assert (Path(foodie["merged"]) / "model.safetensors").exists()
     assert set(foodie["scores"]) == {"eval", "train"}
+    # notebook 12: ms-swift's sft, infer, export and Python API ran; its merged model loads in helpers.infer
+    swift = json.loads((out / "swift" / "summary.json").read_text())
+    assert all(c["returncode"] == 0 for c in swift["commands"].values()) and len(swift["commands"]) == 5
+    assert swift["sft"]["steps"] >= 1 and swift["merged"]["same_names_as_base"], swift["merged"]
+    assert swift["eval_answers_from_helpers_infer"] == 14 and swift["python_api"]["turns"] == 2
+    assert "XTuner QLoRA, merged (notebook 07)" in swift["eval_arms"], list(swift["eval_arms"])
     import nbformat
 
     nb04 = nbformat.read(build / "04_qlora_training.ipynb", as_version=4)
