@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import sys
 
+from .errors import UsageError
+
 
 def allow_bnb_4bit_on_cpu() -> bool:
     """Let transformers 4.48.0 load a 4-bit (bitsandbytes) model on a CPU-only machine.
@@ -249,7 +251,7 @@ def checkpointing(use_reentrant: bool | None = None, every: int = 1) -> bool:
     import torch.utils.checkpoint as cp
 
     if every < 1:
-        raise ValueError("every must be >= 1")
+        raise UsageError("every must be >= 1")
     original = getattr(cp.checkpoint, "_book_original", cp.checkpoint)
     calls = {"n": 0}
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from . import REPO_DIR
-from .errors import DatasetError, RunError
+from .errors import DatasetError, RunError, UsageError
 
 __all__ = [
     "SWIFT_VENV",
@@ -218,7 +218,7 @@ def infer_command(
     ['swift', 'infer', '--ckpt_dir', '/o/checkpoint-16', '--load_dataset_config']
     """
     if (model is None) == (ckpt_dir is None):
-        raise ValueError("give exactly one of model (a base model folder) or ckpt_dir (a swift sft checkpoint)")
+        raise UsageError("give exactly one of model (a base model folder) or ckpt_dir (a swift sft checkpoint)")
     cmd = [str(swift), "infer"]
     if ckpt_dir is not None:
         cmd += ["--ckpt_dir", str(ckpt_dir), "--load_dataset_config", "true"]

@@ -35,6 +35,8 @@ from typing import Any
 
 from mmengine.hooks import Hook
 
+from .errors import UsageError
+
 
 def _sync() -> None:
     import torch
@@ -77,7 +79,7 @@ class StepTimerHook(Hook):
 
     def __init__(self, out: str, batch_size: int, accumulative_counts: int = 1, warmup_steps: int = 3) -> None:
         if accumulative_counts < 1 or batch_size < 1 or warmup_steps < 0:
-            raise ValueError("StepTimerHook: batch_size and accumulative_counts >= 1, warmup_steps >= 0")
+            raise UsageError("StepTimerHook: batch_size and accumulative_counts >= 1, warmup_steps >= 0")
         self.out = Path(out)
         self.batch_size = batch_size
         self.accumulative_counts = accumulative_counts

@@ -36,6 +36,8 @@ BAD_INPUT: dict[str, list[list[str]]] = {
     # a model folder that is not InternVL2 (no config.json), one that does not exist, a bad port
     "helpers.demo": [["--base", "{tmp}"], ["--base", MISSING], ["--base", "{tmp}", "--port", "x"]],
     "helpers.env": [["--bogus"]],
+    # runs in ms-swift's environment (.venv-swift); without its four arguments argparse stops first
+    "helpers.swift_chat": [[]],
     # XTuner's own argument parser, after the launcher's preparation (slow: imports xtuner)
     "helpers.xtuner_launch": [[]],
 }

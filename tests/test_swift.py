@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from helpers import data, ms_swift, swift_plugin
-from helpers.errors import DatasetError, RunError
+from helpers.errors import DatasetError, RunError, UsageError
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_infer_command_base_or_checkpoint():
     )
     ckpt = ms_swift.infer_command(ckpt_dir="/o/checkpoint-4")
     assert ckpt[ckpt.index("--load_dataset_config") + 1] == "true" and "--model" not in ckpt
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError):
         ms_swift.infer_command(model="/m", ckpt_dir="/c")
     assert ms_swift.export_command("/c")[-2:] == ["--merge_lora", "true"]
 

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from helpers import config
+from helpers.errors import UsageError
 from helpers.timing import StepTimerHook, summarise
 
 
@@ -43,7 +44,7 @@ def test_hook_counts_one_step_per_accumulation_and_times_the_wall_clock(tmp_path
 
 
 def test_bad_settings_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="accumulative_counts"):
+    with pytest.raises(UsageError, match="accumulative_counts"):
         StepTimerHook(str(tmp_path / "x.json"), batch_size=4, accumulative_counts=0)
 
 
