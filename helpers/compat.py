@@ -573,15 +573,28 @@ def llava_on_cpu() -> bool:
     available but has no ``is_bf16_supported``, so building the model stops
     with ``AttributeError: module 'torch.cpu' has no attribute
     'is_bf16_supported'`` (training, ``pth_to_hf`` and every other tool that
-    builds the model). We give ``torch.cpu`` the missing function, answering
-    False: the dtype it chooses then only matters for flash attention, which a
-    CPU does not run. Returns True when the function is (now) there. Call it
-    in XTuner's process only, on a CPU.
+    builds the model). We give ``torch.cpu`` the missing function
+    (:func:`cpu_reports_bf16`): the dtype ``LLaVAModel`` chooses with it only
+    matters for flash attention, which a CPU does not run. Returns True when
+    the function is (now) there. Call it in XTuner's process only, on a CPU.
+    """
+    return cpu_reports_bf16()
+
+
+def cpu_reports_bf16() -> bool:
+    """Give ``torch.cpu`` the ``is_bf16_supported()`` that XTuner asks every device for, answering True.
+
+    torch 2.14 has ``torch.cuda.is_bf16_supported`` but no CPU twin, and XTuner
+    0.2.0 calls ``get_torch_device().is_bf16_supported()`` in two places the
+    book meets on a CPU: ``LLaVAModel`` (the dtype it picks only matters for
+    flash attention) and the DeepSpeed config's ``"auto"`` dtype, where it must
+    be True: DeepSpeed's CPU accelerator refuses fp16 (``ValueError: Type fp16
+    is not supported on your device``) and trains in bf16. One answer, one place.
     """
     import torch
 
     if not hasattr(torch.cpu, "is_bf16_supported"):
-        torch.cpu.is_bf16_supported = lambda: False  # type: ignore[attr-defined]
+        torch.cpu.is_bf16_supported = lambda: True  # type: ignore[attr-defined]
     return True
 
 
@@ -645,9 +658,9 @@ def deepspeed_on_cpu() -> bool:
 
     1. XTuner resolves the DeepSpeed config's ``"auto"`` dtype with
        ``torch.cpu.is_bf16_supported()``, which torch does not have
-       (``AttributeError: module 'torch.cpu' has no attribute 'is_bf16_supported'``).
-       We add it, answering True: DeepSpeed's CPU accelerator refuses fp16
-       (``ValueError: Type fp16 is not supported on your device``) and trains in bf16.
+       (``AttributeError: module 'torch.cpu' has no attribute 'is_bf16_supported'``);
+       :func:`cpu_reports_bf16` adds it, answering True: DeepSpeed's CPU
+       accelerator refuses fp16 and trains in bf16.
     2. DeepSpeed's CPU communication backend compiles a shared-memory
        all-reduce op with g++ at start-up (over a minute on 2 cores); a single
        process has no one to all-reduce with, so we mark the op unavailable.
@@ -660,8 +673,7 @@ def deepspeed_on_cpu() -> bool:
 
     if torch.cuda.is_available() or importlib.util.find_spec("deepspeed") is None:
         return False
-    if not hasattr(torch.cpu, "is_bf16_supported"):
-        torch.cpu.is_bf16_supported = lambda: True  # type: ignore[attr-defined]
+    cpu_reports_bf16()
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
