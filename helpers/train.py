@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import REPO_DIR
-from .errors import BookError, RunError
+from .errors import BookError, RunError, UsageError
 
 ITER_RE = re.compile(r"Iter\(train\)\s*\[\s*(\d+)/(\d+)\]")
 FIELD_RE = re.compile(r"\b(lr|loss|eta|grad_norm|data_time|time|memory):\s*(\S+)")
@@ -486,6 +486,12 @@ def _stream(proc: subprocess.Popen) -> Iterator[str]:
         yield raw.rstrip("\n")
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def train(
     config: str | Path,
     work_dir: str | Path,
@@ -528,6 +534,13 @@ def train(
         recipe_file = config.parent / "recipe.json"
         recipe = configs.Recipe.load(recipe_file) if recipe_file.is_file() else None
         configs.check_deepspeed(recipe or configs.Recipe("", "", "", quantization_llm=False), deepspeed)
+        if gpus > 1 and not _cuda():
+            raise UsageError(
+                f"deepspeed={deepspeed!r} with {gpus} processes on CPUs: DeepSpeed's ZeRO all-gather fails "
+                "over gloo (RuntimeError: Output 0 of Split is a view and is being modified inplace; "
+                "deepspeed 0.18.9, measured). Fix: one process with DeepSpeed (nproc_per_node=1), or "
+                f"{gpus} processes without it (deepspeed=None: PyTorch DDP, the same data-parallel training)."
+            )
     work_dir.mkdir(parents=True, exist_ok=True)
     resume_from: Path | None = None
     if resume == "auto":

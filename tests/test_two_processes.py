@@ -79,3 +79,14 @@ def test_the_interrupted_two_rank_run_resumed_and_left_no_process(two_rank_run: 
 def test_notebook_05_draws_the_merged_curve(two_rank_run: Path) -> None:
     assert "mean of the ranks" in _outputs(two_rank_run / "nb" / "05_loss_curves.ipynb")
     assert (two_rank_run / "out" / "figures" / "loss_per_rank.png").stat().st_size > 10_000
+
+
+def test_deepspeed_with_two_cpu_processes_is_refused_before_it_starts(tmp_path: Path) -> None:
+    """Measured: ZeRO's all-gather fails over gloo; the book says so up front instead of after loading."""
+    from helpers.errors import UsageError
+
+    config = tmp_path / "config.py"
+    config.write_text("# not read: the check comes first\n")
+    with pytest.raises(UsageError, match="one process with DeepSpeed"):
+        train.train(config, tmp_path / "work", gpus=2, deepspeed="deepspeed_zero2")
+    assert not (tmp_path / "work").exists()
