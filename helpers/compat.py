@@ -83,22 +83,7 @@ def fast_4bit_compute_on_cpu() -> bool:
     ``BitsAndBytesConfig``; the weights stay 4-bit NF4. Returns True when
     the swap is in place. Call it in the training process only.
     """
-    import torch
-    import transformers
-
-    cls = transformers.BitsAndBytesConfig
-    original = cls.__init__
-    if getattr(original, "_book_compat", False):
-        return True
-
-    def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if kwargs.get("bnb_4bit_compute_dtype") in (torch.float16, "float16"):
-            kwargs["bnb_4bit_compute_dtype"] = torch.float32
-        original(self, *args, **kwargs)
-
-    __init__._book_compat = True  # type: ignore[attr-defined]
-    cls.__init__ = __init__  # type: ignore[method-assign]
-    return True
+    return bnb_compute_dtype("float32")
 
 
 def float32_weights_on_cpu() -> bool:
@@ -173,7 +158,7 @@ def train_projector_in_float32() -> bool:
 
 
 def bnb_compute_dtype(dtype: str) -> bool:
-    """Make the 4-bit layers XTuner builds compute in ``dtype`` ('bfloat16') instead of its hard-coded float16.
+    """Make the 4-bit layers XTuner builds compute in ``dtype`` ('bfloat16', 'float32') instead of its float16.
 
     XTuner 0.2.0's ``InternVL_V1_5`` builds its ``BitsAndBytesConfig`` with
     ``bnb_4bit_compute_dtype=torch.float16``. Under bf16 mixed precision the

@@ -42,6 +42,7 @@ from typing import Any
 from . import SAMPLE_DATA_DIR
 from .errors import BookError
 from .internvl import IM_END, IM_START, IMAGE_TOKEN
+from .tiny import INTERNLM2_FIELDS
 
 #: XTuner 0.2.0's two stock configs of the notes (``xtuner list-cfg -p llava_internlm2_chat_1_8b``).
 PRETRAIN_CONFIG = "llava_internlm2_chat_1_8b_clip_vit_large_p14_336_e1_gpu8_pretrain"
@@ -53,24 +54,10 @@ CAPTION_QUESTION = "Write a short caption for this image."
 #: The notes' two evaluation questions (``evaluation_inputs`` and the before/after chat).
 COURSE_QUESTIONS = ("Please describe this picture", "What is the equipment in the image?")
 
-_LLM_COMMON = {
-    "architectures": ["InternLM2ForCausalLM"],
-    "auto_map": {
-        "AutoConfig": "configuration_internlm2.InternLM2Config",
-        "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
-        "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM",
-    },
-    "bias": False,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-    "pad_token_id": 2,
-    "hidden_act": "silu",
-    "initializer_range": 0.02,
-    "rms_norm_eps": 1e-05,
-    "rope_scaling": {"factor": 2.0, "type": "dynamic"},
-    "rope_theta": 1000000,
-    "tie_word_embeddings": False,
-    "attn_implementation": "eager",
+#: InternLM2's config fields as InternVL2's language model has them (helpers.tiny, one place), with
+#: eager attention: XTuner's LLaVA path asks for flash_attention_2 only where flash-attn imports.
+_LLM_COMMON = {k: v for k, v in INTERNLM2_FIELDS.items() if k not in ("model_type", "torch_dtype", "use_cache")} | {
+    "attn_implementation": "eager"
 }
 
 #: InternLM2-Chat sizes: the tiny one, and internlm2-chat-1_8b's (random weights, for the GPU check).

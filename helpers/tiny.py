@@ -90,6 +90,8 @@ _LLM_COMMON = {
     "torch_dtype": "bfloat16",
     "use_cache": True,
 }
+#: InternLM2's config fields shared by every size (also the LLaVA route's LLM, helpers.llava).
+INTERNLM2_FIELDS = _LLM_COMMON
 _VIT_COMMON = {
     "architectures": ["InternVisionModel"],
     "attention_dropout": 0.0,
