@@ -163,24 +163,31 @@ def title(notebook: str | Path) -> str:
     return Path(notebook).stem
 
 
+def _parameters_tree(notebook: str | Path | Any) -> ast.Module | None:
+    """The ``parameters`` cell parsed with :mod:`ast`, IPython magics (``%``/``!`` lines) blanked; None if none."""
+    nb = _read(Path(notebook)) if isinstance(notebook, (str, Path)) else notebook
+    found = _parameters_cell(nb)
+    if found is None:
+        return None
+    source = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in found[1].source.splitlines())
+    try:
+        return ast.parse(source)
+    except SyntaxError as exc:
+        raise UsageError(
+            f"The parameters cell of {getattr(notebook, 'name', 'the notebook')} is not valid "
+            f"Python (line {exc.lineno}: {exc.msg}); fix it in Jupyter."
+        ) from exc
+
+
 def parameter_names(notebook: str | Path | Any) -> list[str]:
     """Names assigned in the notebook's ``parameters``-tagged cell, in order ([] if none).
 
     The cell is parsed with :mod:`ast`, so ``a = b = 1``, ``x: int = 2`` and
     ``x, y = 1, 2`` all count; IPython magics (``%`` / ``!`` lines) are ignored.
     """
-    nb = _read(Path(notebook)) if isinstance(notebook, (str, Path)) else notebook
-    found = _parameters_cell(nb)
-    if found is None:
+    tree = _parameters_tree(notebook)
+    if tree is None:
         return []
-    source = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in found[1].source.splitlines())
-    try:
-        tree = ast.parse(source)
-    except SyntaxError as exc:
-        raise UsageError(
-            f"The parameters cell of {getattr(notebook, 'name', 'the notebook')} is not valid "
-            f"Python (line {exc.lineno}: {exc.msg}); fix it in Jupyter."
-        ) from exc
 
     names: list[str] = []
 
@@ -208,12 +215,9 @@ def parameter_defaults(notebook: str | Path) -> dict[str, Any]:
 
     Names assigned something else (an expression, a tuple unpacking) are left out.
     """
-    found = _parameters_cell(_read(Path(notebook)))
-    if found is None:
-        return {}
-    source = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in found[1].source.splitlines())
+    tree = _parameters_tree(notebook)
     out: dict[str, Any] = {}
-    for node in ast.parse(source).body:
+    for node in tree.body if tree is not None else []:
         target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
         if isinstance(node, ast.AnnAssign):
             target = node.target
@@ -811,9 +815,7 @@ def run_sweep(
 
 
 def _require_cuda() -> None:
-    import torch
-
-    if not torch.cuda.is_available():
+    if not _cuda_available():
         raise ProfileError(
             "The gpu profile needs a CUDA GPU and there is none here: "
             "run with the tiny profile (the default), or on the GPU machine."
