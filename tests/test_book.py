@@ -400,3 +400,22 @@ def test_the_runner_executes_a_serving_notebook_in_the_serving_kernel(
     assert f"kernel for 02_answer: {book.SERVING_KERNEL} (backend=auto on a CUDA GPU" in capsys.readouterr().out
     summary = json.loads((build / book.SUMMARY_NAME).read_text())
     assert summary["notebooks"][1]["kernel"] == book.SERVING_KERNEL
+
+
+def test_papermill_reads_every_parameters_cell_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """papermill parses each parameters line itself (for ``--help-notebook`` and type hints); a comment
+    holding ``=`` makes it log "Unable to parse line" in every run and hides that parameter's help."""
+    from papermill.translators import PythonTranslator
+
+    checked = 0
+    for path in book.discover(REPO_DIR / "notebooks"):
+        cell = next(
+            c for c in nbformat.read(str(path), as_version=4).cells if "parameters" in c.metadata.get("tags", [])
+        )
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="papermill"):
+            found = PythonTranslator.inspect(cell)
+        assert not caplog.records, f"{path.name}: {[r.getMessage() for r in caplog.records]}"
+        assert [p.name for p in found] == book.parameter_names(path), path.name
+        checked += 1
+    assert checked >= 12
