@@ -84,3 +84,42 @@ def test_deepspeed_is_installed_at_its_pin_and_gpu_env_registers_the_serving_ker
     assert "gpu-env:" in make and "tools/install.sh --gpu" in make
     script = (ROOT / "tools" / "install.sh").read_text()
     assert "-r requirements/serve.txt" in script and f"--name {book.SERVING_KERNEL}" in script
+
+
+def _fake_venv(root: Path, packages: dict[str, str]) -> Path:
+    """A folder shaped like a venv, with one small installed distribution per ``packages`` entry."""
+    site = root / "lib" / "python3.11" / "site-packages"
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "python").write_text("")
+    site.mkdir(parents=True)
+    for name, version in packages.items():
+        (site / name).mkdir()
+        (site / name / "__init__.py").write_text(f"__version__ = {version!r}\n")
+        (root / "bin" / f"{name}run").write_text(f"#!{root}/bin/python\nimport {name}\n")
+        info = site / f"{name}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Name: {name}\nVersion: {version}\n")
+        (info / "RECORD").write_text(
+            f"{name}/__init__.py,,\n../../../bin/{name}run,,\n{info.name}/METADATA,,\n{info.name}/RECORD,,\n"
+        )
+    return root
+
+
+def test_share_packages_links_only_the_pinned_heavy_packages(tmp_path: Path):
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import share_packages
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    source = _fake_venv(tmp_path / "a", {"torch": "2.14.1", "triton": "3.8.0", "numpy": "1.26.4"})
+    target = _fake_venv(tmp_path / "b", {})
+    lock = tmp_path / "lock.txt"
+    lock.write_text("torch==2.14.1\ntriton==3.7.0  # another version: not shared\nnumpy==1.26.4\n")
+    assert share_packages.main([str(source), str(target), str(lock)]) == 0
+    site_a, site_b = (v / "lib" / "python3.11" / "site-packages" for v in (source, target))
+    assert (site_b / "torch" / "__init__.py").stat().st_ino == (site_a / "torch" / "__init__.py").stat().st_ino
+    assert (site_b / "torch-2.14.1.dist-info" / "RECORD").is_file()
+    assert not (site_b / "triton").exists() and not (site_b / "numpy").exists()  # wrong version / not heavy
+    script = (target / "bin" / "torchrun").read_text()
+    assert script.startswith(f"#!{target.resolve()}/bin/python\n") and "import torch" in script
+    assert share_packages.main([str(tmp_path / "nowhere"), str(target), str(lock)]) == 0  # no source venv yet

@@ -22,6 +22,15 @@ pipq() {  # pip, without the "Location ... is ignored" lines this machine's pip 
     rm -f "$log"
     return "$rc"
 }
+# torch's CUDA build is 5.3 GB; .venv pins the same one: link its files instead of copying them
+[[ -x "${BOOK_VENV:-.venv}/bin/python" ]] && "$VENV/bin/python" tools/share_packages.py "${BOOK_VENV:-.venv}" "$VENV" requirements/lock-swift.txt
+need_gb=8
+ls -d "$VENV"/lib/python3.*/site-packages/torch >/dev/null 2>&1 && need_gb=3
+free_gb=$(( $(df -Pk . | awk 'NR==2 {print $4}') / 1024 / 1024 ))
+if (( free_gb < need_gb )); then
+    echo "[install-swift] only $free_gb GB free on the disk of $(pwd); $VENV needs about $need_gb GB. Free some space and run this again."
+    exit 1
+fi
 echo "[install-swift] 1/2 torch + torchvision"
 pipq install -c requirements/lock-swift.txt torch torchvision
 echo "[install-swift] 2/2 ms-swift and its dependencies: the locked set, without pip's resolver"

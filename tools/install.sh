@@ -75,6 +75,16 @@ if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null \
         || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q fonts-wqy-microhei >/dev/null 2>&1; }; } \
         || echo "[install] could not install fonts-wqy-microhei; figures will label images by id"
 fi
+# Check the disk before pip starts: a full disk otherwise ends pip half-way with "[Errno 28] No space
+# left on device" (seen once in CI). PyPI's torch 2.14.1 is a CUDA build: the venv takes 7.1 GB.
+need_gb=8
+[[ -d "$VENV/lib" ]] && ls -d "$VENV"/lib/python3.*/site-packages/torch >/dev/null 2>&1 && need_gb=1
+free_gb=$(( $(df -Pk . | awk 'NR==2 {print $4}') / 1024 / 1024 ))
+if (( free_gb < need_gb )); then
+    echo "[install] only $free_gb GB free on the disk of $(pwd); $VENV needs about $need_gb GB" \
+         "(PyPI's torch 2.14.1 is a CUDA build, 5.3 GB with its CUDA libraries). Free some space and run this again."
+    exit 1
+fi
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
 C=(-c requirements/lock-cpu.txt)
 echo "[install] 1/4 torch + torchvision"
