@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BookError, ProfileError
+from .params import Problem
 
 OPTIMIZERS = {
     # name -> (import line, class name, extra keyword arguments for the optimizer)
@@ -150,18 +151,6 @@ class Override:
 
     def __str__(self) -> str:
         return f"{self.field}: {self.before!r} -> {self.after!r} ({self.reason})"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One value of a recipe that cannot work: the field, its value and the rule with the fix."""
-
-    field: str
-    value: Any
-    rule: str
-
-    def __str__(self) -> str:
-        return f"{self.field}={self.value!r}: {self.rule}."
 
 
 #: The rule of each numeric or named field: (passes, rule and fix). The one place these rules live;
@@ -317,7 +306,7 @@ def deepspeed_problems(recipe: Recipe, deepspeed: str | None, *, installed: bool
     XTuner 0.2.0 keeps NF4 weights packed in ``uint8``, which it cannot shard, so
     QLoRA works with ZeRO-1/2 only; see book/guides/real-hardware.md).
 
-    >>> [p.field for p in deepspeed_problems(Recipe("/m", "/d.json", "/d"), "deepspeed_zero3", installed=True)]
+    >>> [p.name for p in deepspeed_problems(Recipe("/m", "/d.json", "/d"), "deepspeed_zero3", installed=True)]
     ['deepspeed']
     >>> deepspeed_problems(Recipe("/m", "/d.json", "/d", quantization_llm=False), "deepspeed_zero3", installed=True)
     []

@@ -34,15 +34,16 @@ class Rule:
 
 @dataclass(frozen=True)
 class Problem:
-    """A parameter whose value breaks its rule, with the fix."""
+    """A value that breaks its rule: the parameter's or recipe field's name, the value, the rule, and the
+    fix where it is not in the rule's words already (``helpers.config`` reports recipe fields without one)."""
 
     name: str
     value: Any
     rule: str
-    fix: str
+    fix: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.name}={self.value!r}: {self.rule}. Fix: {self.fix}"
+        return f"{self.name}={self.value!r}: {self.rule}." + (f" Fix: {self.fix}" if self.fix else "")
 
 
 _NONE = type(None)
@@ -207,10 +208,10 @@ def _training_problems(params: Mapping[str, Any]) -> list[Problem]:
     names = {field: name for name, field in TRAINING.items()}
     out = []
     for p in problems(recipe):
-        name = names.get(p.field, p.field)
-        if p.field not in given:
+        name = names.get(p.name, p.name)
+        if p.name not in given:
             continue  # a rule between fields, reported for the field that was given
-        example = getattr(defaults, p.field)
+        example = getattr(defaults, p.name)
         out.append(Problem(name, p.value, p.rule, f"-p {name} {'None' if example is None else example}"))
     return out
 

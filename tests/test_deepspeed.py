@@ -17,7 +17,7 @@ QLORA = config.Recipe("/m", "/d.json", "/d")
 
 def test_zero3_with_4bit_weights_is_refused_with_the_reason():
     (problem,) = config.deepspeed_problems(QLORA, "deepspeed_zero3", installed=True)
-    assert problem.field == "deepspeed" and "uint8" in problem.rule and "deepspeed_zero2" in problem.rule
+    assert problem.name == "deepspeed" and "uint8" in problem.rule and "deepspeed_zero2" in problem.rule
     assert config.deepspeed_problems(QLORA, "deepspeed_zero3_offload", installed=True)
     assert config.deepspeed_problems(LORA, "deepspeed_zero3", installed=True) == []
     for name in ("deepspeed_zero1", "deepspeed_zero2"):
