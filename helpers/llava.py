@@ -709,7 +709,8 @@ def chat_command(
     ]  # fmt: skip
 
 
-#: The start of the line ``xtuner chat`` prints when the history outgrows ``--max-new-tokens`` (it drops it).
+#: The start of the line ``xtuner chat`` prints when an answer reaches ``--max-new-tokens``: it then drops the
+#: history (xtuner/tools/chat.py compares the generated length, which with an image is the answer alone).
 HISTORY_NOTICE = "Remove the memory of history responses"
 #: What ``xtuner chat`` prints before reading each question.
 CHAT_PROMPT = "double enter to end input (EXIT: exit chat, RESET: reset history) >>> "
@@ -722,7 +723,7 @@ def chat(command: list[str], questions: Sequence[str]) -> list[tuple[str, str]]:
     if proc.returncode != 0:
         raise BookError(f"xtuner chat failed (exit status {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
     parts = proc.stdout.split(CHAT_PROMPT)[1:]
-    # with a short --max-new-tokens, xtuner chat drops the history each turn and prints a notice saying so
+    # an answer that reaches --max-new-tokens makes xtuner chat drop the history, with a notice saying so
     answers = [
         "\n".join(line for line in p.strip().splitlines() if not line.startswith(HISTORY_NOTICE)).strip()
         for p in parts[: len(questions)]

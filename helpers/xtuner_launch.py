@@ -43,10 +43,9 @@ train`` command for these reasons, each a fix for a real failure:
    checkpointing variant and how many layers (:func:`helpers.compat.checkpointing`),
    ``book_loss_logits = 'labelled'`` computes the loss from logits of the labelled
    tokens only (:func:`helpers.compat.labelled_logits_for_xtuner`).
-
-8. With ``--deepspeed`` and one process, :func:`helpers.compat.deepspeed_single_process`
-   sets the environment ``torchrun`` would (else DeepSpeed looks for MPI); on
-   a CPU, :func:`helpers.compat.deepspeed_on_cpu` fixes two more things.
+10. With ``--deepspeed`` and one process, :func:`helpers.compat.deepspeed_single_process`
+    sets the environment ``torchrun`` would (else DeepSpeed looks for MPI); on
+    a CPU, :func:`helpers.compat.deepspeed_on_cpu` fixes two more things.
 
 Usage (what helpers.train runs)::
 
