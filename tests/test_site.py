@@ -99,6 +99,10 @@ def test_parameter_files_parse_and_every_key_is_documented():
         assert f"../../params/{path.name}" in doc, f"parameters.md does not include {path.name}"
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         keys |= {k for k in data if k not in ("base", "runs")}
+    from helpers import book
+
+    for notebook in book.discover(ROOT / "notebooks"):  # and every notebook's parameters cell
+        keys |= set(book.parameter_names(notebook))
     undocumented = sorted(k for k in keys if f"`{k}`" not in doc)
     assert not undocumented, f"explain these parameters in book/reference/parameters.md: {undocumented}"
 
