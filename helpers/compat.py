@@ -547,6 +547,7 @@ def sdpa_attention_for_xtuner() -> bool:
 
     __init__._book_sdpa = True  # type: ignore[attr-defined]
     InternVL_V1_5.__init__ = __init__  # type: ignore[method-assign]
+    return True
 
 
 def llava_on_cpu() -> bool:
@@ -609,6 +610,7 @@ def llava_dataset_processes() -> bool:
 
     process_hf_dataset._book_compat = True  # type: ignore[attr-defined]
     llava_dataset.process_hf_dataset = process_hf_dataset
+    return True
 
 
 def deepspeed_single_process() -> bool:
