@@ -30,7 +30,6 @@ XTuner's ``internlm2_chat`` template writes the same ``<|im_start|>`` turns.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -646,20 +645,11 @@ def check_pth_to_hf(config: str | Path, pth: str | Path) -> str:
 # ----------------------------------------------------------------------------------------------
 # XTuner's tools as processes: pth_to_hf and chat
 # ----------------------------------------------------------------------------------------------
-def _xtuner_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    from . import REPO_DIR
-
-    bin_dir = str(Path(sys.executable).parent)  # `xtuner` starts `python` from PATH: this environment's
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_DIR), env.get("PYTHONPATH")]))
-    env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"  # our own checkpoints (helpers.compat.trust_own_checkpoints)
-    return {**env, **(extra or {})}
-
-
 def _run(cmd: list[str], *, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run a command under the watchdog of :mod:`helpers.procgroup` (no child outlives this process)."""
-    watched = [sys.executable, "-m", "helpers.procgroup", str(os.getpid()), "--", *cmd]
-    return subprocess.run(watched, input=stdin, capture_output=True, text=True, env=_xtuner_env(), cwd=cwd)
+    """Run one of XTuner's tools as :func:`helpers.train.run_watched` does (its environment, its watchdog)."""
+    from .train import run_watched
+
+    return run_watched(cmd, stdin=stdin, cwd=cwd)
 
 
 def pth_to_hf_command(config: str | Path, pth: str | Path, out: str | Path) -> list[str]:
@@ -701,12 +691,13 @@ def chat_command(
     Greedy decoding (``--temperature 0``), no streamer (whole answers), and
     ``--torch-dtype fp32`` by default (CPUs have no fast float16).
     """
-    xtuner = str(Path(sys.executable).parent / "xtuner")
-    return [
-        xtuner, "chat", str(llm), "--visual-encoder", str(visual_encoder), "--llava", str(llava),
+    from .train import xtuner_command
+
+    return xtuner_command(
+        "chat", str(llm), "--visual-encoder", str(visual_encoder), "--llava", str(llava),
         "--prompt-template", PROMPT_TEMPLATE, "--image", str(image), "--torch-dtype", torch_dtype,
         "--temperature", "0", "--no-streamer", "--max-new-tokens", str(max_new_tokens),
-    ]  # fmt: skip
+    )  # fmt: skip
 
 
 #: The start of the line ``xtuner chat`` prints when an answer reaches ``--max-new-tokens``: it then drops the

@@ -480,6 +480,56 @@ def command(
     return [sys.executable, "-m", "helpers.xtuner_launch", *args]
 
 
+def xtuner_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for XTuner's tools started as processes from a notebook.
+
+    ``xtuner`` starts ``python`` from ``PATH`` (the first fix listed in
+    :mod:`helpers.xtuner_launch`), so this interpreter's folder goes first;
+    the repository goes on ``PYTHONPATH`` for the book's patches; and torch may
+    unpickle the checkpoints XTuner wrote here
+    (:func:`helpers.compat.trust_own_checkpoints` says why that is safe for
+    our own files only).
+    """
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_DIR), env.get("PYTHONPATH")]))
+    env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    return {**env, **(extra or {})}
+
+
+def xtuner_command(*args: str | Path) -> list[str]:
+    """``xtuner ARGS`` with this environment's ``xtuner`` script (not whichever ``PATH`` finds first)."""
+    return [str(Path(sys.executable).parent / "xtuner"), *map(str, args)]
+
+
+def run_watched(
+    cmd: list[str], *, stdin: str | None = None, cwd: str | Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` in :func:`xtuner_env` under :mod:`helpers.procgroup`'s watchdog (no child outlives us)."""
+    watched = [sys.executable, "-m", "helpers.procgroup", str(os.getpid()), "--", *cmd]
+    return subprocess.run(watched, input=stdin, capture_output=True, text=True, env=xtuner_env(), cwd=cwd)
+
+
+def xtuner(*args: str | Path, echo: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run one of XTuner's own commands (``list-cfg``, ``copy-cfg``, ...) as a learner types it.
+
+    Prints ``$ xtuner ARGS`` first when ``echo``. A failure raises
+    :class:`~helpers.errors.RunError` with the end of what it printed. XTuner
+    0.2.0's ``xtuner`` always exits 0 (``xtuner/entry_point.py`` runs the tool
+    with ``subprocess.run`` and drops its exit status), so a Python traceback
+    in its output counts as a failure too.
+    """
+    if echo:
+        print("$ xtuner " + " ".join(map(str, args)), flush=True)
+    proc = run_watched(xtuner_command(*args))
+    if proc.returncode != 0 or "Traceback (most recent call last)" in proc.stderr:
+        raise RunError(
+            f"xtuner {' '.join(map(str, args))} failed (exit status {proc.returncode}):\n"
+            f"{(proc.stdout + proc.stderr)[-3000:]}"
+        )
+    return proc
+
+
 def _stream(proc: subprocess.Popen) -> Iterator[str]:
     assert proc.stdout is not None
     for raw in proc.stdout:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import short_recipe
 
 from helpers import SAMPLE_DATA_DIR, config, train
-from helpers.errors import BookError
+from helpers.errors import BookError, RunError
 
 
 def test_parse_log_line():
@@ -169,3 +170,12 @@ def test_cpu_training_leaves_a_core_to_each_dataloader_worker(tmp_path):
     assert cpu_threads(str(cfg), cores=8) == 7
     cfg.write_text("train_dataloader = dict(batch_size=2, num_workers=4)\n")
     assert cpu_threads(str(cfg), cores=2) == 1 and cpu_threads(None, cores=2) == 2
+
+
+def test_xtuner_runs_this_environments_tool_and_names_a_failure(tmp_path, capsys):
+    listed = train.xtuner("list-cfg", "-p", "llava_internlm2_chat_1_8b")
+    assert capsys.readouterr().out.startswith("$ xtuner list-cfg -p llava_internlm2_chat_1_8b")
+    assert "llava_internlm2_chat_1_8b_qlora_clip_vit_large_p14_336_lora_e1_gpu8_finetune" in listed.stdout
+    assert train.xtuner_command("chat")[0] == str(Path(sys.executable).parent / "xtuner")
+    with pytest.raises(RunError, match=r"xtuner copy-cfg no_such_config .* failed \(exit status \d+\):\n.*Traceback"):
+        train.xtuner("copy-cfg", "no_such_config", tmp_path, echo=False)
