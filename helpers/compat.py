@@ -270,8 +270,11 @@ def labelled_cross_entropy(hidden, head, labels, chunk_tokens: int = 4096):  # t
     """
     import torch
     import torch.nn.functional as F
-    from torch.utils.checkpoint import checkpoint
+    import torch.utils.checkpoint as cp
 
+    # PyTorch's own function, not :func:`checkpointing`'s wrapper: with ``every=2`` these chunks would
+    # count as layers and shift which decoder layers are checkpointed from one pass to the next
+    checkpoint = getattr(cp.checkpoint, "_book_original", cp.checkpoint)
     h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     y = labels[:, 1:].reshape(-1).to(h.device)
     keep = y != -100

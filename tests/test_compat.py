@@ -114,3 +114,29 @@ def test_labelled_cross_entropy_equals_the_full_logits_loss(chunk):
     for a, b in zip(full_grads, our_grads, strict=True):
         assert torch.allclose(a, b, atol=1e-6)
     assert compat.labelled_cross_entropy(hidden, head, torch.full((2, 12), -100)).item() == 0.0
+
+
+def test_labelled_loss_chunks_do_not_shift_which_layers_are_checkpointed(monkeypatch):
+    """With ``checkpointing(every=2)`` the loss's own checkpointed chunks must not count as layers."""
+    import torch.utils.checkpoint as cp
+
+    seen = []
+
+    def spy(function, *args, **kwargs):  # PyTorch's checkpoint, recording what it was given
+        seen.append(function.__name__)
+        return function(*args)
+
+    monkeypatch.setattr(cp, "checkpoint", spy)
+    compat.checkpointing(False, every=2)  # wraps spy: every second layer call reaches it
+
+    def layer(x):
+        return x * 2
+
+    x = torch.ones(3, requires_grad=True)
+    for _ in range(2):
+        cp.checkpoint(layer, x)
+    head, labels = torch.nn.Linear(4, 7, bias=False), torch.randint(0, 7, (1, 4))
+    compat.labelled_cross_entropy(torch.randn(1, 4, 4), head, labels, chunk_tokens=1)  # 3 labelled tokens
+    for _ in range(2):
+        cp.checkpoint(layer, x)
+    assert seen == ["layer", "chunk_loss", "chunk_loss", "chunk_loss", "layer"]
