@@ -9,9 +9,11 @@
 # Usage, from the repository root on the GPU machine, in calls that each stay under the 64 MiB carry:
 #   call 1: carry .whl-train (requirements/gpu-train.txt)  -> bash benchmarks/gpu/deepspeed.sh $OUT install-train
 #   call 2: carry .whl-ds (requirements/deepspeed.txt) -> bash benchmarks/gpu/deepspeed.sh $OUT install-ds qlora
-#   call 3:                                                -> bash benchmarks/gpu/deepspeed.sh $OUT lora convert
+#   call 3:                                                -> bash benchmarks/gpu/deepspeed.sh $OUT lora
+#   call 4:                                                -> bash benchmarks/gpu/deepspeed.sh $OUT convert
 # (call 2 also builds the random 2B model and the synthetic data, about 1-2 minutes, then the QLoRA pair;
-#  each run is 3 warm-up + 8 timed optimizer steps and is cut at 280 s.)
+#  each run is 3 warm-up + 8 timed optimizer steps and is cut at 280 s, so two runs and the conversion
+#  (cut at 200 s) would not fit one call's 600 s: convert is a call of its own.)
 # (install-* install into /tmp/site and /tmp/site-ds, which stay on a warm machine between calls.)
 # Results: $OUT/train-deepspeed-<recipe>-<none|zeroN>.json and $OUT/convert-deepspeed.json; copy them to
 # benchmarks/results/.
