@@ -354,6 +354,23 @@ def _weights(model_dir: Path) -> dict[str, Any]:
     return out
 
 
+def tensor_shapes(model_dir: str | Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Name -> (shape, dtype) of every tensor in a folder's ``*.safetensors`` files, read from their headers only.
+
+    Cheap on any model size (no weights are loaded); ``{}`` for a folder without such files.
+    Compare two folders with it, or count what a LoRA run saved (``math.prod`` of the shapes).
+    """
+    from safetensors import safe_open
+
+    found: dict[str, tuple[tuple[int, ...], str]] = {}
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(file, "pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open has keys(), it is not a mapping)
+                piece = f.get_slice(key)
+                found[key] = (tuple(piece.get_shape()), piece.get_dtype())
+    return found
+
+
 def bf16_ulp(x: Any) -> Any:
     """The spacing of bfloat16 numbers at ``|x|`` (one unit in the last place; 8 significant bits).
 

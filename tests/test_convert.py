@@ -132,3 +132,11 @@ def test_a_saved_folder_that_lost_a_merged_tensor_is_refused(trained, tmp_path, 
     monkeypatch.setattr(convert, "_save_merged", save_then_undo_one_merge)
     with pytest.raises(BookError, match="does not hold the merged model"):
         convert.convert(trained, tmp_path / "merged")
+
+
+def test_tensor_shapes_reads_the_headers_of_every_file(tiny_model_dir, tmp_path):
+    shapes = convert.tensor_shapes(tiny_model_dir)
+    weights = convert._weights(tiny_model_dir)
+    assert {k: shape for k, (shape, _) in shapes.items()} == {k: tuple(v.shape) for k, v in weights.items()}
+    assert {dtype for _, dtype in shapes.values()} == {"BF16"}  # the tiny model is saved in bf16, as the real one
+    assert convert.tensor_shapes(tmp_path) == {}
