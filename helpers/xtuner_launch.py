@@ -26,9 +26,6 @@ train`` command for these reasons, each a fix for a real failure:
    and on 2 cores with 1 worker process those 3 compete, so each parallel
    operation waits for a thread that is not running. A tiny-profile
    iteration then took several times the CPU time it takes with one thread.
-   On 2 cores :func:`helpers.config.fit_to_hardware` asks for no worker at all,
-   so both cores run PyTorch's threads (0.73 s per tiny iteration, 1.05 s with
-   one worker and one thread).
 7. :func:`helpers.compat.avoid_bnb_misaligned_4bit_gemm` keeps 4-bit layers
    with an odd number of outputs (the LM head: both vocabularies are odd) off
    a bitsandbytes 0.50.2 kernel that crashes on them on a GPU.
