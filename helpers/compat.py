@@ -197,9 +197,10 @@ def keep_lm_head_unquantized() -> bool:
     XTuner then runs PEFT's ``prepare_model_for_kbit_training``, which casts
     every unquantised bf16/fp16 weight to float32 (``peft/utils/other.py``),
     so the head is held in float32: 0.76 GB instead of 0.09 GB in NF4, about
-    0.66 GB more (0.65 GiB measured on the H200, fast vs course). Pair it with LoRA targets that leave ``output`` out
-    (``Recipe.lora_targets``). Applied by :mod:`helpers.xtuner_launch` when the
-    config says ``book_lm_head = 'bf16'``. Returns True when in place.
+    0.66 GB more (0.65 GiB measured on the H200, fast vs course). Pair it
+    with LoRA targets that leave ``output`` out (``Recipe.lora_targets``).
+    Applied by :mod:`helpers.xtuner_launch` when the config says
+    ``book_lm_head = 'bf16'``. Returns True when in place.
     """
     import transformers
 

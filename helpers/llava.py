@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from . import SAMPLE_DATA_DIR
 from .errors import BookError
 from .internvl import IM_END, IM_START, IMAGE_TOKEN
 from .tiny import INTERNLM2_FIELDS
+from .train import run_watched, xtuner_command
 
 #: XTuner 0.2.0's two stock configs of the notes (``xtuner list-cfg -p llava_internlm2_chat_1_8b``).
 PRETRAIN_CONFIG = "llava_internlm2_chat_1_8b_clip_vit_large_p14_336_e1_gpu8_pretrain"
@@ -645,13 +645,6 @@ def check_pth_to_hf(config: str | Path, pth: str | Path) -> str:
 # ----------------------------------------------------------------------------------------------
 # XTuner's tools as processes: pth_to_hf and chat
 # ----------------------------------------------------------------------------------------------
-def _run(cmd: list[str], *, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run one of XTuner's tools as :func:`helpers.train.run_watched` does (its environment, its watchdog)."""
-    from .train import run_watched
-
-    return run_watched(cmd, stdin=stdin, cwd=cwd)
-
-
 def pth_to_hf_command(config: str | Path, pth: str | Path, out: str | Path) -> list[str]:
     """``xtuner convert pth_to_hf CONFIG PTH OUT`` as the book runs it: XTuner's tool in its launcher.
 
@@ -671,7 +664,7 @@ def pth_to_hf(config: str | Path, pth: str | Path, out: str | Path) -> Path:
     check_pth_to_hf(config, pth)
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)
-    proc = _run(pth_to_hf_command(config, pth, out))
+    proc = run_watched(pth_to_hf_command(config, pth, out))
     if proc.returncode != 0 or not (out / "projector").is_dir():
         raise BookError(f"pth_to_hf failed (exit status {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
     return out
@@ -691,8 +684,6 @@ def chat_command(
     Greedy decoding (``--temperature 0``), no streamer (whole answers), and
     ``--torch-dtype fp32`` by default (CPUs have no fast float16).
     """
-    from .train import xtuner_command
-
     return xtuner_command(
         "chat", str(llm), "--visual-encoder", str(visual_encoder), "--llava", str(llava),
         "--prompt-template", PROMPT_TEMPLATE, "--image", str(image), "--torch-dtype", torch_dtype,
@@ -710,7 +701,7 @@ CHAT_PROMPT = "double enter to end input (EXIT: exit chat, RESET: reset history)
 def chat(command: list[str], questions: Sequence[str]) -> list[tuple[str, str]]:
     """Drive ``xtuner chat`` through its stdin (each question, an empty line, then EXIT); return (question, answer)."""
     stdin = "".join(f"{q}\n\n" for q in questions) + "EXIT\n\n"
-    proc = _run(command, stdin=stdin)
+    proc = run_watched(command, stdin=stdin)
     if proc.returncode != 0:
         raise BookError(f"xtuner chat failed (exit status {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
     parts = proc.stdout.split(CHAT_PROMPT)[1:]

@@ -480,7 +480,7 @@ def command(
     return [sys.executable, "-m", "helpers.xtuner_launch", *args]
 
 
-def xtuner_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def xtuner_env() -> dict[str, str]:
     """The environment for XTuner's tools started as processes from a notebook.
 
     ``xtuner`` starts ``python`` from ``PATH`` (the first fix listed in
@@ -494,7 +494,7 @@ def xtuner_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_DIR), env.get("PYTHONPATH")]))
     env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
-    return {**env, **(extra or {})}
+    return env
 
 
 def xtuner_command(*args: str | Path) -> list[str]:
