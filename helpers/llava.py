@@ -572,7 +572,9 @@ def check_finetune_config(config: str | Path) -> Path:
     The fine-tune stage trains the projector further, so it must start from
     the one the pretrain stage trained: without ``pretrained_pth`` XTuner
     starts from a random projector without a word, and with a path to a
-    missing file it stops deep inside model building.
+    missing file it stops deep inside model building. A pretrain run with
+    ``--deepspeed`` saves ``iter_N.pth`` as a folder (DeepSpeed's layout),
+    which XTuner's ``guess_load_checkpoint`` reads as well: both are accepted.
     """
     cfg = _load_config(config)
     pth = cfg.model.get("pretrained_pth")
@@ -583,7 +585,7 @@ def check_finetune_config(config: str | Path) -> Path:
             "(helpers.train.last_checkpoint(pretrain_work_dir))."
         )
     path = Path(pth)
-    if not path.is_file():
+    if not path.exists():
         raise BookError(
             f"{config}: pretrained_pth = {pth!r} does not exist. Run the pretrain stage first, or point "
             "pretrained_pth at its iter_N.pth (helpers.train.last_checkpoint(pretrain_work_dir))."
@@ -591,12 +593,24 @@ def check_finetune_config(config: str | Path) -> Path:
     return path
 
 
-def checkpoint_keys(pth: str | Path) -> list[str]:
-    """The parameter names an XTuner ``iter_N.pth`` holds (only what was trained). Your own checkpoints only."""
+def _trained_state(pth: Path) -> dict[str, Any]:
+    """The trained tensors of ``iter_N.pth``: a file, or the folder a ``--deepspeed`` run saves. Your own only."""
+    if pth.is_dir():  # DeepSpeed's layout: XTuner's reader gathers the model states (needs deepspeed)
+        from xtuner.model.utils import guess_load_checkpoint
+
+        from .compat import trust_own_checkpoints
+
+        trust_own_checkpoints()
+        return guess_load_checkpoint(str(pth))
     import torch
 
     state = torch.load(str(pth), map_location="cpu", weights_only=False)  # mmengine pickles its message hub
-    return list(state.get("state_dict", state))
+    return state.get("state_dict", state)
+
+
+def checkpoint_keys(pth: str | Path) -> list[str]:
+    """The parameter names an XTuner ``iter_N.pth`` holds (only what was trained). Your own checkpoints only."""
+    return list(_trained_state(Path(pth)))
 
 
 def check_pth_to_hf(config: str | Path, pth: str | Path) -> str:
@@ -611,9 +625,10 @@ def check_pth_to_hf(config: str | Path, pth: str | Path) -> str:
     """
     stage = config_stage(config)
     pth = Path(pth)
-    if not pth.is_file():
+    if not pth.exists():
         raise BookError(f"checkpoint {pth} does not exist; train first (its work_dir holds iter_N.pth)")
-    keys = checkpoint_keys(pth)
+    state = _trained_state(pth)
+    keys = list(state)
     trained_lora = any("lora_" in k for k in keys)
     if stage == "pretrain" and trained_lora:
         raise BookError(
@@ -628,10 +643,6 @@ def check_pth_to_hf(config: str | Path, pth: str | Path) -> str:
     cfg = _load_config(config)
     llm_cfg = json.loads((Path(cfg.model.llm.pretrained_model_name_or_path) / "config.json").read_text())
     vit_cfg = json.loads((Path(cfg.model.visual_encoder.pretrained_model_name_or_path) / "config.json").read_text())
-    import torch
-
-    state = torch.load(str(pth), map_location="cpu", weights_only=False)
-    state = state.get("state_dict", state)
     first = state.get("projector.model.0.weight")
     expected = (llm_cfg["hidden_size"], vit_cfg["hidden_size"])
     if first is not None and tuple(first.shape) != expected:

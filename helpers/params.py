@@ -180,6 +180,7 @@ TRAINING: dict[str, str] = {
     "attention": "attention",
     "bnb_compute_dtype": "bnb_compute_dtype",
     "lm_head": "lm_head",
+    "loss_logits": "loss_logits",
     "dataloader_num_workers": "dataloader_num_workers",
     "persistent_workers": "persistent_workers",
 }

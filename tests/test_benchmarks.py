@@ -84,10 +84,11 @@ PAGE = ROOT / "book" / "reference" / "training-benchmarks.md"
 
 def test_the_benchmark_page_quotes_the_results_files():
     text = PAGE.read_text(encoding="utf-8")
-    rows = [line for line in text.splitlines() if line.startswith("|") and "train-" in line and ".json" in line]
-    assert len(rows) >= 9
+    quoting = re.compile(r"`((?:train|llava|swift)-[\w.-]+\.json)`")
+    rows = [line for line in text.splitlines() if line.startswith("|") and quoting.search(line)]
+    assert len(rows) >= 9 and {"llava", "swift"} <= {quoting.search(r).group(1).split("-")[0] for r in rows}
     for row in rows:
-        name = re.search(r"`(train-[\w.-]+\.json)`", row).group(1)
+        name = quoting.search(row).group(1)
         result = json.loads((ROOT / "benchmarks" / "results" / name).read_text())
         cells = [c.strip().strip("*") for c in row.split("|")]
         assert f"{result['samples_per_second']:.2f}" in cells, (name, row)

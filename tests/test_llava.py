@@ -169,6 +169,10 @@ def test_finetune_config_without_or_with_a_missing_pretrained_pth_is_refused(tmp
     pth.write_bytes(b"x")
     path = _finetune_config(tmp_path, models, datasets, pth)
     assert llava.check_finetune_config(path) == pth
+    folder = tmp_path / "ds" / "iter_3.pth"  # a --deepspeed pretrain saves its checkpoint as a folder
+    folder.mkdir(parents=True)
+    path = _finetune_config(tmp_path, models, datasets, folder)
+    assert llava.check_finetune_config(path) == folder
 
 
 def test_pth_to_hf_on_the_wrong_config_is_refused(tmp_path, models, datasets):

@@ -63,7 +63,10 @@ PY
 }
 export TAG
 sft lora
-python3 -c "import bitsandbytes" 2>/dev/null && sft qlora --quant_method bnb --quant_bits 4 --bnb_4bit_compute_dtype bfloat16 \
-  || echo "no bitsandbytes here: the QLoRA run is skipped (carry .whl-train/bitsandbytes-0.50.2-*.whl)"
+if python3 -c "import bitsandbytes" 2>/dev/null; then
+  sft qlora --quant_method bnb --quant_bits 4 --bnb_4bit_compute_dtype bfloat16
+else
+  echo "no bitsandbytes here: the QLoRA run is skipped (carry .whl-train/bitsandbytes-0.50.2-*.whl)"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv"
 (cd "$OUT" && tar czf swift-logs.tgz *.log 2>/dev/null; rm -f *.log)
