@@ -1,10 +1,85 @@
-"""Shared fixtures: one tiny InternVL2 built per test session."""
+"""Shared fixtures: one tiny InternVL2 built per test session, and the book executed once, in the background.
+
+The whole book (every notebook on the tiny profile, about 20 minutes on 2 CPU
+cores) is the longest part of a test session, and its training uses about one
+of CI's two cores (measured: 104% CPU over notebooks 03-04). So when a session
+holds tests that read the executed book, the book starts in a process of its
+own with the session's first test, the other tests run meanwhile, and the
+tests that read the book run last (``pytest_collection_modifyitems``). The
+book's runner is started under :mod:`helpers.procgroup`: it and every process
+it starts end with the session, even when pytest is killed.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+#: fixtures that read the executed book; a test that asks for one through ``request`` carries ``reads_book``
+BOOK_FIXTURES = {"executed_book", "built_site"}
+_BOOK_NEEDED = pytest.StashKey[bool]()
+
+
+def _reads_book(item: pytest.Item) -> bool:
+    uses = BOOK_FIXTURES & set(getattr(item, "fixturenames", ()))
+    return bool(uses) or item.get_closest_marker("reads_book") is not None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests that read the executed book go last (a stable sort keeps every other order)."""
+    items.sort(key=_reads_book)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    session.config.stash[_BOOK_NEEDED] = any(_reads_book(i) for i in session.items)
+
+
+def _start_book(folder: Path) -> subprocess.Popen:
+    """``helpers.book run --profile tiny`` into ``folder``, under the watchdog, its output to ``folder/runner.log``."""
+    cmd = [sys.executable, "-m", "helpers.book", "run", "--profile", "tiny", "--build-dir", str(folder / "notebooks")]
+    cmd += ["-p", "output_dir", str(folder / "outputs")]
+    with (folder / "runner.log").open("w") as log:
+        watchdog = [sys.executable, "-m", "helpers.procgroup", str(os.getpid()), "--"]
+        return subprocess.Popen(watchdog + cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _book_in_background(request, tmp_path_factory):
+    """Start the book with the session's first test when some selected test reads it; end it with the session."""
+    if not request.config.stash.get(_BOOK_NEEDED, False):
+        yield None
+        return
+    folder = tmp_path_factory.mktemp("book")
+    proc = _start_book(folder)
+    yield folder, proc
+    if proc.poll() is None:  # the session ended first (a failure, Ctrl-C): the watchdog ends the runner's tree
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def executed_book(_book_in_background, tmp_path_factory) -> Path:
+    """Every notebook run once on the tiny profile through the runner (shared by the notebook and site tests).
+
+    Returns the folder holding ``notebooks/`` (executed copies, ``run-summary.json``) and ``outputs/``.
+    """
+    if _book_in_background is None:  # asked for by a test that pytest_collection_finish did not know of
+        folder = tmp_path_factory.mktemp("book")
+        proc = _start_book(folder)
+    else:
+        folder, proc = _book_in_background
+    code = proc.wait()
+    log = (folder / "runner.log").read_text(errors="replace")
+    print(log[-4000:])
+    assert code == 0, f"the runner failed (exit status {code}):\n{log[-6000:]}"
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -24,57 +99,3 @@ def tiny_model(tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir, trust_remote_code=True)
     model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True, torch_dtype=torch.float32).eval()
     return model, tok
-
-
-@pytest.fixture(scope="session")
-def executed_book(tmp_path_factory) -> Path:
-    """Run every notebook once on the tiny profile through the runner (shared by the notebook and site tests).
-
-    Returns the folder holding ``notebooks/`` (executed copies, ``run-summary.json``) and ``outputs/``.
-    """
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parents[1]
-    tmp = tmp_path_factory.mktemp("book")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "helpers.book",
-            "run",
-            "--profile",
-            "tiny",
-            "--build-dir",
-            str(tmp / "notebooks"),
-            "-p",
-            "output_dir",
-            str(tmp / "outputs"),
-        ],
-        cwd=root,
-        capture_output=True,
-        text=True,
-    )
-    print(proc.stdout[-4000:], proc.stderr[-4000:])
-    assert proc.returncode == 0, f"the runner failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
-    return tmp
-
-
-def short_recipe(model_dir: Path, data_file: Path, image_folder: Path, **kw):
-    """A CPU-sized QLoRA recipe on the tiny model for the training tests (batch 2, LoRA r=8, a log line per step)."""
-    from helpers import config
-
-    r = config.Recipe(
-        str(model_dir),
-        str(data_file),
-        str(image_folder) + "/",
-        max_length=2048,
-        batch_size=2,
-        accumulative_counts=1,
-        lora_r=8,
-        lora_alpha=16,
-        lr=5e-3,
-        log_interval=1,
-        **kw,
-    )
-    return config.fit_to_hardware(r, cuda=False, bnb_4bit=True)[0]

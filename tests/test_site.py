@@ -186,6 +186,7 @@ def test_site_has_every_page_executed_and_no_broken_links(built_site: Path):
 
 
 @pytest.mark.notebooks
+@pytest.mark.reads_book  # built_site through request (tests/conftest.py starts the book early for it)
 def test_every_page_loads_in_headless_chromium(request):
     from helpers import site
 
