@@ -123,3 +123,20 @@ def test_share_packages_links_only_the_pinned_heavy_packages(tmp_path: Path):
     script = (target / "bin" / "torchrun").read_text()
     assert script.startswith(f"#!{target.resolve()}/bin/python\n") and "import torch" in script
     assert share_packages.main([str(tmp_path / "nowhere"), str(target), str(lock)]) == 0  # no source venv yet
+
+
+def test_the_install_scripts_stop_on_a_full_disk_and_keep_pips_errors(tmp_path):
+    """tools/common.sh: need_disk names the free and the needed space; pipq drops only pip's "Location" noise."""
+    common = ROOT / "tools" / "common.sh"
+    full = subprocess.run(
+        ["bash", "-c", f"source {common}; need_disk install .venv 100000000 'a reason'; echo went-on"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert full.returncode == 1 and "went-on" not in full.stdout
+    assert "GB free on the disk of" in full.stdout and "needs about 100000000 GB (a reason)" in full.stdout
+    fake = tmp_path / "python"
+    lines = ["#!/bin/sh", "echo 'WARNING: Location file:///x is ignored'", "echo 'ERROR: no matching distribution'"]
+    fake.write_text("\n".join([*lines, "exit 3", ""]))
+    fake.chmod(0o755)
+    pip = subprocess.run(["bash", "-c", f"source {common}; pipq {fake} install x"], capture_output=True, text=True)
+    assert pip.returncode == 3 and pip.stdout == "ERROR: no matching distribution\n"

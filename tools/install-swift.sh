@@ -14,30 +14,19 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$HASH" ]]; then
 fi
 start=$(date +%s)
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
-pipq() {  # pip, without the "Location ... is ignored" lines this machine's pip config prints
-    local log rc=0
-    log="$(mktemp)"
-    "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" >"$log" 2>&1 || rc=$?
-    grep -v "^WARNING: Location" "$log" || true
-    rm -f "$log"
-    return "$rc"
-}
+source tools/common.sh  # pipq (quiet pip) and need_disk, shared with tools/install.sh
 # torch's CUDA build is 5.3 GB; .venv pins the same one: link its files instead of copying them
 [[ -x "${BOOK_VENV:-.venv}/bin/python" ]] && "$VENV/bin/python" tools/share_packages.py "${BOOK_VENV:-.venv}" "$VENV" requirements/lock-swift.txt
 need_gb=8
 ls -d "$VENV"/lib/python3.*/site-packages/torch >/dev/null 2>&1 && need_gb=3
-free_gb=$(( $(df -Pk . | awk 'NR==2 {print $4}') / 1024 / 1024 ))
-if (( free_gb < need_gb )); then
-    echo "[install-swift] only $free_gb GB free on the disk of $(pwd); $VENV needs about $need_gb GB. Free some space and run this again."
-    exit 1
-fi
+need_disk install-swift "$VENV" "$need_gb"
 echo "[install-swift] 1/2 torch + torchvision"
-pipq install -c requirements/lock-swift.txt torch torchvision
+pipq "$VENV/bin/python" install -c requirements/lock-swift.txt torch torchvision
 echo "[install-swift] 2/2 ms-swift and its dependencies: the locked set, without pip's resolver"
 # --no-deps: modelscope 1.24.0's [datasets] extra pins setuptools==69.5.1 while torch 2.14.1 asks for
 # setuptools>=77, so pip's resolver refuses any set with both; the lock is a set that imports and runs
 # notebook 12 (tests/test_swift.py checks it agrees with requirements/swift.txt).
-pipq install --no-deps -r requirements/lock-swift.txt
+pipq "$VENV/bin/python" install --no-deps -r requirements/lock-swift.txt
 "$VENV/bin/python" -c "import swift.llm" || { echo "[install-swift] ms-swift does not import; see above"; exit 1; }
 echo "$HASH" > "$STAMP"
 echo "[install-swift] done in $(( $(date +%s) - start )) s: $("$VENV/bin/python" -c 'import swift, transformers, peft, numpy; print(f"ms-swift {swift.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, numpy {numpy.__version__}")')"

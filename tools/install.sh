@@ -24,16 +24,9 @@ if not ((3, 11) <= sys.version_info[:2] < (3, 13)):
              "(xtuner 0.2.0 requires <3.13). Set PYTHON=/path/to/python3.11.")
 PY
 
-# pip, without the "Location ... is ignored" lines this machine's pip config prints for every package
-pipq() {
-    local py="$1" log rc=0
-    shift
-    log="$(mktemp)"
-    "$py" -m pip --disable-pip-version-check -q "$@" "${OFFLINE[@]}" >"$log" 2>&1 || rc=$?
-    grep -v "^WARNING: Location" "$log" || true
-    rm -f "$log"
-    return "$rc"
-}
+# shared with tools/install-swift.sh: pipq (quiet pip) and need_disk
+source tools/common.sh
+PIP_OPTS=(${OFFLINE[@]+"${OFFLINE[@]}"})
 
 # The GPU extra (--gpu): LMDeploy in its own environment, with its own Jupyter kernel.
 gpu_extras() {
@@ -75,16 +68,10 @@ if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null \
         || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q fonts-wqy-microhei >/dev/null 2>&1; }; } \
         || echo "[install] could not install fonts-wqy-microhei; figures will label images by id"
 fi
-# Check the disk before pip starts: a full disk otherwise ends pip half-way with "[Errno 28] No space
-# left on device" (seen once in CI). PyPI's torch 2.14.1 is a CUDA build: the venv takes 7.1 GB.
+# PyPI's torch 2.14.1 is a CUDA build: a new venv takes 7.1 GB; an existing one needs little more
 need_gb=8
 [[ -d "$VENV/lib" ]] && ls -d "$VENV"/lib/python3.*/site-packages/torch >/dev/null 2>&1 && need_gb=1
-free_gb=$(( $(df -Pk . | awk 'NR==2 {print $4}') / 1024 / 1024 ))
-if (( free_gb < need_gb )); then
-    echo "[install] only $free_gb GB free on the disk of $(pwd); $VENV needs about $need_gb GB" \
-         "(PyPI's torch 2.14.1 is a CUDA build, 5.3 GB with its CUDA libraries). Free some space and run this again."
-    exit 1
-fi
+need_disk install "$VENV" "$need_gb" "PyPI's torch 2.14.1 is a CUDA build, 5.3 GB with its CUDA libraries"
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
 C=(-c requirements/lock-cpu.txt)
 echo "[install] 1/4 torch + torchvision"
