@@ -99,3 +99,23 @@ def tiny_model(tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir, trust_remote_code=True)
     model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True, torch_dtype=torch.float32).eval()
     return model, tok
+
+
+def short_recipe(model_dir: Path, data_file: Path, image_folder: Path, **kw):
+    """A CPU-sized QLoRA recipe on the tiny model for the training tests (batch 2, LoRA r=8, a log line per step)."""
+    from helpers import config
+
+    r = config.Recipe(
+        str(model_dir),
+        str(data_file),
+        str(image_folder) + "/",
+        max_length=2048,
+        batch_size=2,
+        accumulative_counts=1,
+        lora_r=8,
+        lora_alpha=16,
+        lr=5e-3,
+        log_interval=1,
+        **kw,
+    )
+    return config.fit_to_hardware(r, cuda=False, bnb_4bit=True)[0]
