@@ -7,7 +7,9 @@ holds tests that read the executed book, the book starts in a process of its
 own with the session's first test, the other tests run meanwhile, and the
 tests that read the book run last (``pytest_collection_modifyitems``). The
 book's runner is started under :mod:`helpers.procgroup`: it and every process
-it starts end with the session, even when pytest is killed.
+it starts end with the session, even when pytest is killed. (pytest-xdist's
+``--dist loadgroup`` would be the usual tool, but it does not group on pytest
+9.2, pytest-dev/pytest-xdist#1386: the book would run once per worker.)
 """
 
 from __future__ import annotations
