@@ -58,8 +58,8 @@ def _size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The trained tensors of an XTuner checkpoint (``.pth`` file or DeepSpeed folder).
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The trained tensors of any XTuner checkpoint (``.pth`` file or DeepSpeed folder), InternVL's or LLaVA's.
 
     Uses XTuner's own ``guess_load_checkpoint``; raises a BookError that says
     what the path is when it is not a checkpoint.
@@ -90,6 +90,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise BookError(f"{path} could not be read as an XTuner checkpoint ({type(exc).__name__}: {exc}).") from exc
     if not isinstance(state, dict) or not state:
         raise BookError(f"{path} holds no tensors; it is not an XTuner training checkpoint.")
+    return state
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The trained tensors of an XTuner InternVL QLoRA checkpoint (:func:`read_checkpoint`, then its keys checked)."""
+    state = read_checkpoint(path)
     if not any("lora_" in k or ".mlp1." in k for k in state):
         raise BookError(
             f"{path} has no LoRA or projector weights (keys like 'model.language_model...lora_A' or "

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from . import SAMPLE_DATA_DIR
+from .convert import read_checkpoint
 from .errors import BookError
 from .internvl import IM_END, IM_START, IMAGE_TOKEN
 from .tiny import INTERNLM2_FIELDS
@@ -593,24 +594,9 @@ def check_finetune_config(config: str | Path) -> Path:
     return path
 
 
-def _trained_state(pth: Path) -> dict[str, Any]:
-    """The trained tensors of ``iter_N.pth``: a file, or the folder a ``--deepspeed`` run saves. Your own only."""
-    if pth.is_dir():  # DeepSpeed's layout: XTuner's reader gathers the model states (needs deepspeed)
-        from xtuner.model.utils import guess_load_checkpoint
-
-        from .compat import trust_own_checkpoints
-
-        trust_own_checkpoints()
-        return guess_load_checkpoint(str(pth))
-    import torch
-
-    state = torch.load(str(pth), map_location="cpu", weights_only=False)  # mmengine pickles its message hub
-    return state.get("state_dict", state)
-
-
 def checkpoint_keys(pth: str | Path) -> list[str]:
     """The parameter names an XTuner ``iter_N.pth`` holds (only what was trained). Your own checkpoints only."""
-    return list(_trained_state(Path(pth)))
+    return list(read_checkpoint(pth))
 
 
 def check_pth_to_hf(config: str | Path, pth: str | Path) -> str:
@@ -627,7 +613,7 @@ def check_pth_to_hf(config: str | Path, pth: str | Path) -> str:
     pth = Path(pth)
     if not pth.exists():
         raise BookError(f"checkpoint {pth} does not exist; train first (its work_dir holds iter_N.pth)")
-    state = _trained_state(pth)
+    state = read_checkpoint(pth)
     keys = list(state)
     trained_lora = any("lora_" in k for k in keys)
     if stage == "pretrain" and trained_lora:
