@@ -86,6 +86,10 @@ def test_cpu_overrides_are_explicit(monkeypatch):
         "dataloader_num_workers": 1,
     }
     assert all(c.reason for c in changes) and new.quantization_llm
+    _, changes = config.fit_to_hardware(recipe(), cuda=False, bnb_4bit=True, cpu_cores=8)
+    assert "dataloader_num_workers" not in {c.field for c in changes}  # the course's 4 workers, 7 cores spare
+    _, changes = config.fit_to_hardware(recipe(), cuda=False, bnb_4bit=True, cpu_cores=4)
+    assert {c.field: c.after for c in changes}["dataloader_num_workers"] == 3
     same, none = config.fit_to_hardware(recipe(), cuda=True, bnb_4bit=True, deepspeed="deepspeed_zero1")
     assert none == [] and same == recipe()
     # one GPU without DeepSpeed keeps fp16 AMP: helpers.xtuner_launch trains the projector in float32
