@@ -17,6 +17,9 @@ samples/s, tokens/s and model FLOPs utilisation (formula in ``flops.py``).
         --batch-size 2 --accumulation 8 --iters 32 --name tuned-16gb --out /tmp/tuned-16gb.json
     # CPU smoke run on the tiny model:
     python benchmarks/bench_train.py --preset tiny --iters 6 --batch-size 1 --accumulation 1 --out /tmp/t.json
+    # the second course's LoRA (16-bit LLM, 4 x 2, max_length 8192) under DeepSpeed ZeRO-2 (issue #17)
+    python benchmarks/bench_train.py --model /tmp/m2b --data /tmp/synth --no-4bit --batch-size 4 \
+        --accumulation 2 --max-length 8192 --iters 26 --deepspeed deepspeed_zero2 --name lora-zero2 --out /tmp/l.json
 
 Timing: helpers.timing.StepTimerHook (added to the config through
 ``Recipe.step_timing``) reads the wall clock after ``torch.cuda.synchronize()`` at
@@ -52,7 +55,7 @@ from helpers.env import package_version
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops
 
-PACKAGES = ("torch", "transformers", "xtuner", "mmengine", "peft", "bitsandbytes", "tokenizers")
+PACKAGES = ("torch", "transformers", "xtuner", "mmengine", "peft", "bitsandbytes", "tokenizers", "deepspeed")
 
 
 def main() -> int:
@@ -92,6 +95,11 @@ def main() -> int:
     ap.add_argument("--checkpoint-every", type=int, default=1, help="checkpoint every Nth LLM layer")
     ap.add_argument(
         "--loss-logits", default="all", choices=["all", "labelled"], help="labelled: logits of answer tokens only"
+    )
+    ap.add_argument(
+        "--deepspeed",
+        default=None,
+        help="XTuner's --deepspeed NAME (e.g. deepspeed_zero1, the notes' command shape on one GPU); omitted: none",
     )
     ap.add_argument("--name", default="seed-recipe")
     ap.add_argument("--out", required=True)
@@ -142,12 +150,14 @@ def main() -> int:
     )
     from helpers import env
 
-    recipe, overrides = config.fit_to_hardware(recipe, cuda=cuda, bnb_4bit=env.probe_bnb_4bit().ok)
+    recipe, overrides = config.fit_to_hardware(
+        recipe, cuda=cuda, bnb_4bit=env.probe_bnb_4bit().ok, deepspeed=args.deepspeed
+    )
     cfg = config.write(recipe, work / f"config-{args.name}.py")
     run_dir = work / f"run-{args.name}"
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a fresh run: a finished one would "resume" and train nothing
-    result = train.train(cfg, run_dir, resume=False, progress=False)
+    result = train.train(cfg, run_dir, resume=False, progress=False, deepspeed=args.deepspeed)
 
     log_text = result.log.read_text()
     rows = [train.parse_log_line(line) for line in log_text.splitlines()]
@@ -204,6 +214,8 @@ def main() -> int:
             )
         },
         "remote_code": args.remote_code,
+        "deepspeed": args.deepspeed,
+        "command_shape": "NPROC_PER_NODE=1 xtuner train CONFIG" + (f" --deepspeed {args.deepspeed}" if args.deepspeed else ""),
         "attention": args.attn,
         "bnb_compute_dtype": args.bnb_compute,
         "lm_head": args.lm_head,
