@@ -215,7 +215,8 @@ def main() -> int:
         },
         "remote_code": args.remote_code,
         "deepspeed": args.deepspeed,
-        "command_shape": "NPROC_PER_NODE=1 xtuner train CONFIG" + (f" --deepspeed {args.deepspeed}" if args.deepspeed else ""),
+        "command_shape": "NPROC_PER_NODE=1 xtuner train CONFIG"
+        + (f" --deepspeed {args.deepspeed}" if args.deepspeed else ""),
         "attention": args.attn,
         "bnb_compute_dtype": args.bnb_compute,
         "lm_head": args.lm_head,
