@@ -127,7 +127,14 @@ def _probe_inputs(model: Any, tokenizer: Any, seed: int = 0) -> dict[str, Any]:
     model.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
     query = build_prompt([(COURSE_PROMPT, None)], tiles=[2], num_image_token=model.num_image_token).text
     batch = tokenizer(query + "哈哈", return_tensors="pt")
-    return {"pixel_values": pixel_values, "input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    # the official forward() requires image_flags (1 = a real tile); XTuner's collator passes them too
+    image_flags = torch.ones(pixel_values.shape[0], 1, dtype=torch.long)
+    return {
+        "pixel_values": pixel_values,
+        "image_flags": image_flags,
+        "input_ids": batch.input_ids,
+        "attention_mask": batch.attention_mask,
+    }
 
 
 def _logits(model: Any, probe: dict[str, Any]) -> Any:
@@ -137,6 +144,7 @@ def _logits(model: Any, probe: dict[str, Any]) -> Any:
         dtype = next(model.parameters()).dtype
         return model(
             pixel_values=probe["pixel_values"].to(dtype),
+            image_flags=probe["image_flags"],
             input_ids=probe["input_ids"],
             attention_mask=probe["attention_mask"],
         ).logits.float()

@@ -12,6 +12,7 @@
 # Usage, from the repository root on the GPU machine, two calls back to back (each carry < 64 MiB):
 #   call 1: carry .whl-train -> bash benchmarks/gpu/deepspeed.sh $OUT install-train none
 #   call 2: carry .whl-ds    -> bash benchmarks/gpu/deepspeed.sh $OUT install-ds zero convert
+# (`convert` needs the lora-zero2 run of the same warm machine: on a fresh one, `install-ds lora-zero2 convert`.)
 # (install-* install into /tmp/site and /tmp/site-ds, which stay on a warm machine between calls.)
 # Results: $OUT/train-deepspeed-<recipe>-<none|zero1|zero2>-h200.json and $OUT/convert-deepspeed-h200.json;
 # copy them to benchmarks/results/.
@@ -44,15 +45,15 @@ d = json.load(open(sys.argv[1])); t = d["step_timing"]
 print(f"  {d['samples_per_second']} samples/s, step median {t['median_step_seconds']} s, peak {d['peak_gpu_memory_gib']} GiB")
 EOF
 }
-if has none; then
-  row qlora-none "${QLORA[@]}" --note "the first course's QLoRA recipe without DeepSpeed (the twin of qlora-zero1)"
-  row lora-none "${LORA[@]}" --note "the second course's LoRA recipe without DeepSpeed (the twin of lora-zero2)"
-fi
-if has zero; then
+# `none` selects the two rows without DeepSpeed, `zero` the two with it; a row's own name selects it alone
+pick() { has "$1" || has "$2"; }
+pick qlora-none none && row qlora-none "${QLORA[@]}" --note "the first course's QLoRA recipe without DeepSpeed (the twin of qlora-zero1)"
+pick lora-none none && row lora-none "${LORA[@]}" --note "the second course's LoRA recipe without DeepSpeed (the twin of lora-zero2)"
+if pick qlora-zero1 zero || pick lora-zero2 zero; then
   python3 -c "import deepspeed, xtuner; print('deepspeed', deepspeed.__version__, 'xtuner', xtuner.__version__)" || exit 1
-  row qlora-zero1 "${QLORA[@]}" --deepspeed deepspeed_zero1 --note "the first course's command: --deepspeed deepspeed_zero1"
-  row lora-zero2 "${LORA[@]}" --deepspeed deepspeed_zero2 --note "the second course's command: --deepspeed deepspeed_zero2"
 fi
+pick qlora-zero1 zero && row qlora-zero1 "${QLORA[@]}" --deepspeed deepspeed_zero1 --note "the first course's command: --deepspeed deepspeed_zero1"
+pick lora-zero2 zero && row lora-zero2 "${LORA[@]}" --deepspeed deepspeed_zero2 --note "the second course's command: --deepspeed deepspeed_zero2"
 if has convert; then
   echo "=== convert ($(( $(date +%s) - START )) s)"
   timeout 200 python3 - "$OUT/convert-deepspeed-h200.json" > "$OUT/convert.log" 2>&1 <<'PY'
