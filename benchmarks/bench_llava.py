@@ -6,8 +6,8 @@ configs with the notes' edits (batch 1) and this machine's
 (``llava.machine_edits``), trains the pretrain stage ``--iters`` iterations,
 then the fine-tune stage (QLoRA r=512 on the 4-bit LLM, LoRA r=64 on the ViT)
 from the pretrain's checkpoint. On a GPU both stages run as the notes run
-them, ``--deepspeed deepspeed_zero2``: DeepSpeed's fp16 engine casts the whole
-model to float16, while without it the fp32 projector feeds float32 image
+them, ``--deepspeed deepspeed_zero2``: DeepSpeed's engine casts the whole
+model to one 16-bit type (bf16 on an H200), while without it the fp32 projector feeds float32 image
 features to the float16 LLM and XTuner's ``EvaluateChatHook`` fails before the
 first step (``expected mat1 and mat2 to have the same dtype``, seen on the
 H200). Timing: ``helpers.timing.StepTimerHook`` (wall clock after

@@ -39,6 +39,8 @@ row() { local name=$1; shift; echo "=== $name ($(( $(date +%s) - START )) s)"
   timeout 280 python3 benchmarks/bench_train.py --model $M --data $D --name "deepspeed-$name" \
     --workdir "/tmp/bench-ds-$name" --out "$OUT/train-deepspeed-$name-h200.json" "$@" > "$OUT/$name.log" 2>&1
   echo "rc=$?"
+  # the precision DeepSpeed ran in (XTuner fills the configs' "auto": bf16 wherever the GPU supports it)
+  grep -h -o -E "(fp16|bf16)=dict\(enabled=[A-Za-z]+" "/tmp/bench-ds-$name/run-deepspeed-$name"/*/*.log 2>/dev/null | sort -u
   python3 - "$OUT/train-deepspeed-$name-h200.json" <<'EOF' 2>/dev/null || grep -E "Error|error:" "$OUT/$name.log" | tail -3
 import json, sys
 d = json.load(open(sys.argv[1])); t = d["step_timing"]
@@ -68,7 +70,8 @@ seconds_convert = time.time() - t0
 pipe = infer.load(result.out_dir, backend="transformers", device="cuda")
 image = sorted(Path("/tmp/synth5/ex_images").iterdir())[0]
 answer = pipe.ask(image, "<image>\n图中是什么?", infer.GenSettings(max_new_tokens=16))
-out = {"checkpoint": str(ckpt), "checkpoint_is_folder": ckpt.is_dir(), "merged": str(result.out_dir),
+out = {"checkpoint": str(ckpt), "checkpoint_is_folder": ckpt.is_dir(),
+       "checkpoint_files": sorted(p.name for p in ckpt.iterdir()) if ckpt.is_dir() else [], "merged": str(result.out_dir),
        "convert_seconds": round(seconds_convert, 1), "seconds": round(time.time() - t0, 1),
        "loaded_and_answered": True, "answer_tokens": answer.tokens}
 Path(sys.argv[1]).write_text(json.dumps(out, indent=2) + "\n"); print(json.dumps(out))
