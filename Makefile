@@ -43,7 +43,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: install swift browser lint
+# ms-swift's environment (pip, from PyPI) and the browser (apt) install side by side: both mostly wait on downloads
+test: install
+	@$(MAKE) --no-print-directory -j2 swift browser
+	@$(MAKE) --no-print-directory lint
 	$(PY) -m pytest
 
 lock:  ## refresh requirements/lock-cpu.txt from a fresh install of the pins

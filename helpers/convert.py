@@ -229,7 +229,7 @@ def _save_adapter(model: Any, adapter_dir: Path) -> list[str]:
 
 
 def _rebuilt_buffers(model: Any) -> list[tuple[Any, str, Any]]:
-    """(module, name, copy) of every non-persistent buffer: ``save_pretrained`` leaves them out and loading rebuilds them.
+    """(module, name, copy) of each non-persistent buffer: not saved by ``save_pretrained``, rebuilt on loading.
 
     The official InternLM2 code caches its rotary ``inv_freq``, ``cos_cached`` and
     ``sin_cached`` this way. Rounding the model to bf16 rounds them too, but the
