@@ -29,6 +29,7 @@ import platform
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import flops
+import step_profiler
 
 from helpers import SAMPLE_DATA_DIR, data, tiny
 from helpers.env import package_version
@@ -94,7 +96,9 @@ def build(model_dir: Path, device: str, four_bit: bool, lora_r: int, attn: str, 
     from transformers import AutoConfig, AutoModel, BitsAndBytesConfig
 
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
-    config.llm_config.attn_implementation = attn
+    # the official modeling_internlm2.py knows eager and flash_attention_2 only: SDPA is patched in below
+    official = "INTERNLM2_ATTENTION_CLASSES" in (model_dir / "modeling_internlm2.py").read_text()
+    config.llm_config.attn_implementation = "eager" if official and attn == "sdpa" else attn
     quant = (
         BitsAndBytesConfig(
             load_in_4bit=True,
@@ -119,6 +123,10 @@ def build(model_dir: Path, device: str, four_bit: bool, lora_r: int, attn: str, 
         device_map={"": device} if four_bit else None,
     )
     model.to(device)
+    if official and attn == "sdpa":
+        from helpers.compat import use_sdpa_attention
+
+        print(f"helpers.compat.use_sdpa_attention: patched {use_sdpa_attention(model)}", flush=True)
     model.vision_model.requires_grad_(False)
     llm = model.language_model
     if four_bit:
@@ -137,6 +145,30 @@ def build(model_dir: Path, device: str, four_bit: bool, lora_r: int, attn: str, 
     )
     model.mlp1.float().requires_grad_(True)  # trained in float32, autocast runs it in bf16
     return model, targets
+
+
+def one_step(model, opt, trainable, samples, micro, seen: int, tok, device: str, args) -> tuple[float, int, int]:
+    """One optimizer step: ``args.accumulation`` micro-batches under bf16 autocast, clipping, AdamW.
+
+    Returns the step's loss, its real tokens and the updated count of micro-batches seen.
+    """
+    import torch
+
+    step_loss, step_tokens = 0.0, 0
+    for _ in range(args.accumulation):
+        batch = collate([samples[i] for i in micro[seen % len(micro)]], tok.pad_token_id or 0)
+        seen += 1
+        step_tokens += batch.pop("tokens")
+        batch = {k: v.to(device) for k, v in batch.items()}
+        batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            loss = model(**batch).loss / args.accumulation
+        loss.backward()
+        step_loss += loss.item()
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return step_loss, step_tokens, seen
 
 
 def main() -> int:
@@ -160,6 +192,9 @@ def main() -> int:
         help="InternLM2 attention (the official remote code knows eager and flash_attention_2)",
     )
     ap.add_argument("--no-checkpointing", action="store_true")
+    ap.add_argument(
+        "--profile-step", type=int, default=0, help="profile this optimizer step (benchmarks/step_profiler.py); 0: none"
+    )
     ap.add_argument("--name", default="peft-loop")
     ap.add_argument("--out", required=True)
     ap.add_argument("--note", action="append", default=[])
@@ -193,24 +228,14 @@ def main() -> int:
         torch.cuda.reset_peak_memory_stats()
     times, losses, tokens, seen = [], [], [], 0
     t_all = time.perf_counter()
-    for _ in tqdm(range(args.steps), desc="optimizer steps"):
+    profile_file = Path(args.out).with_name(Path(args.out).stem + "-profile.json")
+    for step in tqdm(range(args.steps), desc="optimizer steps"):
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        step_loss = step_tokens = 0
-        for _ in range(args.accumulation):
-            batch = collate([samples[i] for i in micro[seen % len(micro)]], tok.pad_token_id or 0)
-            seen += 1
-            step_tokens += batch.pop("tokens")
-            batch = {k: v.to(device) for k, v in batch.items()}
-            batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
-            with torch.autocast(device, dtype=torch.bfloat16):
-                loss = model(**batch).loss / args.accumulation
-            loss.backward()
-            step_loss += loss.item()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        profiling = step_profiler.profiled_step(profile_file) if step == args.profile_step > 0 else nullcontext()
+        with profiling:
+            step_loss, step_tokens, seen = one_step(model, opt, trainable, samples, micro, seen, tok, device, args)
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
@@ -262,6 +287,7 @@ def main() -> int:
         "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         "loss_first": round(losses[0], 4),
         "loss_last": round(losses[-1], 4),
+        "profile": json.loads(profile_file.read_text()) if profile_file.exists() else None,
         "losses": [round(x, 4) for x in losses],
         "wall_seconds": round(wall, 1),
         "command": " ".join(sys.argv),

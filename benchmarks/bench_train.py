@@ -101,6 +101,12 @@ def main() -> int:
         default=None,
         help="XTuner's --deepspeed NAME (e.g. deepspeed_zero1, the notes' command shape on one GPU); omitted: none",
     )
+    ap.add_argument(
+        "--profile-step",
+        type=int,
+        default=0,
+        help="profile this optimizer step with torch.profiler (benchmarks/step_profiler.py); 0: none",
+    )
     ap.add_argument("--name", default="seed-recipe")
     ap.add_argument("--out", required=True)
     ap.add_argument("--note", action="append", default=[], help="a sentence recorded with the result")
@@ -154,10 +160,22 @@ def main() -> int:
         recipe, cuda=cuda, bnb_4bit=env.probe_bnb_4bit().ok, deepspeed=args.deepspeed
     )
     cfg = config.write(recipe, work / f"config-{args.name}.py")
+    profile_file = (work / f"profile-{args.name}.json").resolve()
+    if args.profile_step:
+        profile_file.unlink(missing_ok=True)
+        with cfg.open("a", encoding="utf-8") as f:  # benchmarks/ is on the training process's PYTHONPATH
+            f.write(
+                "\nfrom step_profiler import StepProfilerHook\n"
+                f"custom_hooks.append(dict(type=StepProfilerHook, out={str(profile_file)!r}, "
+                f"step={args.profile_step}, accumulative_counts={args.accumulation}))\n"
+            )
+    pythonpath = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")]))
     run_dir = work / f"run-{args.name}"
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a fresh run: a finished one would "resume" and train nothing
-    result = train.train(cfg, run_dir, resume=False, progress=False, deepspeed=args.deepspeed)
+    result = train.train(
+        cfg, run_dir, resume=False, progress=False, deepspeed=args.deepspeed, env={"PYTHONPATH": pythonpath}
+    )
 
     log_text = result.log.read_text()
     rows = [train.parse_log_line(line) for line in log_text.splitlines()]
@@ -248,6 +266,7 @@ def main() -> int:
             for line in log_text.splitlines()
             if line.startswith(("helpers.xtuner_launch: levers", "helpers.compat."))
         ],
+        "profile": json.loads(profile_file.read_text()) if profile_file.exists() else None,
         "losses": timing.get("losses", [])[:30],
         "loss_first": rows[0].get("loss") if rows else None,
         "loss_last": rows[-1].get("loss") if rows else None,

@@ -94,3 +94,20 @@ def test_the_benchmark_page_quotes_the_results_files():
         assert f"{result['samples_per_second']:.2f}" in cells, (name, row)
         assert f"{result['peak_gpu_memory_gib']:.2f}" in cells, (name, row)
     assert (PAGE.parent / "figures" / "training-h100.png").exists()
+
+
+def test_the_step_profiler_sums_what_the_operators_did(tmp_path):
+    import step_profiler
+    import torch
+
+    a = torch.randn(256, 256)
+    with step_profiler.profiled_step(tmp_path / "p.json"):
+        for _ in range(20):
+            a = torch.tanh(a @ a)
+    summary = json.loads((tmp_path / "p.json").read_text())
+    assert 0 < summary["device_busy_seconds"] <= summary["wall_seconds"] and 0 <= summary["idle_share"] < 1
+    names = {row["name"]: row["calls"] for row in summary["top"]}
+    assert names.get("aten::tanh") == 20 and ("aten::mm" in names or "aten::matmul" in names)
+    assert "aten::tanh" in (tmp_path / "p.txt").read_text()
+    with pytest.raises(ValueError, match="step >= 1"):
+        step_profiler.StepProfilerHook(str(tmp_path / "q.json"), step=0)
