@@ -111,3 +111,29 @@ def test_the_step_profiler_sums_what_the_operators_did(tmp_path):
     assert "aten::tanh" in (tmp_path / "p.txt").read_text()
     with pytest.raises(ValueError, match="step >= 1"):
         step_profiler.StepProfilerHook(str(tmp_path / "q.json"), step=0)
+
+
+def test_the_gpu_scripts_parse_and_install_carried_wheels_with_one_function(tmp_path):
+    """The GPU scripts cannot run here; at least they must parse, and share one offline wheel install."""
+    import subprocess
+
+    scripts = sorted((ROOT / "benchmarks" / "gpu").glob("*.sh"))
+    assert len(scripts) >= 6
+    for script in scripts:
+        subprocess.run(["bash", "-n", str(script)], check=True)
+        if script.name != "common.sh":
+            assert "pip install" not in script.read_text(), f"{script.name}: use wheels_into (common.sh)"
+    wheel = tmp_path / "book_probe-1.0-py3-none-any.whl"  # a minimal valid wheel
+    import zipfile
+
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("book_probe.py", "X = 1\n")
+        info = "book_probe-1.0.dist-info/"
+        z.writestr(info + "METADATA", "Metadata-Version: 2.1\nName: book-probe\nVersion: 1.0\n")
+        z.writestr(info + "WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(info + "RECORD", "")
+    run = 'source benchmarks/gpu/common.sh && wheels_into "$1" "$2"'
+    ok = subprocess.run(["bash", "-c", run, "-", str(tmp_path / "site"), str(wheel)], cwd=ROOT)
+    assert ok.returncode == 0 and (tmp_path / "site" / "book_probe.py").exists()
+    bad = subprocess.run(["bash", "-c", run, "-", str(tmp_path / "site"), str(tmp_path / "none.whl")], cwd=ROOT)
+    assert bad.returncode != 0

@@ -22,9 +22,9 @@ mkdir -p "$OUT"; START=$(date +%s)
 export PYTHONUNBUFFERED=1
 ARGS=" $* "
 has() { [[ "$ARGS" == *" $1 "* ]]; }
-pipt() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$1" "$2"/*.whl; }
-has install-train && { pipt /tmp/site .whl-train || exit 1; }
-has install-ds && { pipt /tmp/site-ds .whl-ds || exit 1; }
+source benchmarks/gpu/common.sh
+has install-train && { wheels_into /tmp/site .whl-train/*.whl || exit 1; }
+has install-ds && { wheels_into /tmp/site-ds .whl-ds/*.whl || exit 1; }
 export PYTHONPATH=/tmp/site:/tmp/site-ds:$PWD
 M=/tmp/m2b-official; D=/tmp/synth5
 [ -f $M/config.json ] || python3 -m helpers.tiny --preset internvl2-2b --remote-code official --out $M --device cuda \

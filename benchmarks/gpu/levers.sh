@@ -16,7 +16,8 @@ mkdir -p "$OUT"; START=$(date +%s)
 export PYTHONUNBUFFERED=1
 WHEELS=${WHEELS:-.whl-train}
 if [ -d "$WHEELS" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
+  source benchmarks/gpu/common.sh
+  wheels_into /tmp/site "$WHEELS"/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
 fi
 M=/tmp/m2b-official; D5=/tmp/synth5; D13=/tmp/synth13

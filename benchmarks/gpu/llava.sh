@@ -11,9 +11,10 @@ set -uo pipefail
 OUT=${1:?output folder}; TAG=${TAG:-h200}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+source benchmarks/gpu/common.sh
 for pair in .whl-train:/tmp/site .whl-ds:/tmp/site-ds; do
   if [ -d "${pair%%:*}" ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "${pair#*:}" "${pair%%:*}"/*.whl || exit 1
+    wheels_into "${pair#*:}" "${pair%%:*}"/*.whl || exit 1
   fi
 done
 export PYTHONPATH=/tmp/site:/tmp/site-ds:$PWD

@@ -22,21 +22,21 @@ STAGE=${1:?prepare, train or finish}; OUT=${2:?output folder}; TAG=${TAG:-h200}
 MAX_STEPS=${MAX_STEPS:-24}; RECORDS=${RECORDS:-200}
 M=/tmp/m2b; D=/tmp/clot; O=/tmp/outgpu; R=/tmp/reh; mkdir -p $R "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-pipt() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$1" "${@:2}" 2>&1 | grep -v "^WARNING" ; }
+source benchmarks/gpu/common.sh
 export PYTHONPATH=$PWD:/tmp/site:/tmp/siteds:/tmp/sitejup JUPYTER_PATH=/tmp/jupyter
 sampler() { python3 benchmarks/rehearsal.py sample "$R/gpumem-$STAGE.csv" & SAMPLER=$!; }
 run() { python3 -m helpers.book run --profile gpu -p model_path $M -p data_path $D -p output_dir $O \
         -p max_steps "$MAX_STEPS" -p deepspeed deepspeed_zero1 --build-dir "/tmp/nb-$STAGE" "$@" 2>&1 | tee "$R/run-$STAGE.log"; }
 case "$STAGE" in
 prepare)
-    pipt /tmp/site .whl-train/*.whl
+    wheels_into /tmp/site .whl-train/*.whl
     t0=$(date +%s)
     python3 -m helpers.tiny --preset internvl2-2b --out $M --device cuda > $R/build.log 2>&1 || { tail -20 $R/build.log; exit 1; }
     python3 benchmarks/synthetic.py --model $M --out $D --samples "$RECORDS" --width 450 --height 525 \
         --caption-tokens 48 > "$R/synthetic.json" || exit 1
     cat "$R/synthetic.json"; echo "prepared in $(( $(date +%s) - t0 )) s"; ls $D | head; du -sh $M $D ;;
 train)
-    pipt /tmp/sitejup .whl-jup/*.whl; pipt /tmp/sitelmd .whl-lmd/*.whl; pipt /tmp/siteds .whl-ds/*.whl
+    wheels_into /tmp/sitejup .whl-jup/*.whl; wheels_into /tmp/sitelmd .whl-lmd/*.whl; wheels_into /tmp/siteds .whl-ds/*.whl
     mkdir -p /tmp/jupyter/kernels/book-serve
     cat > /tmp/jupyter/kernels/book-serve/kernel.json <<JSON
 {"argv": ["$(command -v python3)", "-m", "ipykernel_launcher", "-f", "{connection_file}"],

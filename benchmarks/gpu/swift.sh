@@ -11,8 +11,8 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 MODELSCOPE_OFFLINE=1 MPLBACKEND=Agg
 if [ -d .whl-swift ]; then
   # bitsandbytes 0.50.2 (CUDA 13 kernels) for the QLoRA run comes from .whl-train (requirements/gpu-train.txt)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/siteswift \
-    .whl-swift/*.whl $(ls .whl-train/bitsandbytes-*.whl 2>/dev/null) || exit 1
+  source benchmarks/gpu/common.sh
+  wheels_into /tmp/siteswift .whl-swift/*.whl $(ls .whl-train/bitsandbytes-*.whl 2>/dev/null) || exit 1
   export PYTHONPATH=/tmp/siteswift:$PWD
 else
   export PYTHONPATH=$PWD

@@ -7,7 +7,8 @@ OUT=${1:?output folder}; WHAT=${2:-all}; TAG=${TAG:-h100}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if [ -d .whl-train ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl-train/*.whl || exit 1
+  source benchmarks/gpu/common.sh
+  wheels_into /tmp/site .whl-train/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
 fi
 M=/tmp/m2b; D=/tmp/synth
