@@ -102,6 +102,11 @@ def main() -> int:
         help="XTuner's --deepspeed NAME (e.g. deepspeed_zero1, the notes' command shape on one GPU); omitted: none",
     )
     ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="mmengine's cfg.compile = True: torch.compile of the model's train_step (levers row 'compile')",
+    )
+    ap.add_argument(
         "--profile-step",
         type=int,
         default=0,
@@ -160,6 +165,9 @@ def main() -> int:
         recipe, cuda=cuda, bnb_4bit=env.probe_bnb_4bit().ok, deepspeed=args.deepspeed
     )
     cfg = config.write(recipe, work / f"config-{args.name}.py")
+    if args.compile:
+        with cfg.open("a", encoding="utf-8") as f:
+            f.write("\ncompile = True  # mmengine's Runner: torch.compile(model.train_step) before the first step\n")
     profile_file = (work / f"profile-{args.name}.json").resolve()
     if args.profile_step:
         profile_file.unlink(missing_ok=True)
@@ -233,6 +241,7 @@ def main() -> int:
         },
         "remote_code": args.remote_code,
         "deepspeed": args.deepspeed,
+        "compile": args.compile,
         "command_shape": "NPROC_PER_NODE=1 xtuner train CONFIG"
         + (f" --deepspeed {args.deepspeed}" if args.deepspeed else ""),
         "attention": args.attn,
