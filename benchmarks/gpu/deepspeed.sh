@@ -61,6 +61,7 @@ if has convert; then
   timeout 200 python3 - "$OUT/convert-deepspeed-h200.json" > "$OUT/convert.log" 2>&1 <<'PY'
 import json, sys, time
 from pathlib import Path
+import deepspeed, torch, transformers
 from helpers import convert, infer, train
 work = Path("/tmp/bench-ds-lora-zero2")
 ckpt = train.list_checkpoints(work / "run-deepspeed-lora-zero2")[-1]
@@ -73,7 +74,9 @@ answer = pipe.ask(image, "<image>\n图中是什么?", infer.GenSettings(max_new_
 out = {"checkpoint": str(ckpt), "checkpoint_is_folder": ckpt.is_dir(),
        "checkpoint_files": sorted(p.name for p in ckpt.iterdir()) if ckpt.is_dir() else [], "merged": str(result.out_dir),
        "convert_seconds": round(seconds_convert, 1), "seconds": round(time.time() - t0, 1),
-       "loaded_and_answered": True, "answer_tokens": answer.tokens}
+       "loaded_and_answered": True, "answer_tokens": answer.tokens,
+       "device": torch.cuda.get_device_name(0), "date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+       "versions": {m.__name__: m.__version__ for m in (torch, transformers, deepspeed)}}
 Path(sys.argv[1]).write_text(json.dumps(out, indent=2) + "\n"); print(json.dumps(out))
 PY
   echo "rc=$?"; tail -2 "$OUT/convert.log"
