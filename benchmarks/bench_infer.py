@@ -20,7 +20,15 @@ tokens (``ignore_eos``), greedy. Definitions, the same for both backends:
 * end-to-end tokens/s at batch B: all generated tokens / wall time of the batch;
 * peak memory: ``torch.cuda.max_memory_allocated`` in this process (LMDeploy's
   PyTorch engine runs in-process; its KV cache is reserved up front, see
-  ``cache_max_entry_count``) and the device's used memory from NVML.
+  ``cache_max_entry_count``) and the device's used memory from NVML;
+* image preprocessing, timed apart (``preprocess``): the book's tiling of the
+  photo into normalised tiles (``helpers.tiling``, what the transformers
+  backend runs on the CPU before the GPU sees anything), median of 10;
+* the memory-bandwidth bound of decoding (``bandwidth_bound``): each decode
+  step reads every LLM weight but the embedding table once, plus the KV cache
+  of every sequence in the batch, so at batch B with a context of L tokens
+  tokens/s <= B x bandwidth / (weight bytes + B x L x KV bytes per token);
+  the bandwidth is the device's data-sheet figure (``--hbm-tb-s``).
 
 A backend that cannot start still writes its JSON, with ``status: failed`` and
 the exact error, and the script exits with status 1.
@@ -80,10 +88,61 @@ def _device() -> dict:
     }
 
 
+def _remote_code(model: Path) -> str:
+    """'official' when the folder's InternLM2 code is the vendored official file, else 'book' (or 'unknown')."""
+    from helpers import tiny
+
+    try:
+        here = (model / "modeling_internlm2.py").read_bytes()
+    except OSError:
+        return "unknown"
+    return "official" if here == (tiny.OFFICIAL_CODE_DIR / "modeling_internlm2.py").read_bytes() else "book"
+
+
 def _decode_rate(answers: list) -> float:
     tokens = sum(a.tokens - 1 for a in answers)
     span = max(a.latency_s for a in answers) - max(a.first_token_s or 0.0 for a in answers)
     return tokens / span if span > 0 else float("nan")
+
+
+#: HBM bandwidth from the data sheets, TB/s (NVIDIA H100 SXM5 80 GB: 3.35; H200 141 GB: 4.8).
+HBM_TB_S = {"NVIDIA H100 80GB HBM3": 3.35, "NVIDIA H200": 4.8}
+
+
+def llm_bytes(cfg: dict, bytes_per_value: int = 2) -> dict[str, float]:
+    """Bytes an InternLM2 decode step reads: the weights (less the embedding table) and the KV cache per token.
+
+    >>> b = llm_bytes({"llm_config": {"vocab_size": 10, "hidden_size": 4, "intermediate_size": 8,
+    ...     "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1}})
+    >>> b["weights"], b["kv_per_token"]  # 2 bytes x ((4*4*2 + 4*4 + 3*4*8 + 2*4) + 10*4 + 4); 2 x 2 values
+    (392.0, 8.0)
+    """
+    c = cfg["llm_config"]
+    h, layers, heads = c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"]
+    kv_heads, head_dim = c["num_key_value_heads"], c["hidden_size"] // c["num_attention_heads"]
+    per_layer = h * (heads + 2 * kv_heads) * head_dim + h * h + 3 * h * c["intermediate_size"] + 2 * h
+    weights = layers * per_layer + c["vocab_size"] * h + h  # + the LM head and the final norm
+    return {
+        "weights": float(weights * bytes_per_value),
+        "kv_per_token": float(layers * 2 * kv_heads * head_dim * bytes_per_value),
+    }
+
+
+def bandwidth_bound(cfg: dict, hbm_tb_s: float, batch: int, context: float) -> float:
+    """Decode tokens/s that the HBM bandwidth allows at this batch and mean context length (bf16)."""
+    b = llm_bytes(cfg)
+    return batch * hbm_tb_s * 1e12 / (b["weights"] + batch * context * b["kv_per_token"])
+
+
+def _time_preprocess(pipe, repeats: int = 10) -> dict:  # type: ignore[no-untyped-def]
+    from helpers.infer import load_image
+
+    times, tiles = [], 0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        tiles = len(pipe.tiling.pixel_values(load_image(IMAGE)))
+        times.append(time.perf_counter() - t0)
+    return {"median_s": round(statistics.median(times), 4), "tiles": tiles, "repeats": repeats, "where": "CPU"}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -119,9 +178,11 @@ def run(args: argparse.Namespace) -> dict:
             llm_hidden=cfg["llm_config"]["hidden_size"],
             vit_layers=cfg["vision_config"]["num_hidden_layers"],
             what=readme.read_text().splitlines()[0].lstrip("# ") if readme.exists() else None,
+            remote_code=_remote_code(Path(args.model)),
         )
+        model_cfg = cfg
     except (OSError, KeyError, ValueError):
-        pass
+        model_cfg = None
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -204,6 +265,21 @@ def run(args: argparse.Namespace) -> dict:
             "wall_s": [round(r["wall_s"], 3) for r in runs],
             "tokens": [r["tokens"] for r in runs],
         }
+        result["preprocess"] = _time_preprocess(pipe)
+        hbm = args.hbm_tb_s or HBM_TB_S.get(result["device"]["name"])
+        if model_cfg and hbm and result.get("prompt_tokens"):
+            context = result["prompt_tokens"] + args.max_new_tokens / 2  # the mean context while decoding
+            bounds = {b: bandwidth_bound(model_cfg, hbm, b, context) for b in (1, args.batch)}
+            result["bandwidth_bound"] = {
+                "hbm_tb_s": hbm,
+                "bytes": llm_bytes(model_cfg),
+                "mean_context_tokens": context,
+                **{f"batch_{b}_tokens_per_s": round(v, 1) for b, v in bounds.items()},
+                **{
+                    f"batch_{b}_share": round(result[f"batch_{b}"]["decode_tokens_per_s"] / v, 4)
+                    for b, v in bounds.items()
+                },
+            }
         result["peak_memory_gib"] = _gib(torch.cuda.max_memory_allocated()) if cuda else None
         result["device_used_gib_nvml"] = _nvml_used_gib()
         result["status"] = "ok"
@@ -231,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only to smoke-test the script")
     p.add_argument("--session-len", type=int, default=infer.DEFAULT_SESSION_LEN)
+    p.add_argument("--hbm-tb-s", type=float, default=None, help="HBM bandwidth, TB/s (default: HBM_TB_S by device)")
     p.add_argument(
         "--cache-max-entry-count",
         type=float,
@@ -250,7 +327,17 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     summary = {
-        k: result.get(k) for k in ("status", "load_s", "batch_1", f"batch_{args.batch}", "peak_memory_gib", "error")
+        k: result.get(k)
+        for k in (
+            "status",
+            "load_s",
+            "batch_1",
+            f"batch_{args.batch}",
+            "preprocess",
+            "bandwidth_bound",
+            "peak_memory_gib",
+            "error",
+        )
     }
     print(json.dumps(summary, ensure_ascii=False))
     return 0 if result["status"] == "ok" else 1

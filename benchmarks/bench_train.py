@@ -102,9 +102,18 @@ def main() -> int:
         help="XTuner's --deepspeed NAME (e.g. deepspeed_zero1, the notes' command shape on one GPU); omitted: none",
     )
     ap.add_argument(
+        "--epoch-pause",
+        type=float,
+        default=0.0,
+        help="seconds mmengine's loop sleeps at each pass over the data (helpers.compat.epoch_pause); "
+        "2 is mmengine's own, 0 the book's",
+    )
+    ap.add_argument(
         "--compile",
-        action="store_true",
-        help="mmengine's cfg.compile = True: torch.compile of the model's train_step (levers row 'compile')",
+        choices=["none", "step", "layers"],
+        default="none",
+        help="step: mmengine's cfg.compile = True (torch.compile of the model's train_step); layers: "
+        "torch.compile of each transformer layer (benchmarks/compile_layers.py; levers row 'compile')",
     )
     ap.add_argument(
         "--profile-step",
@@ -157,6 +166,7 @@ def main() -> int:
         checkpoint=args.checkpoint,
         checkpoint_every=args.checkpoint_every,
         loss_logits=args.loss_logits,
+        epoch_pause=args.epoch_pause,
         step_timing=str(timing_file),
     )
     from helpers import env
@@ -165,9 +175,13 @@ def main() -> int:
         recipe, cuda=cuda, bnb_4bit=env.probe_bnb_4bit().ok, deepspeed=args.deepspeed
     )
     cfg = config.write(recipe, work / f"config-{args.name}.py")
-    if args.compile:
+    if args.compile == "step":
         with cfg.open("a", encoding="utf-8") as f:
             f.write("\ncompile = True  # mmengine's Runner: torch.compile(model.train_step) before the first step\n")
+    elif args.compile == "layers":
+        with cfg.open("a", encoding="utf-8") as f:  # benchmarks/ is on the training process's PYTHONPATH
+            f.write("\nfrom compile_layers import CompileLayersHook\n")
+            f.write("custom_hooks.append(dict(type=CompileLayersHook))\n")
     profile_file = (work / f"profile-{args.name}.json").resolve()
     if args.profile_step:
         profile_file.unlink(missing_ok=True)
@@ -250,6 +264,7 @@ def main() -> int:
         "checkpoint": args.checkpoint,
         "checkpoint_every": args.checkpoint_every,
         "loss_logits": args.loss_logits,
+        "epoch_pause": args.epoch_pause,
         "overrides": [str(o) for o in overrides],
         "iterations": result.steps,
         "step_timing": {k: v for k, v in timing.items() if k not in ("losses", "data_wait_seconds")},

@@ -6,10 +6,10 @@ steps (every micro-batch of it, data loading and hooks included), and
 :func:`summarise` reduces each to the same figures:
 
 * ``wall_seconds``: the step by the wall clock, after ``torch.cuda.synchronize()``;
-* ``device_busy_seconds``: the sum of the GPU kernels' own times (on a CPU: of
-  the operators' own CPU times), and ``idle_share``, the part of the wall time
-  not covered by it, i.e. the time the GPU waited for the host (Python,
-  data, hooks, logging, launches);
+* ``device_busy_seconds``: the time in which at least one GPU kernel ran (on
+  a CPU: an operator), and ``idle_share``, the part of the wall time not
+  covered by it, i.e. the time the GPU waited for the host (Python, data,
+  hooks, logging, launches);
 * ``top``: the operators with the most own time, with their call counts.
 
 XTuner: ``benchmarks/bench_train.py --profile-step 4`` appends the hook to the
@@ -45,25 +45,43 @@ def _profiler() -> Any:
     return profile(activities=activities, record_shapes=False, with_stack=False)
 
 
+def _union_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Seconds covered by at least one of the (start, end) microsecond intervals (overlaps counted once)."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total / 1e6
+
+
 def summarise(prof: Any, wall_seconds: float, top: int = 20) -> dict[str, Any]:
-    """The figures of the module's text from a finished ``torch.profiler.profile``."""
+    """The figures of the module's text from a finished ``torch.profiler.profile``.
+
+    The busy time is the union of the intervals in which a GPU kernel ran (on
+    a CPU: an operator), so nested operators and an operator with its own
+    kernels are not counted twice. The ``top`` list ranks operators (``aten::``
+    and the like) by the device time of the kernels they launched.
+    """
     import torch
+    from torch.autograd import DeviceType
 
     cuda = torch.cuda.is_available()
-    events = prof.key_averages()
+    kind = DeviceType.CUDA if cuda else DeviceType.CPU
+    busy = _union_seconds([(e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == kind])
+    operators = [e for e in prof.key_averages() if e.device_type == DeviceType.CPU]
 
-    def own(e: Any) -> float:  # microseconds of the event's own work on the device that matters
+    def own(e: Any) -> float:  # microseconds of the operator's own work on the device that matters
         return float(getattr(e, "self_device_time_total", 0) or 0) if cuda else float(e.self_cpu_time_total)
 
-    busy = sum(own(e) for e in events) / 1e6
-    ranked = sorted(events, key=own, reverse=True)[:top]
+    ranked = sorted(operators, key=own, reverse=True)[:top]
     return {
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "wall_seconds": round(wall_seconds, 4),
-        "device_busy_seconds": round(busy, 4),
+        "device_busy_seconds": round(min(busy, wall_seconds), 4),
         "idle_share": round(max(0.0, 1 - busy / wall_seconds), 4) if wall_seconds > 0 else None,
-        "operators": len(events),
-        "calls": int(sum(e.count for e in events)),
+        "operators": len(operators),
+        "calls": int(sum(e.count for e in operators)),
         "top": [{"name": e.key, "calls": int(e.count), "own_seconds": round(own(e) / 1e6, 5)} for e in ranked],
     }
 

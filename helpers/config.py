@@ -77,6 +77,7 @@ class Recipe:
     checkpoint: str = "default"  # gradient checkpointing: 'default' (PyTorch's), 'reentrant', 'non-reentrant'
     checkpoint_every: int = 1  # checkpoint every Nth LLM layer (1: all, the course; 2: every other one)
     loss_logits: str = "all"  # 'labelled': the loss from logits of the labelled (answer) tokens only
+    epoch_pause: float = 0.0  # seconds mmengine's loop sleeps at each pass over the data (its own: 2)
     step_timing: str | None = None  # a JSON file: time whole optimizer steps (helpers.timing.StepTimerHook)
     # checkpoints and logs
     save_steps: int = 1000
@@ -178,6 +179,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     ),
     "checkpoint_every": (lambda v: v >= 1, "checkpoint every Nth layer, N >= 1"),
     "loss_logits": (lambda v: v in ("all", "labelled"), "use 'all' (XTuner's) or 'labelled'"),
+    "epoch_pause": (lambda v: v >= 0, "use 0 (the book's: no pause) or mmengine's 2 seconds"),
     "dataloader_num_workers": (lambda v: v >= 0, "use 0 (load in the training process) or more worker processes"),
     "dist_backend": (lambda v: v in ("nccl", "gloo"), "use 'nccl' (GPUs) or 'gloo' (CPU)"),
     "optimizer": (lambda v: v in OPTIMIZERS, f"unknown optimizer: use one of {sorted(OPTIMIZERS)}"),
@@ -204,6 +206,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "checkpoint_every": (int,),
     "dataloader_num_workers": (int,),
     "loss_logits": (str,),
+    "epoch_pause": (int, float),
     "persistent_workers": (bool,),
     "dist_backend": (str,),
     "optimizer": (str,),
@@ -455,7 +458,15 @@ def _schedule_parts(recipe: Recipe) -> dict[str, str]:
 LORA_TARGETS_WITHOUT_HEAD = ("wqkv", "wo", "w1", "w2", "w3")
 
 #: Recipe fields that the book's launcher reads from the config as ``book_<field>`` (XTuner ignores them).
-LEVER_FIELDS = ("attention", "bnb_compute_dtype", "lm_head", "checkpoint", "checkpoint_every", "loss_logits")
+LEVER_FIELDS = (
+    "attention",
+    "bnb_compute_dtype",
+    "lm_head",
+    "checkpoint",
+    "checkpoint_every",
+    "loss_logits",
+    "epoch_pause",
+)
 
 
 def _levers_part(recipe: Recipe) -> str:
@@ -468,8 +479,8 @@ def _levers_part(recipe: Recipe) -> str:
         "\n# Speed levers, read by the book's launcher (python -m helpers.xtuner_launch) and ignored by XTuner:\n"
         "# attention 'sdpa' = PyTorch's fused attention patched into the official model code, the 4-bit\n"
         "# layers' compute dtype (XTuner: float16), the LM head in 4-bit (XTuner) or bf16, the gradient\n"
-        "# checkpointing variant and every Nth layer, logits for all or only the labelled tokens\n"
-        "# (helpers.compat).\n" + lines
+        "# checkpointing variant and every Nth layer, logits for all or only the labelled tokens, the\n"
+        "# seconds mmengine's loop pauses at each pass over the data (its own: 2) (helpers.compat).\n" + lines
     )
 
 

@@ -43,7 +43,10 @@ train`` command for these reasons, each a fix for a real failure:
    checkpointing variant and how many layers (:func:`helpers.compat.checkpointing`),
    ``book_loss_logits = 'labelled'`` computes the loss from logits of the labelled
    tokens only (:func:`helpers.compat.labelled_logits_for_xtuner`).
-10. With ``--deepspeed`` and one process, :func:`helpers.compat.deepspeed_single_process`
+10. :func:`helpers.compat.epoch_pause` takes out the 2-second sleep mmengine's
+    loop makes at every pass over the data (``book_epoch_pause = 2`` in the
+    config puts it back).
+11. With ``--deepspeed`` and one process, :func:`helpers.compat.deepspeed_single_process`
     sets the environment ``torchrun`` would (else DeepSpeed looks for MPI); on
     a CPU, :func:`helpers.compat.deepspeed_on_cpu` fixes two more things.
 
@@ -103,6 +106,7 @@ def levers(config: str | None) -> dict[str, str]:
         "checkpoint": "default",
         "checkpoint_every": "1",
         "loss_logits": "all",
+        "epoch_pause": "0",
     }
     if config:
         from mmengine.config import Config
@@ -153,6 +157,9 @@ def prepare(argv: list[str]) -> None:
         from .compat import labelled_logits_for_xtuner
 
         labelled_logits_for_xtuner()
+    from .compat import epoch_pause
+
+    epoch_pause(float(chosen["epoch_pause"]))
     print(f"helpers.xtuner_launch: levers {chosen}", flush=True)
     if not cuda:
         from .compat import allow_bnb_4bit_on_cpu, fast_4bit_compute_on_cpu, float32_weights_on_cpu, llava_on_cpu

@@ -111,6 +111,8 @@ def test_the_step_profiler_sums_what_the_operators_did(tmp_path):
     assert "aten::tanh" in (tmp_path / "p.txt").read_text()
     with pytest.raises(ValueError, match="step >= 1"):
         step_profiler.StepProfilerHook(str(tmp_path / "q.json"), step=0)
+    # overlapping and nested intervals count once: 0-20 and 30-40 microseconds
+    assert step_profiler._union_seconds([(0, 10), (5, 20), (30, 40), (32, 35)]) == pytest.approx(30e-6)
 
 
 def test_the_gpu_scripts_parse_and_install_carried_wheels_with_one_function(tmp_path):

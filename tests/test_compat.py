@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import compat, tiny
+from helpers.errors import UsageError
 
 torch = pytest.importorskip("torch")
 
@@ -140,3 +141,28 @@ def test_labelled_loss_chunks_do_not_shift_which_layers_are_checkpointed(monkeyp
     for _ in range(2):
         cp.checkpoint(layer, x)
     assert seen == ["layer", "chunk_loss", "chunk_loss", "chunk_loss", "layer"]
+
+
+def test_epoch_pause_takes_out_mmengines_sleep_between_passes(monkeypatch):
+    """mmengine's loop sleeps 2 s at every pass over the data; epoch_pause(0) skips it, epoch_pause(s) waits s."""
+    import time
+
+    from mmengine.runner import loops
+
+    monkeypatch.setattr(loops, "time", loops.time)  # put mmengine's module back afterwards
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+
+    def three_passes() -> list[int]:
+        it = loops._InfiniteDataloaderIterator([1, 2])  # a two-batch "dataloader"
+        return [next(it) for _ in range(6)]
+
+    assert three_passes() == [1, 2, 1, 2, 1, 2] and slept == [2, 2]  # mmengine's own pause, twice
+    slept.clear()
+    assert compat.epoch_pause(0) == 0
+    assert three_passes() == [1, 2, 1, 2, 1, 2] and slept == []
+    compat.epoch_pause(0.5)  # patching again wraps the real module, not the shim
+    three_passes()
+    assert slept == [0.5, 0.5] and loops.time._book_real is time
+    with pytest.raises(UsageError, match="mmengine's own pause is 2"):
+        compat.epoch_pause(-1)
