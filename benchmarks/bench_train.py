@@ -113,7 +113,7 @@ def main() -> int:
         choices=["none", "step", "layers"],
         default="none",
         help="step: mmengine's cfg.compile = True (torch.compile of the model's train_step); layers: "
-        "torch.compile of each transformer layer (benchmarks/compile_layers.py; levers row 'compile')",
+        "torch.compile of each transformer layer (Recipe torch_compile='layers', helpers.compile_layers)",
     )
     ap.add_argument(
         "--profile-step",
@@ -167,6 +167,7 @@ def main() -> int:
         checkpoint_every=args.checkpoint_every,
         loss_logits=args.loss_logits,
         epoch_pause=args.epoch_pause,
+        torch_compile="layers" if args.compile == "layers" else "none",
         step_timing=str(timing_file),
     )
     from helpers import env
@@ -178,10 +179,6 @@ def main() -> int:
     if args.compile == "step":
         with cfg.open("a", encoding="utf-8") as f:
             f.write("\ncompile = True  # mmengine's Runner: torch.compile(model.train_step) before the first step\n")
-    elif args.compile == "layers":
-        with cfg.open("a", encoding="utf-8") as f:  # benchmarks/ is on the training process's PYTHONPATH
-            f.write("\nfrom compile_layers import CompileLayersHook\n")
-            f.write("custom_hooks.append(dict(type=CompileLayersHook))\n")
     profile_file = (work / f"profile-{args.name}.json").resolve()
     if args.profile_step:
         profile_file.unlink(missing_ok=True)

@@ -78,6 +78,7 @@ class Recipe:
     checkpoint_every: int = 1  # checkpoint every Nth LLM layer (1: all, the course; 2: every other one)
     loss_logits: str = "all"  # 'labelled': the loss from logits of the labelled (answer) tokens only
     epoch_pause: float = 0.0  # seconds mmengine's loop sleeps at each pass over the data (its own: 2)
+    torch_compile: str = "none"  # 'layers': torch.compile each transformer layer (helpers.compile_layers; GPU)
     step_timing: str | None = None  # a JSON file: time whole optimizer steps (helpers.timing.StepTimerHook)
     # checkpoints and logs
     save_steps: int = 1000
@@ -180,6 +181,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "checkpoint_every": (lambda v: v >= 1, "checkpoint every Nth layer, N >= 1"),
     "loss_logits": (lambda v: v in ("all", "labelled"), "use 'all' (XTuner's) or 'labelled'"),
     "epoch_pause": (lambda v: v >= 0, "use 0 (the book's: no pause) or mmengine's 2 seconds"),
+    "torch_compile": (lambda v: v in ("none", "layers"), "use 'none' (XTuner's) or 'layers' (a GPU speed lever)"),
     "dataloader_num_workers": (lambda v: v >= 0, "use 0 (load in the training process) or more worker processes"),
     "dist_backend": (lambda v: v in ("nccl", "gloo"), "use 'nccl' (GPUs) or 'gloo' (CPU)"),
     "optimizer": (lambda v: v in OPTIMIZERS, f"unknown optimizer: use one of {sorted(OPTIMIZERS)}"),
@@ -207,6 +209,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "dataloader_num_workers": (int,),
     "loss_logits": (str,),
     "epoch_pause": (int, float),
+    "torch_compile": (str,),
     "persistent_workers": (bool,),
     "dist_backend": (str,),
     "optimizer": (str,),
@@ -387,6 +390,12 @@ def fit_to_hardware(
                 "full precision (the 4-bit weights stay 4-bit)",
             )
         change("dist_backend", "gloo", "NCCL needs GPUs; gloo is PyTorch's CPU communication backend")
+        change(
+            "torch_compile",
+            "none",
+            "compiling the layers on a CPU delays the first step by minutes (92 s on the tiny model, longer "
+            "than the tiny profile's whole training); it is a GPU speed lever",
+        )
         workers = min(recipe.dataloader_num_workers, max(cpu_cores - 1, 0))
         change("dataloader_num_workers", workers, f"{cpu_cores} CPU cores: leave one for the training process")
     new = dataclasses.replace(recipe, **{c.field: c.after for c in changes})
@@ -484,6 +493,21 @@ def _levers_part(recipe: Recipe) -> str:
     )
 
 
+def _hook_parts(recipe: Recipe) -> dict[str, str]:
+    """The book's own hooks in ``custom_hooks``: the step timer and the layer compiler, when asked for."""
+    imports, hooks = "", ""
+    if recipe.step_timing:
+        imports += "\nfrom helpers.timing import StepTimerHook"
+        hooks += (
+            f"\n    dict(type=StepTimerHook, out={recipe.step_timing!r}, batch_size=batch_size,"
+            "\n         accumulative_counts=accumulative_counts, warmup_steps=3),"
+        )
+    if recipe.torch_compile == "layers":
+        imports += "\nfrom helpers.compile_layers import CompileLayersHook"
+        hooks += "\n    dict(type=CompileLayersHook),  # torch.compile each transformer layer (GPU speed lever)"
+    return {"hook_imports": imports, "hooks": hooks}
+
+
 def render(recipe: Recipe) -> str:
     """The text of the XTuner config file for ``recipe`` (laid out like the course's).
 
@@ -516,13 +540,7 @@ def render(recipe: Recipe) -> str:
         **_wrapper_parts(recipe),
         **_schedule_parts(recipe),
         book_levers=_levers_part(recipe),
-        timer_import="\nfrom helpers.timing import StepTimerHook" if recipe.step_timing else "",
-        timer_hook=(
-            f"\n    dict(type=StepTimerHook, out={recipe.step_timing!r}, batch_size=batch_size,"
-            "\n         accumulative_counts=accumulative_counts, warmup_steps=3),"
-            if recipe.step_timing
-            else ""
-        ),
+        **_hook_parts(recipe),
     )
     return string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values)
 

@@ -181,6 +181,7 @@ TRAINING: dict[str, str] = {
     "bnb_compute_dtype": "bnb_compute_dtype",
     "lm_head": "lm_head",
     "loss_logits": "loss_logits",
+    "torch_compile": "torch_compile",
     "dataloader_num_workers": "dataloader_num_workers",
     "persistent_workers": "persistent_workers",
 }

@@ -90,6 +90,10 @@ def test_cpu_overrides_are_explicit(monkeypatch):
     assert "dataloader_num_workers" not in {c.field for c in changes}  # the course's 4 workers, 7 cores spare
     _, changes = config.fit_to_hardware(recipe(), cuda=False, bnb_4bit=True, cpu_cores=4)
     assert {c.field: c.after for c in changes}["dataloader_num_workers"] == 3
+    _, changes = config.fit_to_hardware(recipe(torch_compile="layers"), cuda=False, bnb_4bit=True)
+    assert {c.field: c.after for c in changes}["torch_compile"] == "none"  # a GPU lever: off, with the reason
+    kept, _ = config.fit_to_hardware(recipe(torch_compile="layers"), cuda=True, bnb_4bit=True)
+    assert kept.torch_compile == "layers"
     same, none = config.fit_to_hardware(recipe(), cuda=True, bnb_4bit=True, deepspeed="deepspeed_zero1")
     assert none == [] and same == recipe()
     # one GPU without DeepSpeed keeps fp16 AMP: helpers.xtuner_launch trains the projector in float32
@@ -217,3 +221,14 @@ def test_edit_config_refuses_a_target_that_is_not_there_exactly_once():
         config.edit_config("x = 1\n", {"lr": "2e-5"})
     with pytest.raises(BookError, match="occurs 2 times"):
         config.edit_config("a = 1\nb = 1\n", replacements=[("= 1", "= 2")])
+
+
+def test_torch_compile_adds_the_layer_compiler_hook_and_nothing_else():
+    plain = config.render(recipe())
+    assert "CompileLayersHook" not in plain
+    text = config.render(recipe(torch_compile="layers", step_timing="/tmp/s.json"))
+    assert "from helpers.compile_layers import CompileLayersHook" in text
+    assert "dict(type=CompileLayersHook)," in text and "dict(type=StepTimerHook," in text  # both hooks, one list
+    compile(text, "config.py", "exec")
+    with pytest.raises(BookError, match="torch_compile='all'"):
+        config.render(recipe(torch_compile="all"))

@@ -8,6 +8,7 @@
 # Rows (1,985-token samples: 6 tiles + thumbnail = 7 x 256 image tokens + 128-token caption, unless "-13"):
 #   course fast course-13 fast-13 16gb-13 16gb-13-b2   the recipes (13 = 12 tiles + thumbnail, 3,395 tokens)
 #   bf16 sdpa bnb-bf16 head4bit labelled ckpt-nonre ckpt-re ckpt-every2 b8x2 b2x8 w0 w8p compile compile-step pause2   one lever each
+#   fastc fastc-13 16gbc-13   the fast recipe and the 16 GB setting with torch.compile of each layer
 #   prof-xtuner prof-loop   one optimizer step under torch.profiler, XTuner against the plain transformers+peft loop
 # ROW_BUDGET_S (default 520): no row starts once the script has run this long (one device call).
 set -uo pipefail
@@ -65,8 +66,11 @@ row b8x2 "$D5" 8 2 "${FAST[@]}" --note "lever: fast with 8 samples per micro-bat
 row b2x8 "$D5" 2 8 "${FAST[@]}" --note "lever: fast with 2 samples per micro-batch x 8"
 row w0 "$D5" 4 4 --amp bfloat16 --attn sdpa --bnb-compute bfloat16 --lm-head bf16 --workers 0 --note "lever: fast with no data workers"
 row w8p "$D5" 4 4 "${COURSE[@]}" --workers 8 --persistent-workers --note "lever: the course with 8 persistent workers"
-row compile "$D5" 4 4 "${FAST[@]}" --compile layers --note "lever: fast + torch.compile of each transformer layer (benchmarks/compile_layers.py)"
+row compile "$D5" 4 4 "${FAST[@]}" --compile layers --note "lever: fast + torch.compile of each transformer layer (helpers.compile_layers, Recipe torch_compile=layers)"
 row compile-step "$D5" 4 4 "${FAST[@]}" --compile step --note "lever: fast + mmengine's cfg.compile (torch.compile of the whole train_step)"
+row fastc "$D5" 4 4 "${FAST[@]}" --loss-logits labelled --compile layers --note "fast recipe (params/gpu-internvl2-2b-fast.yaml: labelled logits) + torch.compile of each transformer layer, 4 x 4"
+row fastc-13 "$D13" 4 4 "${FAST[@]}" --loss-logits labelled --compile layers --note "fast recipe + torch.compile of each layer on 13-tile samples, 4 x 4"
+row 16gbc-13 "$D13" 2 8 "${FAST[@]}" --loss-logits labelled --compile layers --note "16 GB setting (fast + labelled logits, 2 x 8) + torch.compile of each layer, 13-tile samples"
 row pause2 "$D5" 4 4 "${FAST[@]}" --epoch-pause 2 --note "lever: fast with mmengine's 2-second pause at each pass over the data put back (the book's launcher takes it out)"
 # torch.profiler over optimizer step 5 (benchmarks/step_profiler.py), XTuner against the plain loop on the same
 # settings: bf16 autocast, SDPA, 4-bit compute bf16, LoRA on every linear layer incl. the LM head, 4 x 4
