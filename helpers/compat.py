@@ -104,6 +104,44 @@ def epoch_pause(seconds: float = 0.0) -> float:
     return seconds
 
 
+def official_config_on_transformers5() -> bool:
+    """Let transformers >= 5 load the official InternVL2 config class (LMDeploy's environment needs it).
+
+    The official ``configuration_internvl_chat.py`` (what InternVL2-2B ships)
+    marks its config ``is_composition = True``: it cannot be built without
+    arguments (``InternVLChatConfig()`` raises ``ValueError: Unsupported
+    architecture``). transformers 4.x read that flag; 5.x renamed it
+    ``has_no_defaults_at_init`` and otherwise builds ``self.__class__()`` to
+    print the config, so ``AutoConfig.from_pretrained`` fails while it logs
+    the config it has just read. LMDeploy 0.18 then falls back to a plain
+    ``PretrainedConfig`` whose ``llm_config`` is a dict and stops with
+    ``'dict' object has no attribute 'hidden_size'`` (seen on the H200 with
+    transformers 5.17, ``requirements/serve.txt``'s pin). We wrap the function
+    that loads remote-code config classes so that a class with the old flag
+    gets the new one too; nothing else changes. Under transformers 4.x this
+    does nothing and returns False; True when the wrapper is in place.
+    """
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        return False
+    from transformers.models.auto import configuration_auto as auto
+
+    original = auto.get_class_from_dynamic_module
+    if getattr(original, "_book_compat", False):
+        return True
+
+    def load_class(*args: object, **kwargs: object) -> type:
+        cls = original(*args, **kwargs)
+        if getattr(cls, "is_composition", False) and not getattr(cls, "has_no_defaults_at_init", True):
+            cls.has_no_defaults_at_init = True
+        return cls
+
+    load_class._book_compat = True  # type: ignore[attr-defined]
+    auto.get_class_from_dynamic_module = load_class
+    return True
+
+
 def fast_4bit_compute_on_cpu() -> bool:
     """Make the 4-bit layers XTuner builds compute in float32 on a CPU-only machine.
 

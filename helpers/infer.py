@@ -480,6 +480,9 @@ class Pipeline:
         device: str = "cpu",
         system: str | None = None,
     ) -> None:
+        from .compat import official_config_on_transformers5
+
+        official_config_on_transformers5()  # the official InternVL2 config under LMDeploy's transformers 5.x
         self.model_path = repo_path(model_path)
         self.config = read_config(self.model_path)
         self.template = chat_template_fields(template=self.config.get("template", "internlm2-chat"))
@@ -802,6 +805,14 @@ class TransformersPipeline(Pipeline):
                 "complete InternVL2 download (weights, *.py remote code) and that it was "
                 "written for this transformers version."
             ) from exc
+
+        if not hasattr(getattr(model, "language_model", model), "generate"):
+            raise BackendError(
+                f"{self.model_path}'s language model cannot generate under transformers {transformers.__version__}: "
+                "the official InternLM2 code relies on PreTrainedModel inheriting GenerationMixin and on tuple "
+                "KV caches, which transformers no longer provides (4.50 and 5.x; seen with 5.17). Fix: run the transformers backend in the "
+                "book's training environment (.venv, transformers 4.48), or use backend='lmdeploy' here."
+            )
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", dtype={str(self.dtype).replace('torch.', '')})"

@@ -166,3 +166,41 @@ def test_epoch_pause_takes_out_mmengines_sleep_between_passes(monkeypatch):
     assert slept == [0.5, 0.5] and loops.time._book_real is time
     with pytest.raises(UsageError, match="mmengine's own pause is 2"):
         compat.epoch_pause(-1)
+
+
+def test_compile_layers_marks_every_transformer_layer_of_the_model(tiny_model):
+    """The 'layers' lever compiles InternLM2's decoder layers and InternViT's encoder layers, nothing else."""
+    import copy
+
+    from helpers.compile_layers import compile_layers
+
+    model = copy.deepcopy(tiny_model[0])
+    counts = compile_layers(model)
+    assert counts == {
+        "InternLM2DecoderLayer": model.config.llm_config.num_hidden_layers,
+        "InternVisionEncoderLayer": model.config.vision_config.num_hidden_layers,
+    }
+    compiled = {type(m).__name__ for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None}
+    assert compiled == set(counts)
+
+
+def test_official_config_flag_is_carried_to_transformers5(monkeypatch):
+    """transformers 5 renamed is_composition to has_no_defaults_at_init; remote-code configs get both."""
+    import transformers
+    from transformers.models.auto import configuration_auto as auto
+
+    class Composite:  # like the official InternVLChatConfig: cannot be built without arguments
+        is_composition = True
+        has_no_defaults_at_init = False
+
+    class Plain:
+        has_no_defaults_at_init = False
+
+    monkeypatch.setattr(transformers, "__version__", "4.48.0")
+    assert compat.official_config_on_transformers5() is False  # transformers 4.x reads is_composition itself
+    monkeypatch.setattr(transformers, "__version__", "5.17.0")
+    monkeypatch.setattr(auto, "get_class_from_dynamic_module", lambda ref, *a, **k: {"c": Composite, "p": Plain}[ref])
+    assert compat.official_config_on_transformers5() is True
+    assert compat.official_config_on_transformers5() is True  # applied twice, wrapped once
+    assert auto.get_class_from_dynamic_module("c") is Composite and Composite.has_no_defaults_at_init is True
+    assert auto.get_class_from_dynamic_module("p") is Plain and Plain.has_no_defaults_at_init is False

@@ -512,3 +512,23 @@ def test_turbomind_that_cannot_load_is_not_silently_replaced(tiny_model_dir, mon
     monkeypatch.setitem(sys.modules, "lmdeploy.turbomind", tm)
     with pytest.raises(infer.BackendError, match=r"TurboMind extension does not load.*libcublas\.so\.12.*CUDA 12"):
         infer.LMDeployPipeline(tiny_model_dir, engine="turbomind")
+
+
+def test_a_language_model_that_cannot_generate_is_named_at_load(tiny_model_dir, monkeypatch):
+    """The official InternLM2 under transformers >= 4.50 has no generate(): say so when loading, with the fix."""
+    import transformers
+    from transformers import AutoModel
+
+    from helpers.errors import BackendError
+
+    real = AutoModel.from_pretrained
+
+    def without_generate(*args, **kwargs):
+        model = real(*args, **kwargs)
+        lm = model.language_model
+        lm.__class__ = type("NoGenerate", (torch.nn.Module,), {"forward": type(lm).forward})
+        return model
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", without_generate)
+    with pytest.raises(BackendError, match=r"cannot generate under transformers .*backend='lmdeploy'"):
+        infer.TransformersPipeline(tiny_model_dir)

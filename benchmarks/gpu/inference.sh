@@ -10,6 +10,7 @@
 # Results: $OUT/inference-official-{transformers,lmdeploy-pytorch}-h200.json; copy them to benchmarks/results/.
 set -uo pipefail
 OUT=${1:?output folder}; TAG=${TAG:-h200}; mkdir -p "$OUT"; START=$(date +%s)
+BACKENDS=${BACKENDS:-transformers lmdeploy}  # e.g. BACKENDS=lmdeploy bash benchmarks/gpu/inference.sh $OUT
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 source benchmarks/gpu/common.sh
 M=/tmp/m2b-official
@@ -18,11 +19,15 @@ M=/tmp/m2b-official
 [ -f $M/config.json ] || PYTHONPATH=/tmp/site:$PWD python3 -m helpers.tiny --preset internvl2-2b --remote-code official \
   --out $M --device cuda > "$OUT/build.log" 2>&1 || { tail -20 "$OUT/build.log"; exit 1; }
 wheels_into /tmp/sitelmd .whl-lmd/*.whl || exit 1
-echo "=== transformers ($(( $(date +%s) - START )) s)"
-PYTHONPATH=/tmp/site:$PWD timeout 280 python3 benchmarks/bench_infer.py --model $M --backend transformers \
-  --out "$OUT/inference-official-transformers-$TAG.json" 2>&1 | tail -3
-echo "=== lmdeploy ($(( $(date +%s) - START )) s)"
-PYTHONPATH=/tmp/sitelmd:$PWD timeout 280 python3 benchmarks/bench_infer.py --model $M --backend lmdeploy \
-  --engine pytorch --out "$OUT/inference-official-lmdeploy-pytorch-$TAG.json" 2>&1 | tail -3
+if [[ " $BACKENDS " == *" transformers "* ]]; then
+  echo "=== transformers ($(( $(date +%s) - START )) s)"
+  PYTHONPATH=/tmp/site:$PWD timeout 280 python3 benchmarks/bench_infer.py --model $M --backend transformers \
+    --out "$OUT/inference-official-transformers-$TAG.json" 2>&1 | tail -3
+fi
+if [[ " $BACKENDS " == *" lmdeploy "* ]]; then
+  echo "=== lmdeploy ($(( $(date +%s) - START )) s)"
+  PYTHONPATH=/tmp/sitelmd:$PWD timeout 280 python3 benchmarks/bench_infer.py --model $M --backend lmdeploy \
+    --engine pytorch --out "$OUT/inference-official-lmdeploy-pytorch-$TAG.json" 2>&1 | tail -3
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>/dev/null
 echo "done after $(( $(date +%s) - START )) s"
