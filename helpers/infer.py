@@ -810,8 +810,9 @@ class TransformersPipeline(Pipeline):
             raise BackendError(
                 f"{self.model_path}'s language model cannot generate under transformers {transformers.__version__}: "
                 "the official InternLM2 code relies on PreTrainedModel inheriting GenerationMixin and on tuple "
-                "KV caches, which transformers no longer provides (4.50 and 5.x; seen with 5.17). Fix: run the transformers backend in the "
-                "book's training environment (.venv, transformers 4.48), or use backend='lmdeploy' here."
+                "KV caches, which transformers no longer provides (4.50 and 5.x; seen with 5.17). Fix: run the "
+                "transformers backend in the book's training environment (.venv, transformers 4.48), or use "
+                "backend='lmdeploy' here."
             )
 
     def __repr__(self) -> str:
