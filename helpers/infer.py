@@ -482,7 +482,8 @@ class Pipeline:
     ) -> None:
         from .compat import official_config_on_transformers5
 
-        official_config_on_transformers5()  # the official InternVL2 config under LMDeploy's transformers 5.x
+        #: True when the official InternVL2 config needed helpers.compat's fix (transformers >= 5)
+        self.config_patched = official_config_on_transformers5()
         self.model_path = repo_path(model_path)
         self.config = read_config(self.model_path)
         self.template = chat_template_fields(template=self.config.get("template", "internlm2-chat"))
@@ -969,6 +970,12 @@ class LMDeployPipeline(Pipeline):
             "chat_template_config": self.chat_template,
             "log_level": log_level,
         }
+        if self.config_patched:
+            # LMDeploy checks its environment in a spawned process, which imports neither this module
+            # nor the config fix; there the official config fails again (book/reference/inference-benchmarks.md).
+            from lmdeploy.pytorch import envs
+
+            envs.enable_check_env = False
         if "trust_remote_code" in inspect.signature(lmdeploy.pipeline).parameters:
             kwargs["trust_remote_code"] = True  # InternVL2's config class is remote code
         try:
