@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from mmengine.hooks import Hook
 
+from .errors import ModelDirError
+
 #: The repeated blocks of InternVL2's two towers, by class name (the official and the book's code agree).
 LAYER_CLASSES = ("InternLM2DecoderLayer", "InternVisionEncoderLayer")
 
@@ -58,4 +60,7 @@ class CompileLayersHook(Hook):
         counts = compile_layers(runner.model)
         runner.logger.info(f"compile_layers: torch.compile on {counts}")
         if not any(counts.values()):
-            raise RuntimeError(f"compile_layers: no layer of the classes {LAYER_CLASSES} in the model")
+            raise ModelDirError(
+                f"torch_compile='layers' found no layer of the classes {LAYER_CLASSES} in the model: it knows "
+                "InternVL2's InternLM2 and InternViT layers only. Fix: set torch_compile='none' for this model."
+            )

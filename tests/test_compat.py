@@ -204,3 +204,16 @@ def test_official_config_flag_is_carried_to_transformers5(monkeypatch):
     assert compat.official_config_on_transformers5() is True  # applied twice, wrapped once
     assert auto.get_class_from_dynamic_module("c") is Composite and Composite.has_no_defaults_at_init is True
     assert auto.get_class_from_dynamic_module("p") is Plain and Plain.has_no_defaults_at_init is False
+
+
+def test_compile_layers_hook_refuses_a_model_without_internvl2_layers():
+    from types import SimpleNamespace
+
+    import torch
+
+    from helpers.compile_layers import CompileLayersHook
+    from helpers.errors import ModelDirError
+
+    runner = SimpleNamespace(model=torch.nn.Linear(2, 2), logger=SimpleNamespace(info=lambda _m: None))
+    with pytest.raises(ModelDirError, match="torch_compile='none'"):
+        CompileLayersHook().before_train(runner)
