@@ -11,6 +11,7 @@ and :func:`bnb_compute_dtype` when the XTuner config asks for them.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from .errors import UsageError
 
@@ -140,6 +141,22 @@ def official_config_on_transformers5() -> bool:
     load_class._book_compat = True  # type: ignore[attr-defined]
     auto.get_class_from_dynamic_module = load_class
     return True
+
+
+def config_needs_arguments(model_dir: str | Path) -> bool:
+    """True when the folder's remote-code config class cannot be built without arguments (the official one).
+
+    That is the class :func:`official_config_on_transformers5` must mark for
+    transformers 5; the book's own ``InternVLChatConfig`` has defaults.
+    """
+    from transformers import AutoConfig
+
+    cls = type(AutoConfig.from_pretrained(str(model_dir), trust_remote_code=True))
+    try:
+        cls()
+    except Exception:  # the official class raises ValueError("Unsupported architecture: ")
+        return True
+    return False
 
 
 def fast_4bit_compute_on_cpu() -> bool:

@@ -482,7 +482,7 @@ class Pipeline:
     ) -> None:
         from .compat import official_config_on_transformers5
 
-        #: True when the official InternVL2 config needed helpers.compat's fix (transformers >= 5)
+        #: True when helpers.compat's fix for the official InternVL2 config is in force (transformers >= 5)
         self.config_patched = official_config_on_transformers5()
         self.model_path = repo_path(model_path)
         self.config = read_config(self.model_path)
@@ -970,7 +970,9 @@ class LMDeployPipeline(Pipeline):
             "chat_template_config": self.chat_template,
             "log_level": log_level,
         }
-        if self.config_patched:
+        from .compat import config_needs_arguments
+
+        if self.config_patched and config_needs_arguments(self.model_path):
             # LMDeploy checks its environment in a spawned process, which imports neither this module
             # nor the config fix; there the official config fails again (book/reference/inference-benchmarks.md).
             from lmdeploy.pytorch import envs

@@ -217,3 +217,12 @@ def test_compile_layers_hook_refuses_a_model_without_internvl2_layers():
     runner = SimpleNamespace(model=torch.nn.Linear(2, 2), logger=SimpleNamespace(info=lambda _m: None))
     with pytest.raises(ModelDirError, match="torch_compile='none'"):
         CompileLayersHook().before_train(runner)
+
+
+def test_only_the_official_config_needs_arguments(tiny_model_dir, tmp_path):
+    """The official InternVLChatConfig cannot be built bare (why transformers 5 needs the fix); the book's can."""
+    from helpers import tiny
+
+    official = tiny.build("tiny", tmp_path / "official", remote_code="official")
+    assert compat.config_needs_arguments(official) is True
+    assert compat.config_needs_arguments(tiny_model_dir) is False
