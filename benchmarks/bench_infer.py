@@ -128,10 +128,9 @@ def llm_bytes(cfg: dict, bytes_per_value: int = 2) -> dict[str, float]:
     }
 
 
-def bandwidth_bound(cfg: dict, hbm_tb_s: float, batch: int, context: float) -> float:
-    """Decode tokens/s that the HBM bandwidth allows at this batch and mean context length (bf16)."""
-    b = llm_bytes(cfg)
-    return batch * hbm_tb_s * 1e12 / (b["weights"] + batch * context * b["kv_per_token"])
+def bandwidth_bound(bytes_read: dict[str, float], hbm_tb_s: float, batch: int, context: float) -> float:
+    """Decode tokens/s that the HBM bandwidth allows at this batch and mean context length (:func:`llm_bytes`)."""
+    return batch * hbm_tb_s * 1e12 / (bytes_read["weights"] + batch * context * bytes_read["kv_per_token"])
 
 
 def _time_preprocess(pipe, repeats: int = 10) -> dict:  # type: ignore[no-untyped-def]
@@ -269,10 +268,11 @@ def run(args: argparse.Namespace) -> dict:
         hbm = args.hbm_tb_s or HBM_TB_S.get(result["device"]["name"])
         if model_cfg and hbm and result.get("prompt_tokens"):
             context = result["prompt_tokens"] + args.max_new_tokens / 2  # the mean context while decoding
-            bounds = {b: bandwidth_bound(model_cfg, hbm, b, context) for b in (1, args.batch)}
+            bytes_read = llm_bytes(model_cfg)
+            bounds = {b: bandwidth_bound(bytes_read, hbm, b, context) for b in (1, args.batch)}
             result["bandwidth_bound"] = {
                 "hbm_tb_s": hbm,
-                "bytes": llm_bytes(model_cfg),
+                "bytes": bytes_read,
                 "mean_context_tokens": context,
                 **{f"batch_{b}_tokens_per_s": round(v, 1) for b, v in bounds.items()},
                 **{

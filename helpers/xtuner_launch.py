@@ -99,15 +99,12 @@ def levers(config: str | None) -> dict[str, str]:
     >>> levers(None)["attention"], levers(None)["lm_head"]
     ('eager', '4bit')
     """
-    found = {
-        "attention": "eager",
-        "bnb_compute_dtype": "float16",
-        "lm_head": "4bit",
-        "checkpoint": "default",
-        "checkpoint_every": "1",
-        "loss_logits": "all",
-        "epoch_pause": "0",
-    }
+    import dataclasses
+
+    from .config import LEVER_FIELDS, Recipe
+
+    # XTuner's own behaviour is the Recipe's default for each lever (the course's)
+    found = {f.name: str(f.default) for f in dataclasses.fields(Recipe) if f.name in LEVER_FIELDS}
     if config:
         from mmengine.config import Config
 
