@@ -265,6 +265,7 @@ def main() -> int:
         "data": args.data,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "device": name,
+        "gpu_uuid": flops.gpu_uuid(),
         "gpus": 1 if cuda else 0,
         "versions": {"python": platform.python_version(), **{p: package_version(p) for p in PACKAGES}},
         "recipe": {

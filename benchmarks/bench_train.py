@@ -231,6 +231,7 @@ def main() -> int:
         "runner": "XTuner (xtuner.tools.train via helpers.train)",
         "data": str(data_dir),
         "device": name,
+        "gpu_uuid": flops.gpu_uuid(),
         "gpus": torch.cuda.device_count() if cuda else 0,
         "versions": {"python": platform.python_version(), **{p: package_version(p) for p in PACKAGES}},
         "recipe": {

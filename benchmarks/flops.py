@@ -55,6 +55,17 @@ def peak_bf16_flops(device_name: str) -> float | None:
     return None
 
 
+def gpu_uuid() -> str | None:
+    """The first CUDA GPU's UUID, or None without one.
+
+    Two lent machines of one kind differ by up to 8% in speed; a results file that records the UUID
+    shows whether two rows, and so their ratio, came from the same GPU.
+    """
+    import torch
+
+    return str(torch.cuda.get_device_properties(0).uuid) if torch.cuda.is_available() else None
+
+
 def training_flops_per_sample(
     cfg: dict[str, Any],
     *,

@@ -24,6 +24,16 @@ def test_peak_flops_come_from_the_device_name():
     assert flops.peak_bf16_flops("Tesla T4") is None
 
 
+def test_the_gpu_uuid_tells_machines_apart_or_is_none_without_one():
+    import torch
+
+    uuid = flops.gpu_uuid()
+    if torch.cuda.is_available():
+        assert uuid == str(torch.cuda.get_device_properties(0).uuid) and len(uuid) >= 32
+    else:
+        assert uuid is None
+
+
 def test_training_flops_follow_the_written_formula():
     cfg = tiny.model_config("internvl2-2b", 92553)
     f = flops.training_flops_per_sample(cfg, text_tokens=193, tiles=7, lora_r=128)

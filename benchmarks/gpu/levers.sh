@@ -80,7 +80,7 @@ if want prof-loop; then
   timeout 300 python3 benchmarks/bench_peft_loop.py --model $M --data "$D5" --steps 13 --skip 3 --attn sdpa \
     --profile-step 5 --name prof-loop --out "$OUT/train-prof-loop-$TAG.json" > "$OUT/prof-loop.log" 2>&1; echo "rc=$?"
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv"
+nvidia-smi --query-gpu=name,uuid,memory.total,driver_version --format=csv > "$OUT/gpu.csv"
 echo "done after $(( $(date +%s) - START )) s"
 # the device tool returns at most 8 files: everything travels as one archive
 (cd "$OUT" && tar czf /tmp/levers-results.tgz . && find . -type f -delete && mv /tmp/levers-results.tgz .)
