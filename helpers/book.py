@@ -20,8 +20,11 @@ parameters as ``${name}``; relative values of keys ending in ``_path``,
 ``_dir`` or ``_file`` are resolved against the repository root.
 
 Executed notebooks go to ``_build/notebooks/`` (same file names) with
-``run-summary.json``. The first failing notebook stops the run with its cell,
-the error and where the executed notebook is; the exit status is then 1.
+``run-summary.json``; what a kernel process printed outside its cells (rare:
+crashes, ipykernel's own shutdown messages) is kept beside its notebook as
+``NN_name.kernel.log``. The first failing notebook stops the run with its cell,
+the error and where the executed notebook (and any kernel log) is; the exit
+status is then 1.
 Input that cannot be used (an unknown notebook, a missing parameters file,
 a profile this machine cannot run) is reported on stderr with exit status 2.
 """
@@ -446,6 +449,22 @@ def _kernel_manager(name: str, socket_dir: Path) -> Any:
     return KernelManager(kernel_name=name, transport="ipc", ip=str(socket_dir / "kernel"))
 
 
+_KERNEL_ARGS = ["--HistoryManager.hist_file=:memory:"]  # as nbclient starts kernels: no history database
+
+
+def kernel_log(out: str | Path) -> Path:
+    """Where :func:`execute` keeps the kernel process's own output for the executed notebook ``out``.
+
+    Cell outputs are in the notebook; this file holds what the kernel process
+    itself printed outside any cell. It is removed when empty.
+
+    >>> kernel_log("_build/nb/03_train.ipynb")
+    PosixPath('_build/nb/03_train.kernel.log')
+    """
+    out = Path(out)
+    return out.with_name(f"{out.stem}.kernel.log")
+
+
 def _shutdown(km: Any) -> None:
     """Stop the kernel of one notebook: nbclient leaves a kernel manager it was given running."""
     try:
@@ -563,7 +582,9 @@ def execute(
     ``kernelspec``/``language_info`` metadata run too (kernel and language are
     given). A failure raises :class:`RunError` naming the cell (numbered as in
     the source notebook), its error and its first lines, and where the
-    executed notebook with the error is. Returns ``out``.
+    executed notebook with the error is. What the kernel process prints outside
+    any cell goes to :func:`kernel_log` (kept only when not empty), so it never
+    interleaves with the run's own lines. Returns ``out``.
 
     >>> execute("notebooks/00_environment.ipynb", "_build/nb/00.ipynb", {"seed": 1})  # doctest: +SKIP
     PosixPath('_build/nb/00.ipynb')
@@ -572,9 +593,16 @@ def execute(
 
     notebook, out, params = Path(notebook), Path(out), dict(params or {})
     found = _parameters_cell(_read(notebook))
-    with _pythonpath(REPO_DIR), tempfile.TemporaryDirectory(prefix="book-kernel-") as sockets:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = kernel_log(out)
+    message: str | None = None
+    failure: Exception | None = None
+    with _pythonpath(REPO_DIR), tempfile.TemporaryDirectory(prefix="book-kernel-") as sockets, log.open("w") as sink:
         km = _kernel_manager(kernel, Path(sockets))
         try:
+            # Started here, not by nbclient, so that the kernel process's own stdout/stderr
+            # (its log: start-up, crashes, shutdown races) go to a file, not between our lines.
+            km.start_kernel(cwd=str(notebook.parent), stdout=sink, stderr=sink, extra_arguments=_KERNEL_ARGS)
             pm.execute_notebook(
                 str(notebook),
                 str(out),
@@ -591,9 +619,15 @@ def execute(
             message = _failure_message(
                 notebook, out, exc, shift=1 if params else 0, param_index=found[0] if found else None
             )
-            raise RunError(message) from exc
+            failure = exc
         finally:
             _shutdown(km)
+    if log.stat().st_size == 0:
+        log.unlink()
+    if message is not None:
+        if log.is_file():
+            message += f"\n  the kernel process's own log: {log}"
+        raise RunError(message) from failure
     return out
 
 

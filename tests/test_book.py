@@ -167,6 +167,31 @@ def test_failure_stops_run_with_clear_message(tmp_path: Path) -> None:
     assert any(o.get("ename") == "ValueError" for c in saved.cells for o in c.get("outputs", []))
 
 
+def test_the_kernel_process_output_goes_to_its_log_not_between_the_runs_lines(tmp_path: Path) -> None:
+    """What the kernel itself prints outside cells (here, straight to its process's stderr,
+    as ipykernel's own shutdown tracebacks are) lands in a log the failure names."""
+    nb = make_notebook(
+        tmp_path / "nbs" / "00_noisy.ipynb",
+        None,
+        "import sys\nsys.__stderr__.write('kernel-level line\\n')\nsys.__stderr__.flush()",
+        "raise RuntimeError('after the noise')",
+    )
+    out = tmp_path / "build" / "00_noisy.ipynb"
+    with pytest.raises(book.RunError) as info:
+        book.execute(nb, out)
+    log = book.kernel_log(out)
+    assert "kernel-level line" in log.read_text()
+    assert f"the kernel process's own log: {log}" in str(info.value)
+    assert "kernel-level line" not in str(info.value)
+
+
+def test_a_quiet_kernel_leaves_no_log(tmp_path: Path) -> None:
+    nb = make_notebook(tmp_path / "nbs" / "00_quiet.ipynb", None, "x = 1")
+    out = book.execute(nb, tmp_path / "build" / "00_quiet.ipynb")
+    assert out.is_file()
+    assert not book.kernel_log(out).exists()
+
+
 def test_execute_runs_one_notebook_and_names_the_failing_cell(tmp_path: Path) -> None:
     """book.execute: parameters injected, helpers importable from the notebook's folder, clear failures."""
     nb = make_notebook(
