@@ -131,7 +131,9 @@ def estimate(
             "4 bytes/param",
         ),
         Line(f"LoRA r={r} weights + grads + AdamW moments (fp32)", lora * 4 * 4 / GiB, f"{lora:,} params x 16 bytes"),
-        Line("projector mlp1 weights + grads + AdamW moments (bf16)", g["mlp1"] * 2 * 4 / GiB, "8 bytes/param"),
+        # fp32: XTuner loads it in bf16, and the book's launcher casts it to fp32 before training
+        # (helpers.compat.train_projector_in_float32)
+        Line("projector mlp1 weights + grads + AdamW moments (fp32)", g["mlp1"] * 4 * 4 / GiB, "16 bytes/param"),
         Line("activations kept for gradient checkpointing", ckpt / GiB, "layers x tokens x hidden x 4 B"),
         Line(
             "one decoder layer recomputed (MLP + eager attention scores)",

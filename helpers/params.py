@@ -121,7 +121,6 @@ RULES: dict[str, Rule] = {
         "None",
         lambda v: v is None or Path(v).exists(),
     ),
-    "tiny_preset": Rule((str,), "must be a preset of helpers.tiny", "tiny"),
     "demo_port": Rule(
         (int,),
         "must be 0 (any free port) or a port number from 1024 to 65535",

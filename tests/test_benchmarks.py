@@ -90,15 +90,23 @@ def test_the_plain_loop_masks_everything_but_the_answers(tiny_model_dir):
 
 
 PAGE = ROOT / "book" / "reference" / "training-benchmarks.md"
+QUOTING = re.compile(r"`((?:train|llava|swift)-[\w.-]+\.json)`")
 
 
-def test_the_benchmark_page_quotes_the_results_files():
-    text = PAGE.read_text(encoding="utf-8")
-    quoting = re.compile(r"`((?:train|llava|swift)-[\w.-]+\.json)`")
-    rows = [line for line in text.splitlines() if line.startswith("|") and quoting.search(line)]
-    assert len(rows) >= 9 and {"llava", "swift"} <= {quoting.search(r).group(1).split("-")[0] for r in rows}
+def _quoting_rows(page: Path) -> list[str]:
+    return [
+        line for line in page.read_text(encoding="utf-8").splitlines() if line.startswith("|") and QUOTING.search(line)
+    ]
+
+
+@pytest.mark.parametrize("page", [PAGE, ROOT / "book" / "guides" / "real-hardware.md"], ids=lambda p: p.stem)
+def test_the_pages_quote_the_results_files(page: Path) -> None:
+    rows = _quoting_rows(page)
+    assert len(rows) >= 5
+    if page == PAGE:
+        assert len(rows) >= 9 and {"llava", "swift"} <= {QUOTING.search(r).group(1).split("-")[0] for r in rows}
     for row in rows:
-        name = quoting.search(row).group(1)
+        name = QUOTING.search(row).group(1)
         result = json.loads((ROOT / "benchmarks" / "results" / name).read_text())
         cells = [c.strip().strip("*") for c in row.split("|")]
         assert f"{result['samples_per_second']:.2f}" in cells, (name, row)

@@ -91,7 +91,22 @@ def test_verdict_gpu_thresholds() -> None:
     big = env.verdict(fake_report(cuda=True, gpu_gb=80.0, **ok))
     assert big.profile == "gpu" and big.skipped == [] and big.blockers == []
     small = env.verdict(fake_report(cuda=True, gpu_gb=8.0, **ok))
-    assert small.profile == "tiny" and "8 GiB" in small.reason
+    assert small.profile == "tiny" and "8.0 GiB" in small.reason
+    # a card sold as 16 GB reports less than 16 GiB: it gets the gpu profile, pointed at the fast recipe
+    t4 = env.verdict(fake_report(cuda=True, gpu_gb=14.75, **ok))
+    assert t4.profile == "gpu" and "gpu-internvl2-2b-fast.yaml" in t4.reason
+    assert "gpu-internvl2-2b-fast.yaml" not in big.reason
+    just_below = env.verdict(fake_report(cuda=True, gpu_gb=env.GPU_PROFILE_MIN_GB - 0.1, **ok))
+    assert just_below.profile == "tiny" and f"{env.GPU_PROFILE_MIN_GB:.1f} GiB" in just_below.reason
+
+
+def test_a_bitsandbytes_that_cannot_run_nf4_blocks_training() -> None:
+    """fit_to_hardware stops a 4-bit recipe there, so the verdict must not promise a fallback."""
+    probes = dict(CPU_PROBES, bnb_4bit=env.Probe(False, "no NF4 kernel."))
+    verdict = env.verdict(fake_report(**probes))
+    assert [b for b in verdict.blockers if b.startswith("4-bit")]
+    assert "quantization_llm" in verdict.blockers[0]
+    assert not [s for s in verdict.skipped if s.startswith("4-bit")]
 
 
 def test_verdict_blockers() -> None:
