@@ -103,14 +103,16 @@ def versions(
 # --------------------------------------------------------------------------- data checks
 
 
-def jsonl_problems(path: str | Path) -> list[str]:
+def jsonl_problems(path: str | Path, cwd: str | Path | None = None) -> list[str]:
     """Every reason ms-swift's InternVL2 training would refuse or misread ``path``, one message per line.
 
     ms-swift trains InternVL2 only on records with images (the course notes:
     "InternVL系列模型的训练只支持带有图片的数据集"), so each line needs a
     ``query``, a ``response`` and an ``images`` list of existing files, and
     ``<image>`` tags, when the query has them, must match the images.
-    Relative image paths are resolved against the file's folder.
+    Relative image paths are resolved as ms-swift resolves them, against the
+    working folder its command runs in: ``cwd`` (give the one you pass to
+    :func:`run`), by default this process's.
 
     >>> import tempfile; p = Path(tempfile.mkdtemp()) / "bad.jsonl"
     >>> _ = p.write_text('{"query": "hi", "response": "ho"}\\n', encoding="utf-8")
@@ -118,6 +120,7 @@ def jsonl_problems(path: str | Path) -> list[str]:
     bad.jsonl line 1: no "images" field. ...
     """
     path = Path(path)
+    base = Path(cwd) if cwd is not None else Path.cwd()
     if not path.is_file():
         return [f"{path}: no such file. Write it with helpers.data.to_swift_jsonl(split, path)."]
     problems: list[str] = []
@@ -156,11 +159,11 @@ def jsonl_problems(path: str | Path) -> list[str]:
             if not isinstance(image, str) or not image:
                 problems.append(f"{where}: images[{i}] is {image!r}, not a file path.")
                 continue
-            file = Path(image) if Path(image).is_absolute() else path.parent / image
+            file = Path(image) if Path(image).is_absolute() else base / image
             if not file.is_file():
                 problems.append(
-                    f"{where}: images[{i}] {image!r} does not exist. Fix the path "
-                    f"(relative paths start at {path.parent}) or remove the line."
+                    f"{where}: images[{i}] {image!r} does not exist. Fix the path (relative paths start "
+                    f"where ms-swift runs, here {base}; absolute ones travel) or remove the line."
                 )
         tags = row.get("query", "").count("<image>") if isinstance(row.get("query"), str) else 0
         if tags and tags != len(images):
@@ -172,13 +175,14 @@ def jsonl_problems(path: str | Path) -> list[str]:
     return problems
 
 
-def check_jsonl(path: str | Path) -> int:
+def check_jsonl(path: str | Path, cwd: str | Path | None = None) -> int:
     """Raise :class:`DatasetError` listing every problem of ``path``; return its number of records.
 
     Run it before ``swift sft`` or ``swift infer --val_dataset``: ms-swift's own
     error for these cases is a traceback from the middle of its data pipeline.
+    ``cwd``: the folder ms-swift will run in (see :func:`jsonl_problems`).
     """
-    problems = jsonl_problems(path)
+    problems = jsonl_problems(path, cwd)
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""

@@ -135,12 +135,21 @@ RULES: dict[str, Rule] = {
     ),
     "llava_finetune_lr": Rule(
         (int, float, _NONE),
-        "must be a positive learning rate, or null for the stock 2e-4",
+        "must be a positive learning rate, or null (the stock 2e-4; 2e-3 on the tiny parts)",
         2e-3,
         lambda v: v is None or v > 0,
     ),
     "llava_lora_r": Rule(
-        (int, _NONE), "must be a positive LoRA rank, or null for the stock r=512", 16, lambda v: v is None or v >= 1
+        (int, _NONE),
+        "must be a positive LoRA rank, or null (the stock r=512; 16 on the tiny parts)",
+        16,
+        lambda v: v is None or v >= 1,
+    ),
+    "llava_images_dir": Rule(
+        (str,),
+        "must be a folder with the bundled photos in ex_images/ (the LLaVA route's own data)",
+        "helpers/sample_data/clot_sample",
+        lambda v: (Path(v) / "ex_images").is_dir(),
     ),
     "llava_repeats": Rule((int,), "must be a positive integer (repeat.py's -n)", 2, lambda v: v >= 1),
     "llava_llm_path": Rule(

@@ -39,7 +39,7 @@ def test_each_bad_record_is_named_with_its_line_and_fix(tmp_path, eval_jsonl):
             "{not json",
         ],
     )
-    problems = ms_swift.jsonl_problems(path)
+    problems = ms_swift.jsonl_problems(path, cwd=tmp_path)
     assert [p.split(":")[0] for p in problems] == [f"bad.jsonl line {n}" for n in (2, 3, 4, 5, 6)]
     assert 'no "images" field' in problems[0] and "add" in problems[0]
     assert "nowhere.jpg' does not exist" in problems[1] and str(tmp_path) in problems[1]
@@ -47,14 +47,19 @@ def test_each_bad_record_is_named_with_its_line_and_fix(tmp_path, eval_jsonl):
     assert '2 "<image>" tags for 1 images' in problems[3]
     assert "not JSON" in problems[4]
     with pytest.raises(DatasetError, match=r"5 problems"):
-        ms_swift.check_jsonl(path)
+        ms_swift.check_jsonl(path, cwd=tmp_path)
 
 
-def test_relative_image_paths_start_at_the_file(tmp_path, eval_jsonl):
+def test_relative_image_paths_start_where_ms_swift_runs(tmp_path, eval_jsonl):
+    """ms-swift resolves a relative path against its working folder (os.path.abspath), not the file's."""
     good = ms_swift.read_jsonl(eval_jsonl)[0]
-    (tmp_path / "img").mkdir()
-    (tmp_path / "img" / "a.jpg").write_bytes(Path(good["images"][0]).read_bytes())
-    assert ms_swift.check_jsonl(_write(tmp_path, [{**good, "images": ["img/a.jpg"]}])) == 1
+    (tmp_path / "run" / "img").mkdir(parents=True)
+    (tmp_path / "run" / "img" / "a.jpg").write_bytes(Path(good["images"][0]).read_bytes())
+    (tmp_path / "data").mkdir()
+    path = _write(tmp_path / "data", [{**good, "images": ["img/a.jpg"]}])
+    assert ms_swift.check_jsonl(path, cwd=tmp_path / "run") == 1
+    problems = ms_swift.jsonl_problems(path, cwd=tmp_path / "data")
+    assert len(problems) == 1 and "does not exist" in problems[0] and str(tmp_path / "data") in problems[0]
 
 
 def test_missing_and_empty_files(tmp_path):
