@@ -595,7 +595,6 @@ def execute(
     found = _parameters_cell(_read(notebook))
     out.parent.mkdir(parents=True, exist_ok=True)
     log = kernel_log(out)
-    message: str | None = None
     failure: Exception | None = None
     with _pythonpath(REPO_DIR), tempfile.TemporaryDirectory(prefix="book-kernel-") as sockets, log.open("w") as sink:
         km = _kernel_manager(kernel, Path(sockets))
@@ -616,15 +615,15 @@ def execute(
                 **({"execution_timeout": cell_timeout} if cell_timeout else {}),
             )
         except Exception as exc:
-            message = _failure_message(
-                notebook, out, exc, shift=1 if params else 0, param_index=found[0] if found else None
-            )
             failure = exc
         finally:
             _shutdown(km)
     if log.stat().st_size == 0:
         log.unlink()
-    if message is not None:
+    if failure is not None:
+        message = _failure_message(
+            notebook, out, failure, shift=1 if params else 0, param_index=found[0] if found else None
+        )
         if log.is_file():
             message += f"\n  the kernel process's own log: {log}"
         raise RunError(message) from failure

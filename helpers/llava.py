@@ -435,6 +435,20 @@ TINY_FINETUNE_LR = 2e-3
 TINY_LORA_R = 16
 
 
+def run_values(lr: float | None, lora_r: int | None, *, tiny_parts: bool) -> tuple[float | None, int | None]:
+    """The fine-tune's ``lr`` and ``lora_r`` for :func:`machine_edits`: the values given, else the tiny parts'
+    (:data:`TINY_FINETUNE_LR`, :data:`TINY_LORA_R`) on the tiny parts and ``None`` (the stock config's) on real ones.
+
+    >>> run_values(None, None, tiny_parts=True), run_values(None, None, tiny_parts=False)
+    ((0.002, 16), (None, None))
+    >>> run_values(1e-4, 8, tiny_parts=True)
+    (0.0001, 8)
+    """
+    if not tiny_parts:
+        return lr, lora_r
+    return (TINY_FINETUNE_LR if lr is None else lr), (TINY_LORA_R if lora_r is None else lora_r)
+
+
 def machine_edits(
     stage: str,
     *,

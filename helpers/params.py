@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .llava import TINY_FINETUNE_LR, TINY_LORA_R
+
 __all__ = ["Rule", "Problem", "RULES", "TRAINING", "check", "rule_names"]
 
 
@@ -135,14 +137,14 @@ RULES: dict[str, Rule] = {
     ),
     "llava_finetune_lr": Rule(
         (int, float, _NONE),
-        "must be a positive learning rate, or null (the stock 2e-4; 2e-3 on the tiny parts)",
-        2e-3,
+        f"must be a positive learning rate, or null (the stock 2e-4; {TINY_FINETUNE_LR:g} on the tiny parts)",
+        TINY_FINETUNE_LR,
         lambda v: v is None or v > 0,
     ),
     "llava_lora_r": Rule(
         (int, _NONE),
-        "must be a positive LoRA rank, or null (the stock r=512; 16 on the tiny parts)",
-        16,
+        f"must be a positive LoRA rank, or null (the stock r=512; {TINY_LORA_R} on the tiny parts)",
+        TINY_LORA_R,
         lambda v: v is None or v >= 1,
     ),
     "llava_images_dir": Rule(
