@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import flops
+import plot_train
 
 from helpers import internvl, memory, tiny
 
@@ -111,7 +112,21 @@ def test_the_pages_quote_the_results_files(page: Path) -> None:
         cells = [c.strip().strip("*") for c in row.split("|")]
         assert f"{result['samples_per_second']:.2f}" in cells, (name, row)
         assert f"{result['peak_gpu_memory_gib']:.2f}" in cells, (name, row)
-    assert (PAGE.parent / "figures" / "training-h100.png").exists()
+
+
+def test_the_figures_are_drawn_from_the_results_files(tmp_path):
+    """plot_train redraws every figure the page shows, from the files the page quotes."""
+    drawn = plot_train.draw_all(figures=tmp_path)
+    names = sorted(p.name for p in drawn)
+    assert names == ["training-h100.png", "training-h200-losses.png", "training-h200.png"]
+    shown = set(re.findall(r"figures/(training-[\w-]+\.png)", PAGE.read_text(encoding="utf-8")))
+    assert shown == set(names)
+    for path in drawn:
+        assert path.stat().st_size > 20_000 and (PAGE.parent / "figures" / path.name).exists()
+    quoted = {m.group(1) for row in _quoting_rows(PAGE) for m in [QUOTING.search(row)]}
+    for _, runs in plot_train.LOSSES_H200:
+        assert {name for name, _ in runs} <= quoted
+        assert all(r["losses"] for _, r in plot_train.load(runs))
 
 
 def test_the_step_profiler_sums_what_the_operators_did(tmp_path):
