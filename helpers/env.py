@@ -37,7 +37,12 @@ from helpers.errors import MissingOutputError, ProfileError
 __all__ = [
     "PACKAGES",
     "GPU_PROFILE_MIN_GB",
+    "SMALL_GPU_MIN_GB",
     "PINS",
+    "NOT_HERE",
+    "PIN_FILES",
+    "read_pins",
+    "book_pins",
     "Probe",
     "GPUInfo",
     "Table",
@@ -82,26 +87,74 @@ PACKAGES: tuple[str, ...] = (
 #: at batch 2 x 8 peaked at 8.3 GiB on 13-tile samples (benchmarks/results/train-16gbc-13-h200.json).
 GPU_PROFILE_MIN_GB = 14.5
 
+#: Below :data:`GPU_PROFILE_MIN_GB`, from this many GiB (cards sold as 12 GB report about 11.8) the
+#: verdict still runs ``tiny`` but names the 12 GB setting of the one-GPU guide: the fast recipe without
+#: compile at batch 1 x 16 peaked at 6.9 GiB on 13-tile samples (train-16gb-13-h200.json).
+SMALL_GPU_MIN_GB = 11.0
+
 #: The GPU memory (GiB) from which the course's own recipe (batch 4 x 4, fp16 AMP, eager attention)
 #: is advised: on CLoT's 13-tile samples it peaked at 22.7 GiB allocated and 30.2 GiB reserved
 #: (benchmarks/results/train-course-13-h200.json). Below it, the fast recipe's parameters file.
 COURSE_RECIPE_MIN_GB = 40.0
 
-#: The versions the book is tested with (CPU environment) and why each one matters.
-#: ``None``: deliberately not in this environment.
-PINS: dict[str, tuple[str | None, str]] = {
-    "xtuner": (
-        "0.2.0",
-        "the newest XTuner on PyPI; it ships the InternVL2 QLoRA configs and the InternVL_V1_5 wrapper.",
-    ),
-    "transformers": ("4.48.0", "xtuner 0.2.0 pins it exactly."),
-    "mmengine": ("0.10.6", "xtuner 0.2.0 pins it; it runs XTuner's training loop."),
-    "bitsandbytes": ("0.50.2", "xtuner asks for 0.45.0, which has no CPU 4-bit and no CUDA 13 build."),
-    "peft": ("0.14.0", "both xtuner (>=0.14) and lmdeploy (<=0.14.0) accept it."),
-    "torch": ("2.14.1", "paired with torchvision 0.29.1: PyPI's torchvision fails to import beside torch 2.13.0 CPU."),
-    "torchvision": ("0.29.1", "xtuner's InternVL dataset imports torchvision.transforms, so it must import."),
-    "lmdeploy": (None, "kept in its own environment: it needs transformers>=4.56 and has no CPU backend."),
+#: The requirement files that hold the book's pins, the single source of versions (``make install``
+#: installs them; ``environment.yml`` is generated from them).
+PIN_FILES: tuple[str, ...] = ("base.txt", "no-deps.txt", "deepspeed.txt")
+
+#: Why the packages notebook 00 checks are pinned; their versions are read from :data:`PIN_FILES`
+#: (:func:`book_pins`), so they live in one place. ``NOT_HERE`` packages are deliberately not in
+#: this environment.
+PINS: dict[str, str] = {
+    "xtuner": "the newest XTuner on PyPI; it ships the InternVL2 QLoRA configs and the InternVL_V1_5 wrapper.",
+    "transformers": "xtuner 0.2.0 pins it exactly.",
+    "mmengine": "xtuner 0.2.0 pins it; it runs XTuner's training loop.",
+    "bitsandbytes": "xtuner asks for 0.45.0, which has no CPU 4-bit and no CUDA 13 build.",
+    "peft": "both xtuner (>=0.14) and lmdeploy (<=0.14.0) accept it.",
+    "torch": "paired with torchvision: PyPI's torchvision fails to import beside torch 2.13.0 CPU.",
+    "torchvision": "xtuner's InternVL dataset imports torchvision.transforms, so it must import.",
+    "timm": "the official InternVL2 model code imports it; transformers refuses remote code with a missing import.",
+    "deepspeed": "the course's --deepspeed deepspeed_zero1/2; 0.19 removed a module mmengine 0.10.6 imports.",
+    "jupyter-book": "the last Sphinx-based release, the one that reads _config.yml and _toc.yml.",
+    "papermill": "executes the notebooks with parameters (the tested version).",
+    "gradio": "the web demo; installed without deps because every release caps pillow below the book's 13.",
 }
+NOT_HERE: dict[str, str] = {
+    "lmdeploy": "kept in its own environment: it needs transformers>=4.56 and has no CPU backend.",
+}
+
+
+def read_pins(path: str | Path) -> dict[str, str]:
+    r"""The ``name==version`` lines of one requirements file, by normalised name (``pydantic_core`` ->
+    ``pydantic-core``), comments dropped.
+
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "r.txt"
+    >>> _ = f.write_text("# why\nPyYAML==6.0.3   # yaml\npydantic_core==2.50.5\n")
+    >>> read_pins(f)
+    {'pyyaml': '6.0.3', 'pydantic-core': '2.50.5'}
+    """
+    out = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, sep, version = line.partition("==")
+        if not sep:
+            raise ValueError(f"{path}, line {number}: {line!r} is not an exact pin (name==version)")
+        out[name.strip().lower().replace("_", "-")] = version.strip()
+    return out
+
+
+def book_pins(folder: str | Path | None = None) -> dict[str, str]:
+    """Every version the book pins, from :data:`PIN_FILES` in ``requirements/`` (empty where the folder is
+    absent, e.g. a copy of ``helpers`` without the repository)."""
+    folder = Path(folder) if folder is not None else repo_path("requirements")
+    pins: dict[str, str] = {}
+    for name in PIN_FILES:
+        if (folder / name).exists():
+            pins.update(read_pins(folder / name))
+    return pins
+
 
 _GIB = 1024**3
 
@@ -507,11 +560,18 @@ def verdict(rep: EnvReport) -> Verdict:
             "params/gpu-internvl2-2b-fast.yaml (the course's own batch 4 x 4 needs about "
             f"{COURSE_RECIPE_MIN_GB:.0f} GB on CLoT's 13-tile images)."
         )
+    elif rep.cuda_available and rep.max_gpu_memory_gb >= SMALL_GPU_MIN_GB:
+        profile = "tiny"
+        reason = (
+            f"the largest GPU has {rep.max_gpu_memory_gb:.1f} GiB, less than the {GPU_PROFILE_MIN_GB:.1f} GiB "
+            "the gpu profile's settings need, so the tiny model is used by default; InternVL2-2B QLoRA still "
+            "fits at batch 1 x 16 (the 12 GB row of the guide 'Reproduce the course on one GPU')."
+        )
     elif rep.cuda_available:
         profile = "tiny"
         reason = (
             f"the largest GPU has {rep.max_gpu_memory_gb:.1f} GiB, less than the "
-            f"{GPU_PROFILE_MIN_GB:.1f} GiB InternVL2-2B QLoRA needs, so the tiny model is used."
+            f"{SMALL_GPU_MIN_GB:.1f} GiB InternVL2-2B QLoRA needs at its smallest setting, so the tiny model is used."
         )
     else:
         profile = "tiny"
@@ -543,18 +603,23 @@ def verdict(rep: EnvReport) -> Verdict:
 
 
 def pins(rep: EnvReport) -> Table:
-    """Compare the installed versions with :data:`PINS`: package, pin, installed, status, why.
+    """Compare the installed versions with the book's pins: package, pin, installed, status, why.
 
-    Status is ``ok``, ``differs``, ``missing`` or ``not here`` (for packages kept
-    out of this environment on purpose). A differing torch is expected on a GPU
-    machine that brings its own torch/torchvision pair; what matters is that
-    the pair imports together (the ``xtuner`` probe checks that).
+    The pins come from the requirement files (:func:`book_pins`), the reasons from :data:`PINS` and
+    :data:`NOT_HERE`. Status is ``ok``, ``differs``, ``missing``, ``unknown`` (no requirement files
+    here) or ``not here`` (for packages kept out of this environment on purpose). A differing torch is
+    expected on a GPU machine that brings its own torch/torchvision pair; what matters is that the pair
+    imports together (the ``xtuner`` probe checks that).
     """
+    book = book_pins()
     rows = []
-    for name, (pin, why) in PINS.items():
+    for name, why in {**PINS, **NOT_HERE}.items():
         installed = rep.versions.get(name) if name in rep.versions else package_version(name)
-        if pin is None:
+        pin = None if name in NOT_HERE else book.get(name)
+        if name in NOT_HERE:
             status = "not here" if installed is None else "installed"
+        elif pin is None:
+            status = "unknown"
         elif installed is None:
             status = "missing"
         else:

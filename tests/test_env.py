@@ -70,8 +70,20 @@ def test_renderings(report: env.EnvReport) -> None:
     assert html.startswith("<table>") and "<td style='text-align:left'>torch</td>" in html
     assert "Hardware" in str(report.table("Hardware"))
     pins = env.pins(report)
-    assert [row[0] for row in pins.rows] == list(env.PINS)
+    assert [row[0] for row in pins.rows] == [*env.PINS, *env.NOT_HERE]
     assert {row[3] for row in pins.rows} <= {"ok", "differs", "missing", "not here", "installed"}
+    book = env.book_pins()
+    for name, pin, *_ in pins.rows:  # every pin shown is the requirement files' own
+        assert pin == book.get(name, "-"), name
+    assert book["deepspeed"] == "0.18.9" and book["xtuner"] == "0.2.0" and book["pyyaml"]
+
+
+def test_pins_come_from_the_requirement_files(tmp_path) -> None:
+    (tmp_path / "base.txt").write_text("# why\ntorch==9.9.9  # a reason\n")
+    assert env.book_pins(tmp_path) == {"torch": "9.9.9"}
+    (tmp_path / "no-deps.txt").write_text("xtuner>=0.2\n")
+    with pytest.raises(ValueError, match=r"no-deps.txt, line 1: 'xtuner>=0.2' is not an exact pin"):
+        env.book_pins(tmp_path)
     verdict = env.verdict(fake_report(**CPU_PROBES))
     assert "LMDeploy" in str(verdict) and "<table>" in verdict._repr_html_()
 
@@ -98,6 +110,10 @@ def test_verdict_gpu_thresholds() -> None:
     assert "gpu-internvl2-2b-fast.yaml" not in big.reason
     just_below = env.verdict(fake_report(cuda=True, gpu_gb=env.GPU_PROFILE_MIN_GB - 0.1, **ok))
     assert just_below.profile == "tiny" and f"{env.GPU_PROFILE_MIN_GB:.1f} GiB" in just_below.reason
+    # a card sold as 12 GB: still tiny by default, but told where InternVL2-2B QLoRA fits
+    twelve = env.verdict(fake_report(cuda=True, gpu_gb=11.76, **ok))
+    assert twelve.profile == "tiny" and "12 GB row" in twelve.reason
+    assert "12 GB row" not in small.reason and f"{env.SMALL_GPU_MIN_GB:.1f} GiB" in small.reason
 
 
 def test_a_bitsandbytes_that_cannot_run_nf4_blocks_training() -> None:

@@ -7,17 +7,13 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from helpers import env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pins(name: str) -> dict[str, str]:
-    out = {}
-    for line in (ROOT / "requirements" / name).read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            pkg, version = line.split("==")
-            out[pkg.lower().replace("_", "-")] = version
-    return out
+    return env.read_pins(ROOT / "requirements" / name)
 
 
 def test_environment_yml_is_generated_from_the_pins():
@@ -140,3 +136,18 @@ def test_the_install_scripts_stop_on_a_full_disk_and_keep_pips_errors(tmp_path):
     fake.chmod(0o755)
     pip = subprocess.run(["bash", "-c", f"source {common}; pipq {fake} install x"], capture_output=True, text=True)
     assert pip.returncode == 3 and pip.stdout == "ERROR: no matching distribution\n"
+
+
+def test_the_install_page_quotes_the_pins():
+    """book/reference/install.md's "Why these versions" table names the requirement files' versions."""
+    import re
+
+    pins = env.book_pins()
+    text = (ROOT / "book" / "reference" / "install.md").read_text(encoding="utf-8")
+    table = text.split("## Why these versions", 1)[1].split("\n\n", 2)[1]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in table.splitlines()[2:]]
+    assert len(rows) >= 8
+    for cells in rows:
+        names = cells[0].split(" / ")
+        versions = re.findall(r"\d+\.\d+[\w.]*", cells[1])[: len(names)]
+        assert [pins.get(n) for n in names] == versions, cells[:2]
