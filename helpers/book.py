@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import logging
 import math
@@ -516,6 +517,7 @@ class NotebookResult:
     error: str | None = None
     kernel: str | None = None
     started: float | None = None  # time.time() when the notebook started (lines up with GPU memory logs)
+    peak_memory_mb: float | None = None  # kernel + child processes, see PeakMemory
 
 
 def _write_summary(build_dir: Path, profile: str, results: list[NotebookResult], unused: list[str]) -> Path:
@@ -533,10 +535,11 @@ def _write_summary(build_dir: Path, profile: str, results: list[NotebookResult],
 
 def _table(results: list[NotebookResult]) -> str:
     width = max([len(r.notebook) for r in results] + [len("notebook")])
-    lines = [f"{'notebook':<{width}}  {'status':<8} {'seconds':>8}"]
+    lines = [f"{'notebook':<{width}}  {'status':<8} {'seconds':>8} {'peak MB':>8}"]
     for r in results:
         secs = f"{r.seconds:8.1f}" if r.seconds is not None else f"{'-':>8}"
-        lines.append(f"{r.notebook:<{width}}  {r.status:<8} {secs}")
+        peak = f"{r.peak_memory_mb:8.0f}" if r.peak_memory_mb is not None else f"{'-':>8}"
+        lines.append(f"{r.notebook:<{width}}  {r.status:<8} {secs} {peak}")
     lines.append(f"{'total':<{width}}  {'':<8} {sum(r.seconds or 0 for r in results):8.1f}")
     return "\n".join(lines)
 
@@ -564,6 +567,88 @@ def _failure_message(nb_path: Path, out_path: Path, exc: Exception, shift: int, 
     return "\n".join(lines)
 
 
+class PeakMemory:
+    """The peak resident memory of a process and all its descendants, sampled in a background thread.
+
+    The kernel of a notebook starts training runs, servers and data workers as child processes; their
+    resident set sizes (RSS) are summed every ``interval`` seconds and the largest sum is kept in
+    :attr:`peak_mb`. Pages that processes share (a forked worker's copy-on-write memory) count once per
+    process, so the figure is an upper bound; a spike shorter than ``interval`` can be missed. Without
+    psutil, or without a pid, :attr:`peak_mb` stays ``None``.
+
+    >>> import os, time
+    >>> with PeakMemory(os.getpid(), interval=0.05) as mem:
+    ...     time.sleep(0.2)
+    >>> mem.peak_mb > 10
+    True
+    """
+
+    def __init__(self, pid: int | None, interval: float = 0.5) -> None:
+        self.pid, self.interval = pid, interval
+        self.peak_mb: float | None = None
+        self._stop: Any = None
+        self._thread: Any = None
+
+    def _sample(self, root: Any) -> None:
+        import psutil
+
+        while True:
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                return  # the process has ended
+            total = 0
+            for proc in procs:
+                with contextlib.suppress(psutil.Error):  # a child that just ended
+                    total += proc.memory_info().rss
+            self.peak_mb = max(self.peak_mb or 0.0, total / 2**20)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> PeakMemory:
+        import threading
+
+        try:
+            import psutil
+
+            root = psutil.Process(self.pid) if self.pid else None
+        except Exception:  # psutil missing, or the process already gone
+            root = None
+        if root is not None:
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, args=(root,), daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        if self.peak_mb is not None:
+            self.peak_mb = round(self.peak_mb, 1)
+
+
+def peak_memory_mb(executed: str | Path) -> float | None:
+    """The peak memory :func:`execute` recorded in an executed notebook's metadata (``book.peak_rss_mb``)."""
+    try:
+        meta = json.loads(Path(executed).read_text(encoding="utf-8")).get("metadata", {})
+    except (OSError, ValueError):
+        return None
+    return (meta.get("book") or {}).get("peak_rss_mb")
+
+
+def _record_peak(executed: Path, peak_mb: float | None) -> None:
+    """Write the peak memory into the executed notebook's metadata (the file papermill wrote)."""
+    if peak_mb is None or not executed.is_file():
+        return
+    nb = json.loads(executed.read_text(encoding="utf-8"))
+    nb.setdefault("metadata", {})["book"] = {
+        "peak_rss_mb": peak_mb,
+        "peak_rss_note": "kernel + child processes, sum of RSS sampled every 0.5 s (an upper bound)",
+    }
+    executed.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def execute(
     notebook: str | Path,
     out: str | Path,
@@ -584,7 +669,9 @@ def execute(
     the source notebook), its error and its first lines, and where the
     executed notebook with the error is. What the kernel process prints outside
     any cell goes to :func:`kernel_log` (kept only when not empty), so it never
-    interleaves with the run's own lines. Returns ``out``.
+    interleaves with the run's own lines. The peak resident memory of the kernel and
+    its child processes (:class:`PeakMemory`) goes into the executed notebook's
+    metadata (:func:`peak_memory_mb` reads it). Returns ``out``.
 
     >>> execute("notebooks/00_environment.ipynb", "_build/nb/00.ipynb", {"seed": 1})  # doctest: +SKIP
     PosixPath('_build/nb/00.ipynb')
@@ -596,28 +683,32 @@ def execute(
     out.parent.mkdir(parents=True, exist_ok=True)
     log = kernel_log(out)
     failure: Exception | None = None
+    memory = PeakMemory(None)  # its pid is the kernel's, once started
     with _pythonpath(REPO_DIR), tempfile.TemporaryDirectory(prefix="book-kernel-") as sockets, log.open("w") as sink:
         km = _kernel_manager(kernel, Path(sockets))
         try:
             # Started here, not by nbclient, so that the kernel process's own stdout/stderr
             # (its log: start-up, crashes, shutdown races) go to a file, not between our lines.
             km.start_kernel(cwd=str(notebook.parent), stdout=sink, stderr=sink, extra_arguments=_KERNEL_ARGS)
-            pm.execute_notebook(
-                str(notebook),
-                str(out),
-                parameters=params,
-                kernel_name=kernel,
-                language="python",
-                progress_bar=False,
-                log_output=log_output,
-                cwd=str(notebook.parent),
-                km=km,
-                **({"execution_timeout": cell_timeout} if cell_timeout else {}),
-            )
+            memory.pid = getattr(km.provisioner, "pid", None)
+            with memory:
+                pm.execute_notebook(
+                    str(notebook),
+                    str(out),
+                    parameters=params,
+                    kernel_name=kernel,
+                    language="python",
+                    progress_bar=False,
+                    log_output=log_output,
+                    cwd=str(notebook.parent),
+                    km=km,
+                    **({"execution_timeout": cell_timeout} if cell_timeout else {}),
+                )
         except Exception as exc:
             failure = exc
         finally:
             _shutdown(km)
+    _record_peak(out, memory.peak_mb)
     if log.stat().st_size == 0:
         log.unlink()
     if failure is not None:
@@ -751,6 +842,7 @@ def run_book(
             )
         except RunError as exc:
             result.seconds, result.status = round(time.perf_counter() - t0, 2), "failed"
+            result.peak_memory_mb = peak_memory_mb(result.output)
             result.error = _error_line(exc.__cause__ or exc)
             print(f"FAILED {result.seconds:.1f} s", flush=True)
             print("\n" + _table(results))
@@ -760,6 +852,7 @@ def run_book(
                 f"{exc}" + (f"\n  not run: {', '.join(not_run)}" if not_run else "") + f"\n  run summary: {summary}"
             ) from exc.__cause__
         result.seconds, result.status = round(time.perf_counter() - t0, 2), "ok"
+        result.peak_memory_mb = peak_memory_mb(result.output)
         print(f"ok {result.seconds:.1f} s", flush=True)
         _write_summary(build, plan.profile, results, plan.unused)
     print("\n" + _table(results))

@@ -192,6 +192,23 @@ def test_a_quiet_kernel_leaves_no_log(tmp_path: Path) -> None:
     assert not book.kernel_log(out).exists()
 
 
+def test_the_peak_memory_of_the_kernel_and_its_children_is_recorded(tmp_path: Path) -> None:
+    """A child process of the kernel holding 400 MB shows in the executed notebook's peak and the summary."""
+    child = "import time; b = bytearray(400 * 2**20); time.sleep(2)"
+    nb = make_notebook(
+        tmp_path / "nbs" / "00_big.ipynb",
+        None,
+        f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {child!r}], check=True)",
+    )
+    small = make_notebook(tmp_path / "nbs" / "01_small.ipynb", None, "x = 1")
+    assert run("run", "--notebooks-dir", str(tmp_path / "nbs"), "--build-dir", str(tmp_path / "build")) == 0
+    summary = json.loads((tmp_path / "build" / book.SUMMARY_NAME).read_text())
+    peaks = {r["notebook"]: r["peak_memory_mb"] for r in summary["notebooks"]}
+    assert peaks["00_big"] == book.peak_memory_mb(tmp_path / "build" / nb.name)
+    assert peaks["00_big"] > 400 + peaks["01_small"] * 0.5 and 20 < peaks["01_small"] < 400, peaks
+    assert book.peak_memory_mb(small) is None  # a source notebook has no record
+
+
 def test_execute_runs_one_notebook_and_names_the_failing_cell(tmp_path: Path) -> None:
     """book.execute: parameters injected, helpers importable from the notebook's folder, clear failures."""
     nb = make_notebook(
