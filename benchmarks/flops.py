@@ -83,7 +83,7 @@ def training_flops_per_sample(
     ``recompute`` (hardware FLOPs = total + recompute).
 
     >>> from helpers.tiny import model_config
-    >>> f = training_flops_per_sample(model_config("internvl2-2b", 92553), text_tokens=200, tiles=7, lora_r=128)
+    >>> f = training_flops_per_sample(model_config("internvl2-2b"), text_tokens=200, tiles=7, lora_r=128)
     >>> round(f["total"] / 1e12, 1)   # TFLOP for 1,992 tokens
     22.8
     """

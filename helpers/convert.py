@@ -22,6 +22,7 @@ which is not part of a PEFT adapter).
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import time
@@ -246,6 +247,20 @@ def _rebuilt_buffers(model: Any) -> list[tuple[Any, str, Any]]:
     ]
 
 
+def copy_remote_code(base_dir: str | Path, out_dir: str | Path, *, overwrite: bool = True) -> list[str]:
+    """Copy the base model's remote code (its ``*.py`` files) into ``out_dir``; return the names copied.
+
+    ``save_pretrained`` writes weights and configuration only, and ``trust_remote_code=True`` loading
+    looks for the model's Python files in the folder itself. ``overwrite=False`` keeps files already there.
+    """
+    copied = []
+    for py in sorted(Path(base_dir).glob("*.py")):
+        if overwrite or not (Path(out_dir) / py.name).exists():
+            shutil.copy2(py, Path(out_dir) / py.name)
+            copied.append(py.name)
+    return copied
+
+
 def _save_merged(model: Any, tokenizer: Any, out_dir: Path, base_dir: Path, provenance: dict[str, Any]) -> None:
     """Save the merged model in bf16 with the base's config, remote code, tokenizer and generation config."""
     import torch
@@ -254,9 +269,9 @@ def _save_merged(model: Any, tokenizer: Any, out_dir: Path, base_dir: Path, prov
         shutil.rmtree(out_dir)
     model.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
     shutil.copy2(base_dir / "config.json", out_dir / "config.json")  # the architecture is unchanged
-    for extra in list(base_dir.glob("*.py")) + [base_dir / "generation_config.json"]:
-        if extra.exists():
-            shutil.copy2(extra, out_dir / extra.name)
+    copy_remote_code(base_dir, out_dir)
+    if (base_dir / "generation_config.json").exists():
+        shutil.copy2(base_dir / "generation_config.json", out_dir / "generation_config.json")
     tokenizer.save_pretrained(out_dir)
     (out_dir / "conversion.json").write_text(json.dumps(provenance, indent=2, ensure_ascii=False), encoding="utf-8")
 
@@ -335,19 +350,24 @@ def convert(
         },
     )
 
-    # 5. load what was saved and compare it with base + adapter
+    # what was meant to be saved: the merged model, its weights rounded to bf16 by _save_merged
+    model.float()
+    for module, name, buffer in rebuilt:  # rebuilt on loading, so not rounded in the saved folder either
+        module._buffers[name] = buffer
+    rounded = _logits(model, probe)
+    img_context_token_id = model.img_context_token_id
+    del model, rebuilt  # one float32 copy in memory at a time: 8.8 GB for InternVL2-2B, not two
+    gc.collect()
+
+    # 5. load what was saved and compare it with base + adapter, and with the rounded merged model
     saved = AutoModel.from_pretrained(out_dir, trust_remote_code=True, torch_dtype=torch.float32).eval()
-    saved.img_context_token_id = model.img_context_token_id
+    saved.img_context_token_id = img_context_token_id
     saved_logits = _logits(saved, probe)
     saved_diff = float((saved_logits - reference).abs().max())
     scale = float(reference.abs().max())
     top1 = float((saved_logits.argmax(-1) == reference.argmax(-1)).float().mean())
     same_answer = _greedy(saved, tokenizer, probe) == answer_ref
-    # what was meant to be saved: the merged model, its weights rounded to bf16 by _save_merged
-    model.float()
-    for module, name, buffer in rebuilt:  # rebuilt on loading, so not rounded in the saved folder either
-        module._buffers[name] = buffer
-    rounded_diff = float((saved_logits - _logits(model, probe)).abs().max())
+    rounded_diff = float((saved_logits - rounded).abs().max())
     if rounded_diff > 1e-3 * scale:
         raise BookError(
             f"the saved folder does not hold the merged model: its logits differ from the merged model's "

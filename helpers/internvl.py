@@ -268,7 +268,7 @@ class TilingSettings:
         """The settings of a model folder (or of its ``config.json`` already read, as a dict).
 
         >>> from helpers import tiny
-        >>> TilingSettings.from_config(tiny.model_config("internvl2-2b", 92553)).num_image_token
+        >>> TilingSettings.from_config(tiny.model_config("internvl2-2b")).num_image_token
         256
         """
         cfg = config if isinstance(config, Mapping) else read_config(config)

@@ -35,7 +35,7 @@ def parameter_groups(cfg: dict[str, Any]) -> dict[str, int]:
     """Parameters per block: vision encoder, projector, LLM linear layers, LLM embeddings, LLM norms.
 
     >>> from helpers.tiny import model_config
-    >>> g = parameter_groups(model_config("internvl2-2b", 0))
+    >>> g = parameter_groups(model_config("internvl2-2b"))
     >>> sum(g.values())
     2205754368
     """

@@ -169,17 +169,25 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def model_config(preset: str | Preset, vocab_size: int) -> dict[str, Any]:
+def model_config(preset: str | Preset, vocab_size: int | None = None) -> dict[str, Any]:
     """The ``config.json`` dictionary of a preset, with the official keys.
 
+    A preset at a real size fixes its vocabulary (InternVL2-2B's 92,553); the ``tiny`` preset takes
+    the size of the tokenizer it is built with, so it needs ``vocab_size``.
+
     >>> cfg = model_config("tiny", vocab_size=3000)
-    >>> cfg["template"], cfg["llm_config"]["architectures"]
-    ('internlm2-chat', ['InternLM2ForCausalLM'])
+    >>> cfg["template"], cfg["llm_config"]["architectures"], cfg["llm_config"]["vocab_size"]
+    ('internlm2-chat', ['InternLM2ForCausalLM'], 3000)
+    >>> model_config("internvl2-2b")["llm_config"]["vocab_size"]
+    92553
     """
     p = PRESETS[preset] if isinstance(preset, str) else preset
+    vocab = p.vocab_size or vocab_size
+    if not vocab:
+        raise ValueError(f"the {p.name!r} preset takes its vocabulary size from its tokenizer: pass vocab_size")
     cfg = copy.deepcopy(_TOP_LEVEL)
     cfg["vision_config"] = {**copy.deepcopy(_VIT_COMMON), **p.vision}
-    cfg["llm_config"] = {**copy.deepcopy(_LLM_COMMON), **p.llm, "vocab_size": p.vocab_size or vocab_size}
+    cfg["llm_config"] = {**copy.deepcopy(_LLM_COMMON), **p.llm, "vocab_size": vocab}
     return cfg
 
 

@@ -36,7 +36,7 @@ def test_the_gpu_uuid_tells_machines_apart_or_is_none_without_one():
 
 
 def test_training_flops_follow_the_written_formula():
-    cfg = tiny.model_config("internvl2-2b", 92553)
+    cfg = tiny.model_config("internvl2-2b")
     f = flops.training_flops_per_sample(cfg, text_tokens=193, tiles=7, lora_r=128)
     g = memory.parameter_groups(cfg)
     s = 193 + 7 * 256

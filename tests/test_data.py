@@ -760,3 +760,14 @@ def test_to_swift_jsonl(tmp_path: Path):
     data.to_swift_jsonl(data.SampleSet((multi,), ds.root, ds.source, ds.format), tmp_path / "m.jsonl")
     row = json.loads((tmp_path / "m.jsonl").read_text(encoding="utf-8"))
     assert row["query"] == "再来" and row["history"] == [[PROMPT, "一"]]
+
+
+def test_long_checks_show_a_progress_bar(capsys):
+    """A bar from PROGRESS_FROM records on (or when asked); none on the 32-record sample by default."""
+    data.validate(SAMPLE_DATA_DIR, split="train")
+    data.token_counts(data.load_sample("train"))
+    assert "record" not in capsys.readouterr().err
+    data.validate(SAMPLE_DATA_DIR, split="train", progress=True)
+    data.token_counts(data.load_sample("train"), progress=True)
+    err = capsys.readouterr().err
+    assert "validating" in err and "counting" in err and "32/32" in err

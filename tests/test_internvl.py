@@ -102,7 +102,7 @@ def test_ids_mask_everything_but_the_answers():
 
 
 def test_tiling_settings_from_the_real_config():
-    cfg = tiny.model_config("internvl2-2b", 92553)
+    cfg = tiny.model_config("internvl2-2b")
     s = internvl.TilingSettings.from_config(cfg)
     assert (s.num_image_token, s.max_num, s.min_num, s.image_size, s.use_thumbnail) == (256, 12, 1, 448, True)
     assert s.image_tokens(451, 300) == tiling.image_token_count(451, 300) == 7 * 256 + 2

@@ -32,6 +32,26 @@ def test_every_notebook_has_a_documented_parameters_cell():
         assert {"profile", "model_path", "data_path", "output_dir", "device", "seed"} <= names, nb.name
 
 
+def test_every_notebook_has_the_learner_frame():
+    """Costs first, the parameters explained, a summary, and exercises whose solutions stay hidden (one way)."""
+    from helpers import book
+
+    for path in book.discover(ROOT / "notebooks"):
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        text = ["".join(c["source"]) for c in cells]
+        assert all(k in text[1] for k in ("Time to learn", "System requirements", "Cost")), path.name
+        i = next(i for i, c in enumerate(cells) if "parameters" in c["metadata"].get("tags", []))
+        assert cells[i - 1]["cell_type"] == "markdown" and text[i - 1].startswith("### Parameters"), path.name
+        ex = next(i for i, t in enumerate(text) if "## Summary" in t and "## Exercises" in t)
+        hidden = [
+            c
+            for c, t in zip(cells[ex:], text[ex:])
+            if "hide-cell" in c["metadata"].get("tags", []) and t.startswith("# Solutions")
+        ]
+        assert len(hidden) == 1 and hidden[0]["cell_type"] == "code", path.name
+        assert not any("{dropdown}" in t for t in text), f"{path.name}: solutions go in the hidden code cell"
+
+
 @pytest.mark.notebooks
 def test_the_whole_book_runs_on_the_tiny_profile(executed_book):
     build, out = executed_book / "notebooks", executed_book / "outputs"
