@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from helpers import REPO_DIR, repo_path
-from helpers.errors import MissingOutputError, ProfileError
+from helpers.errors import MissingOutputError, ProfileError, UsageError
 
 __all__ = [
     "PACKAGES",
@@ -140,7 +140,7 @@ def read_pins(path: str | Path) -> dict[str, str]:
             continue
         name, sep, version = line.partition("==")
         if not sep:
-            raise ValueError(f"{path}, line {number}: {line!r} is not an exact pin (name==version)")
+            raise UsageError(f"{path}, line {number}: {line!r} is not an exact pin: write name==version")
         out[name.strip().lower().replace("_", "-")] = version.strip()
     return out
 

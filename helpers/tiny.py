@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import PACKAGE_DIR, SAMPLE_DATA_DIR, repo_path
-from .errors import BookError, ModelDirError
+from .errors import BookError, ModelDirError, UsageError
 from .internvl import (
     ADDITIONAL_SPECIAL_TOKENS,
     COURSE_QUESTION,
@@ -184,7 +184,7 @@ def model_config(preset: str | Preset, vocab_size: int | None = None) -> dict[st
     p = PRESETS[preset] if isinstance(preset, str) else preset
     vocab = p.vocab_size or vocab_size
     if not vocab:
-        raise ValueError(f"the {p.name!r} preset takes its vocabulary size from its tokenizer: pass vocab_size")
+        raise UsageError(f"the {p.name!r} preset takes its vocabulary size from its tokenizer: pass vocab_size")
     cfg = copy.deepcopy(_TOP_LEVEL)
     cfg["vision_config"] = {**copy.deepcopy(_VIT_COMMON), **p.vision}
     cfg["llm_config"] = {**copy.deepcopy(_LLM_COMMON), **p.llm, "vocab_size": vocab}

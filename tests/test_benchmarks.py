@@ -172,3 +172,22 @@ def test_the_gpu_scripts_parse_and_install_carried_wheels_with_one_function(tmp_
     assert ok.returncode == 0 and (tmp_path / "site" / "book_probe.py").exists()
     bad = subprocess.run(["bash", "-c", run, "-", str(tmp_path / "site"), str(tmp_path / "none.whl")], cwd=ROOT)
     assert bad.returncode != 0
+
+
+def test_the_book_benchmark_keeps_each_notebooks_time_and_memory():
+    import bench_book
+
+    summary = {
+        "profile": "tiny",
+        "notebooks": [
+            {"notebook": "00_environment", "status": "ok", "seconds": 12.5, "peak_memory_mb": 310.0},
+            {"notebook": "01_dataset", "status": "ok", "seconds": 20.0, "peak_memory_mb": 700.5},
+        ],
+    }
+    result = bench_book.summarise(summary)
+    assert result["total_seconds"] == 32.5 and result["max_peak_memory_mb"] == 700.5
+    assert [r["notebook"] for r in result["notebooks"]] == ["00_environment", "01_dataset"]
+    assert result["machine"]["cores"] and result["versions"]["torch"]
+    summary["notebooks"][1]["status"] = "failed"
+    with pytest.raises(SystemExit, match="not every notebook ran"):
+        bench_book.summarise(summary)

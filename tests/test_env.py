@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO_DIR, env, repo_path
-from helpers.errors import BookError, ProfileError
+from helpers.errors import BookError, ProfileError, UsageError
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_pins_come_from_the_requirement_files(tmp_path) -> None:
     (tmp_path / "base.txt").write_text("# why\ntorch==9.9.9  # a reason\n")
     assert env.book_pins(tmp_path) == {"torch": "9.9.9"}
     (tmp_path / "no-deps.txt").write_text("xtuner>=0.2\n")
-    with pytest.raises(ValueError, match=r"no-deps.txt, line 1: 'xtuner>=0.2' is not an exact pin"):
+    with pytest.raises(UsageError, match=r"no-deps.txt, line 1: 'xtuner>=0.2' is not an exact pin"):
         env.book_pins(tmp_path)
     verdict = env.verdict(fake_report(**CPU_PROBES))
     assert "LMDeploy" in str(verdict) and "<table>" in verdict._repr_html_()
