@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import sys
 from pathlib import Path
 
@@ -63,7 +64,8 @@ def summarise(summary: dict) -> dict:
             "python": platform.python_version(),
         },
         "versions": {p: package_version(p) for p in ("torch", "transformers", "xtuner", "bitsandbytes", "papermill")},
-        "memory_note": "peak resident memory of the kernel and its child processes, sum of RSS sampled every 0.5 s",
+        "memory_note": "peak memory of the kernel and its child processes: the sum of their proportional set "
+        "sizes (PSS, shared pages split between the processes that share them), sampled every 0.5 s",
         "total_seconds": round(sum(r["seconds"] for r in rows), 1),
         "max_peak_memory_mb": max(peaks) if peaks else None,
         "notebooks": rows,
@@ -73,14 +75,19 @@ def summarise(summary: dict) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--summary", help="a finished run's run-summary.json (default: run the book now)")
-    ap.add_argument("--build-dir", default=str(ROOT / "_build" / "bench-book"), help="where a new run goes")
+    ap.add_argument(
+        "--build-dir", default=str(ROOT / "_build" / "bench-book"), help="where a new run goes (emptied first)"
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "book-tiny-cpu.json"))
     args = ap.parse_args()
     if args.summary:
         summary_path = Path(args.summary)
     else:
-        book.run_book("tiny", build_dir=args.build_dir)
-        summary_path = Path(args.build_dir) / book.SUMMARY_NAME
+        build = Path(args.build_dir)
+        if build.exists():  # a fresh run: earlier outputs would let notebook 04 skip its training
+            shutil.rmtree(build)
+        book.run_book("tiny", [("output_dir", str(build / "outputs"))], build_dir=build)
+        summary_path = build / book.SUMMARY_NAME
     result = summarise(json.loads(summary_path.read_text(encoding="utf-8")))
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     for r in result["notebooks"]:

@@ -568,12 +568,14 @@ def _failure_message(nb_path: Path, out_path: Path, exc: Exception, shift: int, 
 
 
 class PeakMemory:
-    """The peak resident memory of a process and all its descendants, sampled in a background thread.
+    """The peak memory of a process and all its descendants, sampled in a background thread.
 
     The kernel of a notebook starts training runs, servers and data workers as child processes; their
-    resident set sizes (RSS) are summed every ``interval`` seconds and the largest sum is kept in
-    :attr:`peak_mb`. Pages that processes share (a forked worker's copy-on-write memory) count once per
-    process, so the figure is an upper bound; a spike shorter than ``interval`` can be missed. Without
+    memory is summed every ``interval`` seconds and the largest sum is kept in :attr:`peak_mb`. On Linux
+    each process counts its proportional set size (PSS: a page shared by n processes, such as torch's
+    libraries or a forked worker's copy-on-write memory, counts 1/n in each), so the sum is the memory
+    the tree really holds; elsewhere the resident set size (RSS), which counts shared pages once per
+    process (:attr:`measure` says which). A spike shorter than ``interval`` can be missed. Without
     psutil, or without a pid, :attr:`peak_mb` stays ``None``.
 
     >>> import os, time
@@ -586,6 +588,7 @@ class PeakMemory:
     def __init__(self, pid: int | None, interval: float = 0.5) -> None:
         self.pid, self.interval = pid, interval
         self.peak_mb: float | None = None
+        self.measure = "pss" if sys.platform.startswith("linux") else "rss"
         self._stop: Any = None
         self._thread: Any = None
 
@@ -600,7 +603,7 @@ class PeakMemory:
             total = 0
             for proc in procs:
                 with contextlib.suppress(psutil.Error):  # a child that just ended
-                    total += proc.memory_info().rss
+                    total += proc.memory_full_info().pss if self.measure == "pss" else proc.memory_info().rss
             self.peak_mb = max(self.peak_mb or 0.0, total / 2**20)
             if self._stop.wait(self.interval):
                 return
@@ -629,22 +632,23 @@ class PeakMemory:
 
 
 def peak_memory_mb(executed: str | Path) -> float | None:
-    """The peak memory :func:`execute` recorded in an executed notebook's metadata (``book.peak_rss_mb``)."""
+    """The peak memory :func:`execute` recorded in an executed notebook's metadata (``book.peak_memory_mb``)."""
     try:
         meta = json.loads(Path(executed).read_text(encoding="utf-8")).get("metadata", {})
     except (OSError, ValueError):
         return None
-    return (meta.get("book") or {}).get("peak_rss_mb")
+    return (meta.get("book") or {}).get("peak_memory_mb")
 
 
-def _record_peak(executed: Path, peak_mb: float | None) -> None:
+def _record_peak(executed: Path, memory: PeakMemory) -> None:
     """Write the peak memory into the executed notebook's metadata (the file papermill wrote)."""
-    if peak_mb is None or not executed.is_file():
+    if memory.peak_mb is None or not executed.is_file():
         return
     nb = json.loads(executed.read_text(encoding="utf-8"))
     nb.setdefault("metadata", {})["book"] = {
-        "peak_rss_mb": peak_mb,
-        "peak_rss_note": "kernel + child processes, sum of RSS sampled every 0.5 s (an upper bound)",
+        "peak_memory_mb": memory.peak_mb,
+        "peak_memory_note": f"kernel + child processes, sum of {memory.measure.upper()} sampled every "
+        f"{memory.interval:g} s",
     }
     executed.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -669,7 +673,7 @@ def execute(
     the source notebook), its error and its first lines, and where the
     executed notebook with the error is. What the kernel process prints outside
     any cell goes to :func:`kernel_log` (kept only when not empty), so it never
-    interleaves with the run's own lines. The peak resident memory of the kernel and
+    interleaves with the run's own lines. The peak memory of the kernel and
     its child processes (:class:`PeakMemory`) goes into the executed notebook's
     metadata (:func:`peak_memory_mb` reads it). Returns ``out``.
 
@@ -708,7 +712,7 @@ def execute(
             failure = exc
         finally:
             _shutdown(km)
-    _record_peak(out, memory.peak_mb)
+    _record_peak(out, memory)
     if log.stat().st_size == 0:
         log.unlink()
     if failure is not None:
