@@ -191,3 +191,15 @@ def test_the_book_benchmark_keeps_each_notebooks_time_and_memory():
     summary["notebooks"][1]["status"] = "failed"
     with pytest.raises(SystemExit, match="not every notebook ran"):
         bench_book.summarise(summary)
+
+
+def test_the_introduction_quotes_the_book_benchmark():
+    """book/intro.md's per-notebook table is benchmarks/results/book-tiny-cpu.json, row by row."""
+    result = json.loads((ROOT / "benchmarks" / "results" / "book-tiny-cpu.json").read_text())
+    text = (ROOT / "book" / "intro.md").read_text(encoding="utf-8")
+    notebooks = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert [r["notebook"] for r in result["notebooks"]] == notebooks  # every notebook, measured
+    for r in result["notebooks"]:
+        assert f"| {r['notebook']} | {r['seconds']:.0f} | {r['peak_memory_mb'] / 1024:.1f} |" in text, r
+    assert f"| total | {result['total_seconds']:.0f} |" in text
+    assert f"at most {result['max_peak_memory_mb'] / 1024:.1f} GiB" in text
